@@ -1,0 +1,211 @@
+"""`convlens` command line: the zoo, predictions, ONNX export, and every registered technique.
+
+Technique flags are generated from each method's parameter declaration. Bad input exits with code 2 and a
+one-line message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInput
+
+FAMILY_VERBS = {"explain": "attribute", "inspect": "inspect", "synthesize": "synthesize"}
+
+
+def _progress_bar(desc: str) -> Any:
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=desc, unit="%", leave=False, file=sys.stderr)
+
+    def cb(frac: float, msg: str = "") -> None:
+        bar.n = int(round(100 * max(0.0, min(1.0, frac))))
+        if msg:
+            bar.set_postfix_str(msg, refresh=False)
+        bar.refresh()
+
+    cb.close = bar.close  # type: ignore[attr-defined]
+    return cb
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .zoo import load
+
+    return load(args.model, arch=getattr(args, "arch", None), trust=getattr(args, "trust", False))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .zoo import zoo_table
+
+    rows = zoo_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    w = max(len(r["name"]) for r in rows)
+    for r in rows:
+        mark = "yes" if r["weights_present"] else "NO "
+        print(f"{r['name']:<{w}}  weights:{mark}  {r['description']}  [{r['source']}]")
+    print("\nAlso: any torchvision classifier by name (e.g. resnet50; pretrained weights if cached or downloadable),")
+    print("a .pt/.pth/.safetensors state dict with --arch NAME, or an .onnx file (forward-only).")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .images import open_image
+
+    net = _load(args)
+    img = open_image(args.image)
+    preds = net.predict(img, top=args.top)
+    if args.json:
+        print(json.dumps([{"label": lab, "probability": p} for lab, p in preds], indent=2))
+    else:
+        for lab, p in preds:
+            print(f"{p:7.2%}  {lab}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .runtime.export import export_backbone
+    from .runtime.runner import OrtRunner
+
+    net = _load(args)
+    taps = args.taps or (["logits"] if net.has_head else ["embedding"])
+    out = Path(args.out)
+    path = export_backbone(net, taps, opset=args.opset, out=out)
+    r = OrtRunner(net, taps)
+    from .runtime.runner import _parity_checked
+
+    _parity_checked(r)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB), taps {taps}, opset {args.opset}")
+    print(f"parity vs torch (max abs diff per tap): {json.dumps(r.meta.get('parity_max_abs', {}))}")
+    return 0
+
+
+def _add_method_args(p: argparse.ArgumentParser, spec: Any) -> None:
+    for info in spec.param_infos():
+        flag = "--" + info.name.replace("_", "-")
+        help_ = info.help
+        if info.choices:
+            help_ += f" (choices: {', '.join(map(str, info.choices))})"
+        if info.min is not None or info.max is not None:
+            help_ += f" [{info.min if info.min is not None else ''}..{info.max if info.max is not None else ''}]"
+        p.add_argument(flag, dest=f"p_{info.name}", default=None, help=f"{help_} (default: {info.default})")
+
+
+def _method_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespace:
+    """Second parsing phase: the chosen method's own flags, generated from its parameter declaration."""
+    from . import registry
+
+    spec = registry.get(args.method)
+    if spec.family != args.family:
+        raise BadInput(f"{spec.name} is a {spec.family} method; use `convlens {_verb(spec.family)}`")
+    mp = argparse.ArgumentParser(prog=f"convlens {_verb(spec.family)} --method {spec.name}", description=spec.summary)
+    _add_method_args(mp, spec)
+    margs = mp.parse_args(rest)
+    for k, v in vars(margs).items():
+        setattr(args, k, v)
+    if args.out is None:
+        args.out = f"{spec.name}.png"
+    return args
+
+
+def _verb(family: str) -> str:
+    return next(v for v, f in FAMILY_VERBS.items() if f == family)
+
+
+def cmd_method(args: argparse.Namespace) -> int:
+    from . import registry
+    from .images import open_image
+
+    spec = registry.get(args.method)
+    net = _load(args)
+    if spec.needs_image and not args.image:
+        raise BadInput(f"{spec.name} needs an input image: convlens {_verb(spec.family)} IMAGE --method {spec.name}")
+    img = open_image(args.image) if args.image else None
+    params = {k[2:]: v for k, v in vars(args).items() if k.startswith("p_") and v is not None}
+    bar = _progress_bar(spec.name)
+    try:
+        res = registry.run(spec.name, net, img, progress=bar, **params)
+    finally:
+        bar.close()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (res.overlay() if res.kind == "map" else res.to_image()).save(out)
+    summary = {k: v for k, v in res.meta.items() if isinstance(v, (int, float, str, bool))}
+    print(f"wrote {out}  {json.dumps(summary)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (technique subcommands generated from the registry)."""
+    from . import registry
+
+    ap = argparse.ArgumentParser(prog="convlens", description="See inside convolutional networks.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name, torchvision name, or file")
+        p.add_argument("--arch", default=None, help="architecture for a state-dict checkpoint")
+        p.add_argument("--trust", action="store_true", help="allow full pickles in checkpoints (runs their code!)")
+
+    p = sub.add_parser("models", help="list the model zoo and whether weights are present")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_models)
+
+    p = sub.add_parser("predict", help="top-k classes for an image")
+    p.add_argument("image")
+    model_args(p)
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("export", help="export a backbone (with taps as outputs) to ONNX, parity-checked")
+    model_args(p)
+    p.add_argument("--taps", nargs="*", default=None, help="logits, embedding, or layer names")
+    p.add_argument("--out", required=True)
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(fn=cmd_export)
+
+    for verb, family in FAMILY_VERBS.items():
+        names = ", ".join(sp.name for sp in registry.methods(family)) or "(none yet)"
+        p = sub.add_parser(
+            verb,
+            help=f"run a technique of the {family} family",
+            description=f"Methods: {names}. Method flags: `convlens {verb} --method NAME --help`.",
+        )
+        p.add_argument("image", nargs="?", default=None, help="input image (not needed by every method)")
+        p.add_argument("--method", required=True, help=f"one of: {names}")
+        model_args(p)
+        p.add_argument("--out", default=None, help="output PNG (default: <method>.png)")
+        p.set_defaults(fn=cmd_method, family=family)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `convlens` console script."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    ap = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = ap.parse_known_args(argv)
+    try:
+        if getattr(args, "family", None):
+            args = _method_args(args, rest)
+        elif rest:
+            ap.error(f"unrecognized arguments: {' '.join(rest)}")
+        return int(args.fn(args) or 0)
+    except BadInput as e:
+        print(f"convlens: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convlens: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

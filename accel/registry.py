@@ -1,0 +1,231 @@
+"""Method specs: every technique declares its parameters once (a dataclass with bounds and help) and registers here.
+
+The CLI flags and the dashboard controls are generated from these declarations, and `accel.run` validates
+user values against them, so a bad value is refused with the same message everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+from .errors import BadInput
+from .result import Result
+
+FAMILIES = ("inspect", "attribute", "synthesize")
+
+
+def param(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    widget: str | None = None,
+) -> Any:
+    """Declare one method parameter: its default, bounds or choices, and the help text shown in CLI and UI."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "widget": widget}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """A flattened view of one declared parameter, for building controls."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    min: float | None
+    max: float | None
+    choices: tuple[Any, ...] | None
+    widget: str | None
+
+
+def param_infos(params_cls: type) -> list[ParamInfo]:
+    """The declared parameters of a method's dataclass, in declaration order."""
+    hints = get_type_hints(params_cls)
+    out = []
+    for f in dataclasses.fields(params_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        m = f.metadata
+        out.append(
+            ParamInfo(
+                f.name,
+                hints.get(f.name, Any),
+                default,
+                m.get("help", ""),
+                m.get("min"),
+                m.get("max"),
+                m.get("choices"),
+                m.get("widget"),
+            )
+        )
+    return out
+
+
+def _coerce(info: ParamInfo, value: Any, method: str) -> Any:
+    t = info.type
+    where = f"{method}: parameter {info.name!r}"
+    if value is None:
+        return None
+    origin = getattr(t, "__args__", None)
+    base = t
+    if origin and type(None) in origin:  # Optional[X] / X | None
+        base = next(a for a in origin if a is not type(None))
+    try:
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    value = True
+                elif value.lower() in ("0", "false", "no", "off"):
+                    value = False
+                else:
+                    raise ValueError(value)
+            value = bool(value)
+        elif base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            value = int(value)
+        elif base is float:
+            value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise BadInput(f"{where} must be a finite number, got {value}")
+        elif base is str:
+            value = str(value)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, BadInput):
+            raise
+        raise BadInput(f"{where} expects {getattr(base, '__name__', base)}, got {value!r}") from None
+    if info.choices is not None and value not in info.choices:
+        raise BadInput(f"{where} must be one of {list(info.choices)}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if info.min is not None and value < info.min:
+            raise BadInput(f"{where} must be >= {info.min}, got {value}")
+        if info.max is not None and value > info.max:
+            raise BadInput(f"{where} must be <= {info.max}, got {value}")
+    return value
+
+
+def validate(params_cls: type, values: dict[str, Any], method: str = "method") -> Any:
+    """Build the params dataclass from user values, refusing unknown names and out-of-range values."""
+    infos = {i.name: i for i in param_infos(params_cls)}
+    unknown = set(values) - set(infos)
+    if unknown:
+        raise BadInput(f"{method}: unknown parameter(s) {sorted(unknown)}; known: {sorted(infos)}")
+    kw = {k: _coerce(infos[k], v, method) for k, v in values.items()}
+    return params_cls(**kw)
+
+
+RunFn = Callable[..., Result]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered technique: name, family, parameter dataclass, the paper it implements, and its run function."""
+
+    name: str
+    family: str
+    params: type
+    run: RunFn
+    paper: str = ""
+    summary: str = ""
+    needs_image: bool = True
+    needs_grad: bool = False
+
+    def param_infos(self) -> list[ParamInfo]:
+        return param_infos(self.params)
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(
+    name: str,
+    family: str,
+    params: type,
+    *,
+    paper: str = "",
+    summary: str = "",
+    needs_image: bool = True,
+    needs_grad: bool = False,
+) -> Callable[[RunFn], RunFn]:
+    """Decorator: register `fn(net, img, p) -> Result` as technique `name` with parameter dataclass `params`."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}")
+
+    def deco(fn: RunFn) -> RunFn:
+        _REGISTRY[name] = MethodSpec(
+            name, family, params, fn, paper, summary or (fn.__doc__ or "").strip().split("\n")[0], needs_image, needs_grad
+        )
+        return fn
+
+    return deco
+
+
+_loaded = False
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from . import methods as pkg
+
+    for fam in FAMILIES:
+        try:
+            sub = importlib.import_module(f"{pkg.__name__}.{fam}")
+        except ModuleNotFoundError:
+            continue
+        for m in pkgutil.iter_modules(sub.__path__):
+            if not m.name.startswith("_"):
+                importlib.import_module(f"{sub.__name__}.{m.name}")
+
+
+def methods(family: str | None = None) -> list[MethodSpec]:
+    """All registered techniques (optionally one family), sorted by family then name."""
+    _load_all()
+    specs = [s for s in _REGISTRY.values() if family is None or s.family == family]
+    return sorted(specs, key=lambda s: (FAMILIES.index(s.family), s.name))
+
+
+def get(name: str) -> MethodSpec:
+    """The spec for technique `name`, or BadInput listing the known names."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise BadInput(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def run(name: str, net: Any, img: Any = None, progress: Callable[[float, str], None] | None = None, **params: Any) -> Result:
+    """Run technique `name` on backbone `net` and image `img` with validated parameters; the one verb."""
+    spec = get(name)
+    p = validate(spec.params, params, name)
+    if spec.needs_image and img is None:
+        raise BadInput(f"{name} needs an input image")
+    if spec.needs_grad and not getattr(net, "differentiable", True):
+        from .errors import NotDifferentiable
+
+        raise NotDifferentiable(
+            f"{name} needs gradients, but backbone {getattr(net, 'name', '?')!r} is forward-only (an ONNX file); "
+            "load the PyTorch weights instead"
+        )
+    t0 = time.perf_counter()
+    kwargs = {"progress": progress} if progress is not None else {}
+    res = spec.run(net, img, p, **kwargs)
+    res.meta.setdefault("method", name)
+    res.meta.setdefault("params", dataclasses.asdict(p))
+    res.meta.setdefault("model", getattr(net, "name", None))
+    res.meta.setdefault("wall_s", time.perf_counter() - t0)
+    return res

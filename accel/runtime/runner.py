@@ -1,0 +1,247 @@
+"""One batched forward interface with two implementations: PyTorch eager and ONNX Runtime, same outputs.
+
+`runner(net, taps)` returns a Runner whose `.run(batch)` gives {tap: numpy array}. Taps are "logits",
+"embedding" (the backbone's pooled feature vector) or any layer name from `net.layers()`. The ONNX Runtime
+runner checks itself against torch on first use and refuses an export that disagrees.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..errors import BadInput
+from ..taps import capture
+
+if TYPE_CHECKING:
+    from ..zoo import Backbone
+
+Progress = Callable[[float, str], None]
+PARITY_RTOL = 1e-4  # allowed max abs difference, relative to max(1, max |torch output|)
+
+
+def forward_taps(net: Backbone, x: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Run the torch module once and return the requested taps (the definition both runners implement)."""
+    mod = net.require_module("the torch runner")
+    emb = net.embedding_layer
+    if "embedding" in taps and not emb:
+        raise BadInput(f"{net.name!r} declares no embedding layer; name a layer tap instead")
+    if "logits" in taps and not net.has_head:
+        raise BadInput(f"{net.name!r} has no classifier head, so it has no 'logits' tap; use 'embedding' or a layer")
+    hooks = [t for t in taps if t not in ("logits", "embedding")]
+    if "embedding" in taps and emb not in hooks:
+        hooks.append(emb)  # type: ignore[arg-type]
+    with capture(mod, hooks) as st:
+        y = mod(x)
+    out: dict[str, torch.Tensor] = {}
+    for t in taps:
+        if t == "logits":
+            out[t] = y
+        elif t == "embedding":
+            e = st[emb]  # type: ignore[index]
+            out[t] = (e.mean((2, 3)) if e.ndim == 4 else e).flatten(1)
+        else:
+            out[t] = st[t]
+    return out
+
+
+def _as_batch(net: Backbone, batch: Any) -> np.ndarray:
+    if isinstance(batch, (list, tuple)):
+        return net.preprocess_batch(batch).numpy()
+    if isinstance(batch, torch.Tensor):
+        batch = batch.detach().cpu().numpy()
+    a = np.asarray(batch, dtype=np.float32)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or tuple(a.shape[1:]) != tuple(net.input_shape):
+        raise BadInput(f"{net.name} expects a batch of shape (N,{','.join(map(str, net.input_shape))}), got {a.shape}")
+    if not np.isfinite(a).all():
+        raise BadInput("input batch contains NaN or inf")
+    return a
+
+
+def auto_batch_size(net: Backbone, budget_bytes: int | None = None) -> int:
+    """A batch size from the activation footprint of one image and a memory budget (default: 1/4 of free RAM)."""
+    if budget_bytes is None:
+        import os
+
+        env = os.environ.get("CONVLENS_MEMORY_BUDGET_MB")
+        if env:
+            budget_bytes = int(float(env) * 2**20)
+        else:
+            try:
+                avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            except (ValueError, OSError, AttributeError):
+                avail = 4 * 2**30
+            budget_bytes = avail // 4
+    try:
+        per = sum(int(np.prod(li.out_shape)) for li in net.layers()) * 4
+    except Exception:  # noqa: BLE001
+        per = int(np.prod(net.input_shape)) * 4 * 64
+    per = max(per, 1)
+    return int(max(1, min(64, budget_bytes // per)))
+
+
+class Runner:
+    """Batched forward passes returning numpy arrays per tap."""
+
+    backend = "?"
+
+    def __init__(self, net: Backbone, taps: Sequence[str], batch_size: int | None = None) -> None:
+        if not taps:
+            raise BadInput("a runner needs at least one tap, e.g. ['logits']")
+        self.net = net
+        self.taps = list(dict.fromkeys(taps))
+        if batch_size is not None and batch_size < 1:
+            raise BadInput(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size or auto_batch_size(net)
+        self.meta: dict[str, Any] = {"backend": self.backend, "batch_size": self.batch_size}
+        self.passes = 0
+
+    def _forward(self, x: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def run(self, batch: Any, progress: Progress | None = None) -> dict[str, np.ndarray]:
+        """Forward a batch (array, tensor or list of PIL images) in chunks; returns {tap: array with batch axis}."""
+        a = _as_batch(self.net, batch)
+        parts: list[list[np.ndarray]] = [[] for _ in self.taps]
+        n = len(a)
+        for i in range(0, n, self.batch_size):
+            outs = self._forward(a[i : i + self.batch_size])
+            self.passes += 1
+            for p, o in zip(parts, outs):
+                p.append(o)
+            if progress is not None:
+                progress(min(1.0, (i + self.batch_size) / max(n, 1)), f"{min(n, i + self.batch_size)}/{n} images")
+        if n == 0:
+            return {t: np.empty((0,)) for t in self.taps}
+        return {t: np.concatenate(p) if len(p) > 1 else p[0] for t, p in zip(self.taps, parts)}
+
+    __call__ = run
+
+
+class TorchRunner(Runner):
+    """PyTorch eager forward passes (also the parity reference)."""
+
+    backend = "torch"
+
+    def __init__(self, net: Backbone, taps: Sequence[str], batch_size: int | None = None) -> None:
+        super().__init__(net, taps, batch_size)
+        for t in self.taps:
+            if t not in ("logits", "embedding"):
+                net.layer(t.partition(":")[0])
+        self.meta["provider"] = "torch-cpu" if not torch.cuda.is_available() else "torch-cuda"
+
+    def _forward(self, x: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = forward_taps(self.net, torch.from_numpy(x), self.taps)
+        return [out[t].float().numpy() for t in self.taps]
+
+
+class OrtRunner(Runner):
+    """ONNX Runtime forward passes over a cached export of the backbone with its taps as outputs."""
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        net: Backbone,
+        taps: Sequence[str],
+        batch_size: int | None = None,
+        providers: tuple[str, ...] | None = None,
+        check_parity: bool = True,
+    ) -> None:
+        super().__init__(net, taps, batch_size)
+        from .session import make_session
+
+        t0 = time.perf_counter()
+        if net.module is None:
+            if self.taps != ["logits"]:
+                raise BadInput(f"{net.name!r} is an ONNX file: only the 'logits' tap is available, not {self.taps}")
+            path = net.onnx_path
+            check_parity = False
+        else:
+            from .export import export_backbone
+
+            for t in self.taps:
+                if t not in ("logits", "embedding"):
+                    net.layer(t.partition(":")[0])
+            path = export_backbone(net, self.taps)
+        self.path = path
+        self.session, self.provider, failures = make_session(path, providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.meta.update(
+            provider=self.provider,
+            provider_failures=failures,
+            onnx=str(path),
+            setup_s=round(time.perf_counter() - t0, 3),
+        )
+        self._parity_pending = check_parity
+
+    def _forward(self, x: np.ndarray) -> list[np.ndarray]:
+        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        if self._parity_pending:
+            self._parity_pending = False
+            self._check(x[:2], outs)
+        return outs
+
+    def _check(self, x: np.ndarray, outs: list[np.ndarray]) -> None:
+        with torch.no_grad():
+            ref = forward_taps(self.net, torch.from_numpy(x), self.taps)
+        worst = 0.0
+        for t, o in zip(self.taps, outs):
+            r = ref[t].float().numpy()
+            d = float(np.abs(o[: len(r)] - r).max()) if r.size else 0.0
+            scale = max(1.0, float(np.abs(r).max()) if r.size else 1.0)
+            worst = max(worst, d / scale)
+            self.meta.setdefault("parity_max_abs", {})[t] = d
+            if d > PARITY_RTOL * scale:
+                raise RuntimeError(
+                    f"ONNX export of {self.net.name} disagrees with torch on tap {t!r}: max abs diff {d:.3g} "
+                    f"(allowed {PARITY_RTOL * scale:.3g}); refusing to use it"
+                )
+        self.meta["parity_rel"] = worst
+
+
+def runner(
+    net: Backbone,
+    taps: Sequence[str] = ("logits",),
+    backend: str = "auto",
+    batch_size: int | None = None,
+    providers: tuple[str, ...] | None = None,
+) -> Runner:
+    """A batched forward runner: backend "torch", "onnxruntime", or "auto" (ONNX Runtime when it works)."""
+    if backend not in ("auto", "torch", "onnxruntime", "ort"):
+        raise BadInput(f"backend must be 'auto', 'torch' or 'onnxruntime', got {backend!r}")
+    if backend == "torch":
+        return TorchRunner(net, taps, batch_size)
+    from .session import ort_available
+
+    if backend in ("onnxruntime", "ort"):
+        if not ort_available():
+            raise BadInput("onnxruntime is not installed; use backend='torch'")
+        return _parity_checked(OrtRunner(net, taps, batch_size, providers))
+    if net.module is None or ort_available():
+        try:
+            return _parity_checked(OrtRunner(net, taps, batch_size, providers))
+        except BadInput:
+            raise
+        except Exception as e:  # noqa: BLE001 - export or session failure: torch still works
+            if net.module is None:
+                raise
+            warnings.warn(f"ONNX Runtime unavailable for {net.name} ({e}); using torch", stacklevel=2)
+    return TorchRunner(net, taps, batch_size)
+
+
+def _parity_checked(r: OrtRunner) -> OrtRunner:
+    """Run the parity check now on a real-looking input, so a bad export is refused before any result is used."""
+    if r._parity_pending:
+        g = torch.Generator().manual_seed(0)
+        x01 = torch.rand(2, 3, r.net.pre.size, r.net.pre.size, generator=g)
+        r._forward(r.net.normalize(x01).numpy())
+    return r

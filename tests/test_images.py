@@ -1,0 +1,531 @@
+"""Tests for accel.images: a bad-input corpus built at test time, mode conversions, and the small helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import struct
+import time
+import warnings
+import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from accel.errors import BadInput, ResourceLimit
+from accel.images import (
+    DEFAULT_MAX_PIXELS,
+    foolbox_imagenet,
+    foolbox_photos,
+    from_array,
+    make_grid,
+    open_image,
+    overlay,
+    resize_center_crop,
+    sample_image,
+    sample_images,
+    to_array,
+)
+
+# ----------------------------------------------------------------------------- corpus builders
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    )
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A syntactically valid 8-bit gray PNG whose IHDR declares width x height, with a tiny IDAT."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def gif_declaring(screen: tuple[int, int], frame: tuple[int, int]) -> bytes:
+    """A GIF with the given logical screen size and one image descriptor of the given frame size."""
+    header = b"GIF89a" + struct.pack("<HHBBB", *screen, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    descriptor = b"," + struct.pack("<HHHHB", 0, 0, *frame, 0)
+    lzw = b"\x02" + b"\x02\x4c\x01" + b"\x00"  # min code size 2, one tiny sub-block, terminator
+    return header + descriptor + lzw + b";"
+
+
+def tiff_declaring(width: int, height: int) -> bytes:
+    """A little-endian baseline gray TIFF whose IFD declares width x height, with a 4-byte strip."""
+    entries = [
+        (256, 4, 1, width),  # ImageWidth, LONG
+        (257, 4, 1, height),  # ImageLength
+        (258, 3, 1, 8),  # BitsPerSample, SHORT
+        (259, 3, 1, 1),  # Compression: none
+        (262, 3, 1, 1),  # Photometric: black is zero
+        (273, 4, 1, 0),  # StripOffsets, patched below
+        (277, 3, 1, 1),  # SamplesPerPixel
+        (278, 4, 1, height),  # RowsPerStrip
+        (279, 4, 1, 4),  # StripByteCounts
+    ]
+    ifd_size = 2 + 12 * len(entries) + 4
+    strip_offset = 8 + ifd_size
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)))
+    for tag, typ, count, value in entries:
+        if tag == 273:
+            value = strip_offset
+        packed = struct.pack("<H", value) + b"\x00\x00" if typ == 3 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, typ, count) + packed
+    out += struct.pack("<I", 0) + b"\x00\x00\x00\x00"
+    return bytes(out)
+
+
+def noisy_rgb(w: int = 256, h: int = 192, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    a = np.clip(ramp + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(a)
+
+
+def encode(im: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def assert_close(pixel: object, expected: tuple[int, int, int], tol: int = 12) -> None:
+    got = np.asarray(pixel, dtype=int)
+    assert np.all(np.abs(got - np.asarray(expected)) <= tol), f"{tuple(got)} not within {tol} of {expected}"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "nope" / "cat.jpg"
+    with pytest.raises(BadInput, match="not found") as info:
+        open_image(path)
+    assert "cat.jpg" in str(info.value)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "empty.png", b"")
+    with pytest.raises(BadInput, match="empty") as info:
+        open_image(path)
+    assert "empty.png" in str(info.value)
+
+
+def test_empty_bytes_and_stream() -> None:
+    with pytest.raises(BadInput, match="empty"):
+        open_image(b"")
+    with pytest.raises(BadInput, match="empty"):
+        open_image(io.BytesIO(b""))
+
+
+def test_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="directory"):
+        open_image(tmp_path)
+
+
+def test_url_is_refused() -> None:
+    with pytest.raises(BadInput, match="URL"):
+        open_image("https://example.com/cat.jpg")
+
+
+def test_truncated_jpeg(tmp_path: Path) -> None:
+    data = encode(noisy_rgb(), "JPEG", quality=92)
+    path = write(tmp_path, "half.jpg", data[: len(data) // 2])
+    with pytest.raises(BadInput, match="truncated") as info:
+        open_image(path)
+    assert "half.jpg" in str(info.value)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_truncated_png(tmp_path: Path) -> None:
+    data = encode(noisy_rgb(), "PNG")
+    path = write(tmp_path, "half.png", data[: len(data) // 2])
+    with pytest.raises(BadInput, match="truncated"):
+        open_image(path)
+
+
+def test_png_cut_inside_header() -> None:
+    with pytest.raises(BadInput, match="PNG"):
+        open_image(encode(noisy_rgb(), "PNG")[:20])
+
+
+def test_text_named_jpg(tmp_path: Path) -> None:
+    path = write(tmp_path, "notes.jpg", b"These are my notes about cats.\nNot a picture at all.\n")
+    with pytest.raises(BadInput, match="text") as info:
+        open_image(path)
+    assert "not an image" in str(info.value)
+    assert "notes.jpg" in str(info.value)
+
+
+def test_html_error_page(tmp_path: Path) -> None:
+    html = b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not found</body></html>\n"
+    with pytest.raises(BadInput, match="HTML") as info:
+        open_image(write(tmp_path, "download.jpg", html))
+    assert "not an image" in str(info.value)
+
+
+def test_svg(tmp_path: Path) -> None:
+    svg = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n'
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>\n'
+    )
+    with pytest.raises(BadInput, match="SVG"):
+        open_image(write(tmp_path, "drawing.svg", svg))
+
+
+def test_zip_named_png(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("cat.png", encode(noisy_rgb(8, 8), "PNG"))
+    with pytest.raises(BadInput, match="ZIP"):
+        open_image(write(tmp_path, "archive.png", buf.getvalue()))
+
+
+def test_random_binary_is_unrecognised() -> None:
+    with pytest.raises(BadInput, match="not a recognised image format"):
+        open_image(bytes(range(1, 200)) * 3)
+
+
+def test_png_bomb_refused_from_header(tmp_path: Path) -> None:
+    path = write(tmp_path, "bomb.png", png_declaring(50_000, 50_000))
+    start = time.perf_counter()
+    with pytest.raises(ResourceLimit) as info:
+        open_image(path)
+    assert time.perf_counter() - start < 1.0
+    msg = str(info.value)
+    assert "50000x50000" in msg
+    assert "2,500,000,000" in msg
+    assert f"{DEFAULT_MAX_PIXELS:,}" in msg
+    assert "max_pixels" in msg and "CONVLENS_MAX_PIXELS" in msg
+    assert isinstance(info.value, BadInput)
+
+
+def test_gif_bomb_screen_size() -> None:
+    with pytest.raises(ResourceLimit, match="65535x65535"):
+        open_image(gif_declaring((65535, 65535), (65535, 65535)))
+
+
+def test_gif_bomb_frame_larger_than_screen_no_warning_leaks() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for frame in ((12_000, 12_000), (60_000, 60_000)):  # PIL warns on the first, errors on the second
+            with pytest.raises(ResourceLimit):
+                open_image(gif_declaring((10, 10), frame))
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_tiff_bomb(tmp_path: Path) -> None:
+    with pytest.raises(ResourceLimit, match="100000x100000"):
+        open_image(write(tmp_path, "bomb.tif", tiff_declaring(100_000, 100_000)))
+
+
+def test_zero_dimension_png() -> None:
+    with pytest.raises(BadInput, match="zero|corrupt"):
+        open_image(png_declaring(0, 10))
+
+
+def test_pixel_limit_env_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = encode(noisy_rgb(100, 100), "PNG")
+    assert open_image(data).size == (100, 100)
+    monkeypatch.setenv("CONVLENS_MAX_PIXELS", "5000")
+    with pytest.raises(ResourceLimit, match="5,000"):
+        open_image(data)
+    assert open_image(data, max_pixels=20_000).size == (100, 100)
+    with pytest.raises(ResourceLimit):
+        open_image(data, max_pixels=9_999)
+    monkeypatch.setenv("CONVLENS_MAX_PIXELS", "lots")
+    with pytest.raises(BadInput, match="CONVLENS_MAX_PIXELS"):
+        open_image(data)
+
+
+def test_pil_global_state_untouched() -> None:
+    before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+    open_image(encode(noisy_rgb(), "JPEG"))
+    with pytest.raises(ResourceLimit):
+        open_image(png_declaring(50_000, 50_000))
+    after = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+    assert after == before
+
+
+def test_unsupported_type() -> None:
+    with pytest.raises(BadInput, match="file path, bytes"):
+        open_image(12345)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- conversions
+
+
+def test_path_bytes_and_filelike_agree(tmp_path: Path) -> None:
+    data = encode(noisy_rgb(), "PNG")
+    path = write(tmp_path, "noise.png", data)
+    a = to_array(open_image(path))
+    b = to_array(open_image(str(path)))
+    c = to_array(open_image(data))
+    with open(path, "rb") as fh:
+        d = to_array(open_image(fh))
+    e = to_array(open_image(io.BytesIO(data)))
+    assert a.shape == (192, 256, 3) and a.dtype == np.uint8
+    for other in (b, c, d, e):
+        np.testing.assert_array_equal(a, other)
+
+
+def test_result_is_loaded_and_detached(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.png", encode(noisy_rgb(32, 16), "PNG"))
+    im = open_image(path)
+    path.unlink()
+    assert im.mode == "RGB" and im.size == (32, 16)
+    assert not isinstance(im, ImageFile.ImageFile)
+    assert im.getpixel((0, 0)) is not None
+
+
+def test_cmyk_jpeg_to_rgb() -> None:
+    im = Image.new("CMYK", (32, 32), (0, 255, 255, 0))  # red ink-wise: no cyan, full magenta+yellow
+    out = open_image(encode(im, "JPEG", quality=95))
+    assert out.mode == "RGB"
+    assert_close(out.getpixel((16, 16)), (255, 0, 0), tol=20)
+
+
+def test_16bit_grayscale_png_scaled_not_clipped() -> None:
+    a = np.array([[65535, 32896, 0, 257]], dtype=np.uint16)
+    data = encode(Image.fromarray(a), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I;16")
+    out = to_array(open_image(data))
+    assert out[0, :, 0].tolist() == [255, 128, 0, 1]
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+def test_32bit_int_and_float_modes() -> None:
+    i = Image.fromarray(np.array([[0, 65535]], dtype=np.int32))
+    assert i.mode == "I"
+    assert to_array(open_image(encode(i, "TIFF")))[0, :, 0].tolist() == [0, 255]
+    f = Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))
+    assert f.mode == "F"
+    assert to_array(open_image(encode(f, "TIFF")))[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_palette_with_transparency_composited() -> None:
+    p = Image.new("P", (8, 8), 0)
+    p.putpalette([0, 0, 0, 255, 0, 0] + [0] * (256 * 3 - 6))
+    p.paste(1, (0, 0, 4, 8))  # left half red, right half index 0 (transparent)
+    data = encode(p, "PNG", transparency=0)
+    out = open_image(data, background=(0, 255, 0))
+    assert out.getpixel((1, 1)) == (255, 0, 0)
+    assert out.getpixel((6, 6)) == (0, 255, 0)
+    assert open_image(data).getpixel((6, 6)) == (255, 255, 255)
+
+
+def test_rgba_composited_on_background() -> None:
+    a = np.zeros((4, 4, 4), dtype=np.uint8)
+    a[..., 0] = 255  # red
+    a[:, :2, 3] = 255  # left opaque
+    a[:, 2:, 3] = 0  # right fully transparent
+    a[0, 0, 3] = 128  # one half-transparent pixel
+    data = encode(Image.fromarray(a, "RGBA"), "PNG")
+    out = to_array(open_image(data, background=(0, 0, 255)))
+    assert tuple(out[1, 1]) == (255, 0, 0)
+    assert tuple(out[1, 3]) == (0, 0, 255)
+    assert_close(out[0, 0], (128, 0, 127), tol=2)
+
+
+def test_la_composited() -> None:
+    la = Image.merge("LA", (Image.new("L", (2, 1), 0), Image.frombytes("L", (2, 1), b"\xff\x00")))
+    out = to_array(open_image(encode(la, "PNG"), background=(10, 20, 30)))
+    assert tuple(out[0, 0]) == (0, 0, 0)
+    assert tuple(out[0, 1]) == (10, 20, 30)
+
+
+def test_exif_orientation_applied() -> None:
+    a = np.zeros((32, 64, 3), dtype=np.uint8)
+    a[..., 2] = 255  # blue everywhere
+    a[:16, :16] = (255, 0, 0)  # red top-left quadrant
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    data = encode(Image.fromarray(a), "JPEG", quality=95, exif=exif.tobytes())
+    out = open_image(data)
+    assert out.size == (32, 64)  # width and height swapped
+    assert_close(out.getpixel((28, 4)), (255, 0, 0), tol=30)  # top-left went to top-right
+    assert_close(out.getpixel((4, 4)), (0, 0, 255), tol=30)
+
+
+def test_grayscale_and_bilevel_to_rgb() -> None:
+    g = Image.fromarray(np.array([[0, 100, 200]], dtype=np.uint8))
+    out = to_array(open_image(encode(g, "PNG")))
+    assert out.shape == (1, 3, 3)
+    assert out[0, :, 0].tolist() == [0, 100, 200]
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    b = Image.new("1", (4, 4), 1)
+    assert to_array(open_image(encode(b, "PNG")))[0, 0].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
+def test_animation_first_frame(fmt: str) -> None:
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    kw: dict[str, object] = {"lossless": True} if fmt == "WEBP" else {}
+    try:
+        data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **kw)
+    except (OSError, KeyError) as e:
+        pytest.skip(f"{fmt} animation writing unavailable: {e}")
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
+    assert_close(open_image(data).getpixel((8, 8)), (255, 0, 0), tol=4)
+
+
+def test_other_formats_roundtrip() -> None:
+    im = noisy_rgb(20, 10)
+    for fmt in ("BMP", "TIFF", "PPM"):
+        np.testing.assert_array_equal(to_array(open_image(encode(im, fmt))), to_array(im))
+
+
+def test_pil_image_input_goes_through_checks() -> None:
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert open_image(rgba, background=(1, 2, 3)).getpixel((0, 0)) == (1, 2, 3)
+    with pytest.raises(ResourceLimit):
+        open_image(Image.new("L", (100, 100)), max_pixels=100)
+
+
+def test_bad_background() -> None:
+    with pytest.raises(BadInput, match="background"):
+        open_image(encode(noisy_rgb(4, 4), "PNG"), background=(0, 0, 300))
+
+
+def test_thread_safe_concurrent_opens() -> None:
+    blobs = [encode(noisy_rgb(64, 48, seed=i), "PNG") for i in range(8)]
+    expected = [to_array(open_image(b)) for b in blobs]
+    bomb = png_declaring(50_000, 50_000)
+
+    def work(i: int) -> np.ndarray | str:
+        if i % 3 == 0:
+            try:
+                open_image(bomb)
+            except ResourceLimit:
+                return "refused"
+        return to_array(open_image(blobs[i % 8]))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(work, range(48)))
+    for i, r in enumerate(results):
+        if isinstance(r, str):
+            assert i % 3 == 0
+        else:
+            np.testing.assert_array_equal(r, expected[i % 8])
+
+
+# ----------------------------------------------------------------------------- arrays and helpers
+
+
+def test_to_array_and_from_array() -> None:
+    a = (np.arange(12, dtype=np.uint8) * 20).reshape(2, 2, 3)
+    np.testing.assert_array_equal(to_array(from_array(a)), a)
+    f = from_array(np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32))
+    assert f.mode == "RGB" and f.size == (2, 2)
+    assert to_array(f)[0, 1].tolist() == [128, 128, 128]
+    assert to_array(Image.new("RGBA", (3, 2), (1, 2, 3, 255))).shape == (2, 3, 3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_from_array_refuses_non_finite(bad: float) -> None:
+    a = np.zeros((4, 4, 3), dtype=np.float32)
+    a[1, 2, 0] = bad
+    with pytest.raises(BadInput, match="NaN or infinite"):
+        from_array(a)
+
+
+def test_from_array_refuses_bad_shapes_and_ranges() -> None:
+    with pytest.raises(BadInput, match="channel-first"):
+        from_array(np.zeros((3, 8, 8), dtype=np.uint8))
+    with pytest.raises(BadInput, match="HxW"):
+        from_array(np.zeros((8,), dtype=np.uint8))
+    with pytest.raises(BadInput, match="0..1"):
+        from_array(np.full((2, 2), 200.0))
+
+
+def test_resize_center_crop() -> None:
+    out = resize_center_crop(noisy_rgb(300, 200), 224)
+    assert out.size == (224, 224)
+    tall = resize_center_crop(noisy_rgb(100, 400), 32, resize=32)
+    assert tall.size == (32, 32)
+    marked = np.zeros((224, 224, 3), dtype=np.uint8)
+    marked[112, 112] = 255
+    same = resize_center_crop(Image.fromarray(marked), 224, resize=224)
+    np.testing.assert_array_equal(to_array(same), marked)
+    with pytest.raises(BadInput):
+        resize_center_crop(noisy_rgb(), 224, resize=100)
+
+
+def test_overlay() -> None:
+    pytest.importorskip("matplotlib")
+    img = noisy_rgb(40, 30)
+    heat = np.zeros((7, 7), dtype=np.float32)
+    heat[3, 3] = 1.0
+    out = overlay(img, heat, alpha=0.5)
+    assert out.mode == "RGB" and out.size == img.size
+    np.testing.assert_array_equal(to_array(overlay(img, heat, alpha=0.0)), to_array(img))
+    with pytest.raises(BadInput, match="NaN"):
+        overlay(img, np.full((4, 4), np.nan))
+    with pytest.raises(BadInput, match="colormap"):
+        overlay(img, heat, cmap="not-a-colormap")
+
+
+def test_make_grid_shapes() -> None:
+    tiles = [np.full((5, 4), i * 10, dtype=np.uint8) for i in range(7)]
+    grid = make_grid(tiles, ncols=3, pad=1)
+    assert grid.shape == (3 * 6 + 1, 3 * 5 + 1) and grid.dtype == np.uint8
+    assert grid[0, 0] == 255 and grid[1, 1] == 0 and grid[1, 1 + 5] == 10
+    rgb = make_grid(np.zeros((4, 8, 8, 3), dtype=np.uint8), pad=2, pad_value=(0, 0, 255))
+    assert rgb.shape == (2 * 10 + 2, 2 * 10 + 2, 3)
+    assert rgb[0, 0].tolist() == [0, 0, 255]
+    assert make_grid([np.zeros((2, 2), np.uint8), np.zeros((2, 2, 3), np.uint8)], pad=0).shape == (2, 4, 3)
+    with pytest.raises(BadInput, match="equally sized"):
+        make_grid([np.zeros((2, 2), np.uint8), np.zeros((3, 2), np.uint8)])
+    with pytest.raises(BadInput, match="no tiles"):
+        make_grid([])
+
+
+# ----------------------------------------------------------------------------- packaged samples
+
+
+def test_sample_images_finds_chelsea() -> None:
+    if importlib.util.find_spec("skimage") is None:
+        pytest.skip("scikit-image is not installed")
+    found = sample_images()
+    assert "chelsea" in found and found["chelsea"].is_file()
+    cat = sample_image("chelsea")
+    assert cat.mode == "RGB" and cat.size == (451, 300)
+    with pytest.raises(BadInput, match="chelsea"):
+        sample_image("no-such-sample")
+
+
+def test_sample_image_grayscale_becomes_rgb() -> None:
+    if "camera" not in sample_images():
+        pytest.skip("scikit-image camera.png not on disk")
+    assert sample_image("camera").mode == "RGB"
+
+
+def test_foolbox_imagenet() -> None:
+    if importlib.util.find_spec("foolbox") is None:
+        pytest.skip("foolbox is not installed (pip install --no-deps foolbox==3.3.4)")
+    items = foolbox_imagenet()
+    assert len(items) == 20
+    assert all(p.is_file() and p.suffix == ".jpg" for p, _ in items)
+    assert all(0 <= label <= 999 for _, label in items)
+    assert items[0][0].name.startswith("imagenet_00_")
+    assert open_image(items[0][0]).mode == "RGB"
+    assert len(foolbox_photos("cifar10")) == 20
+    assert all(p.name.startswith("cifar10_") for p, _ in foolbox_photos("cifar10"))
+    assert all(0 <= label <= 9 for _, label in foolbox_photos("fashionmnist"))
+    with pytest.raises(BadInput, match="imagenet"):
+        foolbox_photos("svhn")
