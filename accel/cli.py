@@ -51,7 +51,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         mark = "yes" if r["weights_present"] else "NO "
         print(f"{r['name']:<{w}}  weights:{mark}  {r['description']}  [{r['source']}]")
-    print("\nAlso: any torchvision classifier by name (e.g. resnet50; pretrained weights if cached or downloadable),")
+    print(
+        "\nAlso: any torchvision classifier by name (e.g. resnet50; pretrained weights if cached or downloadable),"
+    )
     print("a .pt/.pth/.safetensors state dict with --arch NAME, or an .onnx file (forward-only).")
     return 0
 
@@ -94,7 +96,9 @@ def _add_method_args(p: argparse.ArgumentParser, spec: Any) -> None:
         if info.choices:
             help_ += f" (choices: {', '.join(map(str, info.choices))})"
         if info.min is not None or info.max is not None:
-            help_ += f" [{info.min if info.min is not None else ''}..{info.max if info.max is not None else ''}]"
+            help_ += (
+                f" [{info.min if info.min is not None else ''}..{info.max if info.max is not None else ''}]"
+            )
         p.add_argument(flag, dest=f"p_{info.name}", default=None, help=f"{help_} (default: {info.default})")
 
 
@@ -105,7 +109,9 @@ def _method_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespac
     spec = registry.get(args.method)
     if spec.family != args.family:
         raise BadInput(f"{spec.name} is a {spec.family} method; use `convlens {_verb(spec.family)}`")
-    mp = argparse.ArgumentParser(prog=f"convlens {_verb(spec.family)} --method {spec.name}", description=spec.summary)
+    mp = argparse.ArgumentParser(
+        prog=f"convlens {_verb(spec.family)} --method {spec.name}", description=spec.summary
+    )
     _add_method_args(mp, spec)
     margs = mp.parse_args(rest)
     for k, v in vars(margs).items():
@@ -126,7 +132,9 @@ def cmd_method(args: argparse.Namespace) -> int:
     spec = registry.get(args.method)
     net = _load(args)
     if spec.needs_image and not args.image:
-        raise BadInput(f"{spec.name} needs an input image: convlens {_verb(spec.family)} IMAGE --method {spec.name}")
+        raise BadInput(
+            f"{spec.name} needs an input image: convlens {_verb(spec.family)} IMAGE --method {spec.name}"
+        )
     img = open_image(args.image) if args.image else None
     params = {k[2:]: v for k, v in vars(args).items() if k.startswith("p_") and v is not None}
     bar = _progress_bar(spec.name)
@@ -150,9 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name, torchvision name, or file")
+        p.add_argument(
+            "--model", "-m", default="efficientnet_lite0", help="zoo name, torchvision name, or file"
+        )
         p.add_argument("--arch", default=None, help="architecture for a state-dict checkpoint")
-        p.add_argument("--trust", action="store_true", help="allow full pickles in checkpoints (runs their code!)")
+        p.add_argument(
+            "--trust", action="store_true", help="allow full pickles in checkpoints (runs their code!)"
+        )
 
     p = sub.add_parser("models", help="list the model zoo and whether weights are present")
     p.add_argument("--json", action="store_true")

@@ -166,7 +166,14 @@ def register(
 
     def deco(fn: RunFn) -> RunFn:
         _REGISTRY[name] = MethodSpec(
-            name, family, params, fn, paper, summary or (fn.__doc__ or "").strip().split("\n")[0], needs_image, needs_grad
+            name,
+            family,
+            params,
+            fn,
+            paper,
+            summary or (fn.__doc__ or "").strip().split("\n")[0],
+            needs_image,
+            needs_grad,
         )
         return fn
 
@@ -208,7 +215,9 @@ def get(name: str) -> MethodSpec:
     return _REGISTRY[name]
 
 
-def run(name: str, net: Any, img: Any = None, progress: Callable[[float, str], None] | None = None, **params: Any) -> Result:
+def run(
+    name: str, net: Any, img: Any = None, progress: Callable[[float, str], None] | None = None, **params: Any
+) -> Result:
     """Run technique `name` on backbone `net` and image `img` with validated parameters; the one verb."""
     spec = get(name)
     p = validate(spec.params, params, name)

@@ -11,7 +11,9 @@ from PIL import Image
 KINDS = ("map", "image", "grid", "points", "patches")
 
 
-def colorize(m: np.ndarray, cmap: str = "jet", vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+def colorize(
+    m: np.ndarray, cmap: str = "jet", vmin: float | None = None, vmax: float | None = None
+) -> np.ndarray:
     """Map a 2-D float array to uint8 RGB with a matplotlib colormap (min-max scaled unless bounds are given)."""
     from matplotlib import colormaps
 

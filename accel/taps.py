@@ -25,7 +25,9 @@ def resolve(module: nn.Module, name: str) -> nn.Module:
 
 
 @contextmanager
-def capture(module: nn.Module, names: Sequence[str], detach: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+def capture(
+    module: nn.Module, names: Sequence[str], detach: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
     """Record the outputs (or `:in` inputs) of the named sub-modules during forward passes inside the block."""
     store: dict[str, torch.Tensor] = {}
     handles = []

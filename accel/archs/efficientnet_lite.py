@@ -39,7 +39,9 @@ class SameConv2d(nn.Conv2d):
 
     same_padding = True
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = False) -> None:
+    def __init__(
+        self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = False
+    ) -> None:
         super().__init__(cin, cout, k, stride=stride, padding=0, groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

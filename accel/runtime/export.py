@@ -96,13 +96,18 @@ def _valid(path: Path) -> bool:
         return False
 
 
-def export_backbone(net: Backbone, taps: list[str], opset: int = DEFAULT_OPSET, out: Path | None = None) -> Path:
+def export_backbone(
+    net: Backbone, taps: list[str], opset: int = DEFAULT_OPSET, out: Path | None = None
+) -> Path:
     """Export `net` with `taps` as outputs (cached unless `out` is given); returns the .onnx path."""
     if not taps:
         raise BadInput("export needs at least one tap (e.g. 'logits')")
     if len(set(taps)) != len(taps):
         raise BadInput(f"duplicate taps in {taps}")
-    target = out or cache_dir() / f"{net.name.replace('/', '_').replace('@', '_')}-{export_key(net, taps, opset)}.onnx"
+    target = (
+        out
+        or cache_dir() / f"{net.name.replace('/', '_').replace('@', '_')}-{export_key(net, taps, opset)}.onnx"
+    )
     if out is None and target.exists():
         if _valid(target):
             return target
@@ -127,5 +132,30 @@ def export_backbone(net: Backbone, taps: list[str], opset: int = DEFAULT_OPSET, 
                 do_constant_folding=True,
                 dynamo=False,
             )
+    _stamp_metadata(tmp, net, taps)
     os.replace(tmp, target)
     return target
+
+
+def _stamp_metadata(path: Path, net: Backbone, taps: list[str]) -> None:
+    """Record the preprocessing convention and labels in the model, so the file is self-describing."""
+    import dataclasses
+
+    import onnx
+
+    m = onnx.load(str(path))
+    labels: object = None
+    if net.labels is not None:
+        from ..zoo import imagenet_labels
+
+        labels = "imagenet" if net.labels == imagenet_labels() else net.labels
+    props = {
+        "convlens.model": net.name,
+        "convlens.preproc": json.dumps(dataclasses.asdict(net.pre)),
+        "convlens.labels": json.dumps(labels),
+        "convlens.taps": json.dumps(taps),
+    }
+    for k, v in props.items():
+        e = m.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(m, str(path))

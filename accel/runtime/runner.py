@@ -32,7 +32,9 @@ def forward_taps(net: Backbone, x: torch.Tensor, taps: Sequence[str]) -> dict[st
     if "embedding" in taps and not emb:
         raise BadInput(f"{net.name!r} declares no embedding layer; name a layer tap instead")
     if "logits" in taps and not net.has_head:
-        raise BadInput(f"{net.name!r} has no classifier head, so it has no 'logits' tap; use 'embedding' or a layer")
+        raise BadInput(
+            f"{net.name!r} has no classifier head, so it has no 'logits' tap; use 'embedding' or a layer"
+        )
     hooks = [t for t in taps if t not in ("logits", "embedding")]
     if "embedding" in taps and emb not in hooks:
         hooks.append(emb)  # type: ignore[arg-type]
@@ -59,7 +61,9 @@ def _as_batch(net: Backbone, batch: Any) -> np.ndarray:
     if a.ndim == 3:
         a = a[None]
     if a.ndim != 4 or tuple(a.shape[1:]) != tuple(net.input_shape):
-        raise BadInput(f"{net.name} expects a batch of shape (N,{','.join(map(str, net.input_shape))}), got {a.shape}")
+        raise BadInput(
+            f"{net.name} expects a batch of shape (N,{','.join(map(str, net.input_shape))}), got {a.shape}"
+        )
     if not np.isfinite(a).all():
         raise BadInput("input batch contains NaN or inf")
     return a
@@ -117,7 +121,9 @@ class Runner:
             for p, o in zip(parts, outs):
                 p.append(o)
             if progress is not None:
-                progress(min(1.0, (i + self.batch_size) / max(n, 1)), f"{min(n, i + self.batch_size)}/{n} images")
+                progress(
+                    min(1.0, (i + self.batch_size) / max(n, 1)), f"{min(n, i + self.batch_size)}/{n} images"
+                )
         if n == 0:
             return {t: np.empty((0,)) for t in self.taps}
         return {t: np.concatenate(p) if len(p) > 1 else p[0] for t, p in zip(self.taps, parts)}
@@ -162,7 +168,9 @@ class OrtRunner(Runner):
         t0 = time.perf_counter()
         if net.module is None:
             if self.taps != ["logits"]:
-                raise BadInput(f"{net.name!r} is an ONNX file: only the 'logits' tap is available, not {self.taps}")
+                raise BadInput(
+                    f"{net.name!r} is an ONNX file: only the 'logits' tap is available, not {self.taps}"
+                )
             path = net.onnx_path
             check_parity = False
         else:

@@ -29,22 +29,30 @@ def check_onnx(path: str | os.PathLike[str]) -> None:
         model = onnx.load(str(p), load_external_data=False)
         onnx.checker.check_model(model)
     except Exception as e:  # noqa: BLE001 - onnx raises many types for corrupt files
-        raise BadInput(f"{p.name}: not a valid ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        raise BadInput(
+            f"{p.name}: not a valid ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        ) from None
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
         raise BadInput(f"{p.name}: expected one image input, found {len(inputs)} inputs")
     t = inputs[0].type.tensor_type
     if t.elem_type != onnx.TensorProto.FLOAT:
-        raise BadInput(f"{p.name}: input {inputs[0].name!r} must be float32, got {onnx.TensorProto.DataType.Name(t.elem_type)}")
+        raise BadInput(
+            f"{p.name}: input {inputs[0].name!r} must be float32, got {onnx.TensorProto.DataType.Name(t.elem_type)}"
+        )
     if len(t.shape.dim) != 4:
-        raise BadInput(f"{p.name}: input {inputs[0].name!r} must have rank 4 (N,C,H,W), got rank {len(t.shape.dim)}")
+        raise BadInput(
+            f"{p.name}: input {inputs[0].name!r} must have rank 4 (N,C,H,W), got rank {len(t.shape.dim)}"
+        )
     c = t.shape.dim[1].dim_value
     if c not in (0, 1, 3):
         raise BadInput(f"{p.name}: input must have 1 or 3 channels (N,C,H,W), got C={c}")
 
 
-def onnx_io_shapes(path: str | os.PathLike[str] | None) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+def onnx_io_shapes(
+    path: str | os.PathLike[str] | None,
+) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
     """Input and output shapes (without batch) of an ONNX model; unknown dims are -1."""
     import onnx
 

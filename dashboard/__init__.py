@@ -1,0 +1,1 @@
+"""convlens dashboard (Streamlit). Talks to the engine only through `accel`."""

@@ -1,0 +1,58 @@
+"""Shared fixtures: real photos and real packaged backbones, loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Tests never reach a hub; exports are cached inside the repo (ignored by git) so reruns are quick.
+os.environ.setdefault("CONVLENS_OFFLINE", "1")
+os.environ.setdefault("CONVLENS_CACHE", str(ROOT / ".cache" / "convlens"))
+
+ARTIFACTS = ROOT / "artifacts" / "tests"
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Folder where tests save images for people to look at."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+_NETS: dict = {}
+
+
+def get_net(name: str):
+    """A packaged backbone, loaded once per test session."""
+    import accel
+
+    if name not in _NETS:
+        _NETS[name] = accel.load(name)
+    return _NETS[name]
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    return get_net("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def chelsea():
+    from accel.images import sample_image
+
+    return sample_image("chelsea")
+
+
+@pytest.fixture(scope="session")
+def imagenet_photos():
+    """foolbox's 20 labelled ImageNet photos as (PIL image, label)."""
+    import accel
+    from accel.images import foolbox_imagenet
+
+    items = foolbox_imagenet()
+    if not items:
+        pytest.skip("foolbox photos are not installed (pip install --no-deps foolbox==3.3.4)")
+    return [(accel.open_image(p), lab) for p, lab in items]

@@ -1,0 +1,135 @@
+"""Two runners, one answer: ONNX Runtime and torch agree on every tap; exports are cached and checked."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import accel
+from accel.errors import BadInput
+from accel.runtime import export as export_mod
+from accel.runtime.runner import OrtRunner, TorchRunner, auto_batch_size
+from tests.conftest import get_net
+
+
+def _taps(net) -> list[str]:
+    """logits/embedding plus a spread of layers from first to last (every activation and block output)."""
+    base = (["logits"] if net.has_head else []) + ["embedding"]
+    if net.name.startswith("efficientnet"):
+        acts = [li.name for li in net.layers() if li.kind == "relu6"]
+        layers = acts[::3] + [f"_blocks.{i}" for i in range(0, 16, 3)] + ["_act_head"]
+    else:
+        layers = [li.name for li in net.layers() if li.kind in ("relu", "maxpool2d")]
+    return base + layers
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "alexnet", "vgg16", "vgg19"])
+def test_ort_matches_torch_on_real_photos(name, imagenet_photos):
+    net = get_net(name)
+    taps = _taps(net)
+    ort_r = accel.runner(net, taps, backend="onnxruntime")
+    tor_r = accel.runner(net, taps, backend="torch")
+    assert ort_r.backend == "onnxruntime" and ort_r.meta["provider"] == "CPUExecutionProvider"
+    assert tor_r.backend == "torch"
+    photos = [img for img, _ in imagenet_photos[:7]]
+    for bs in (1, 7):
+        x = net.preprocess_batch(photos[:bs])
+        a, b = ort_r.run(x), tor_r.run(x)
+        for t in taps:
+            assert a[t].shape == b[t].shape and a[t].shape[0] == bs, t
+            d = float(np.abs(a[t] - b[t]).max())
+            # Activations, embeddings and logits: 1e-4 absolute. Un-activated block outputs of EfficientNet
+            # reach |x| ~ 40 and VGG19 (Caffe convention, 0..255 inputs) reaches |x| ~ 1e3-1e4, where fp32
+            # rounding alone exceeds 1e-4; there the bound is 1e-4 relative to the tap's largest value.
+            relative = t.startswith("_blocks.") or name == "vgg19"
+            bound = 1e-4 * (max(1.0, float(np.abs(b[t]).max())) if relative else 1.0)
+            assert d <= bound, f"{name} tap {t} batch {bs}: max abs diff {d} > {bound}"
+    assert set(ort_r.meta["parity_max_abs"]) == set(taps)
+
+
+def test_runner_accepts_images_and_batches_automatically(lite0, imagenet_photos):
+    photos = [img for img, _ in imagenet_photos[:5]]
+    r = accel.runner(lite0, ["logits"], backend="torch", batch_size=2)
+    out = r.run(photos)
+    assert out["logits"].shape == (5, 1000)
+    assert r.passes == 3
+    seen = []
+    r.run(photos, progress=lambda f, msg: seen.append(f))
+    assert seen[-1] == 1.0 and len(seen) == 3
+
+
+def test_auto_backend_prefers_onnxruntime(lite0):
+    r = accel.runner(lite0, ["logits"])
+    assert r.backend == "onnxruntime"
+    assert r.meta["parity_rel"] < 1e-4
+    assert (
+        any("skipped" in f or "Execution" in f for f in r.meta["provider_failures"])
+        or not r.meta["provider_failures"]
+    )
+
+
+def test_export_cache_is_reused_and_rebuilt_when_corrupt(lite0):
+    p1 = export_mod.export_backbone(lite0, ["logits", "_act_head"])
+    m1 = os.stat(p1).st_mtime_ns
+    p2 = export_mod.export_backbone(lite0, ["logits", "_act_head"])
+    assert p1 == p2 and os.stat(p2).st_mtime_ns == m1
+    p1.write_bytes(b"corrupt" * 100)
+    with pytest.warns(UserWarning, match="corrupt"):
+        p3 = export_mod.export_backbone(lite0, ["logits", "_act_head"])
+    assert p3 == p1
+    r = OrtRunner(lite0, ["logits", "_act_head"])
+    x = lite0.normalize(torch.rand(1, 3, 224, 224))
+    assert np.abs(r.run(x)["logits"] - TorchRunner(lite0, ["logits"]).run(x)["logits"]).max() < 1e-4
+
+
+def test_cache_key_changes_with_taps_and_weights(lite0):
+    k1 = export_mod.export_key(lite0, ["logits"], 17)
+    assert k1 != export_mod.export_key(lite0, ["logits", "embedding"], 17)
+    assert k1 != export_mod.export_key(lite0, ["logits"], 18)
+    other = get_net("efficientnet_lite1")
+    assert k1 != export_mod.export_key(other, ["logits"], 17)
+
+
+def test_export_that_disagrees_is_refused(chelsea):
+    net = accel.load("alexnet")
+    taps = ["embedding"]
+    net.weights_hash()
+    export_mod.export_backbone(net, taps)  # export (or reuse) for the pristine weights
+    with torch.no_grad():
+        net.module.features[0].bias += 0.5  # module changes, but the cached hash (and export) do not
+    with pytest.raises(RuntimeError, match="disagrees with torch"):
+        accel.runner(net, taps, backend="onnxruntime")
+    with pytest.warns(UserWarning, match="using torch"):
+        r = accel.runner(net, taps, backend="auto")
+    assert r.backend == "torch"
+
+
+def test_bad_taps_and_inputs(lite0):
+    with pytest.raises(BadInput, match="unknown layer"):
+        accel.runner(lite0, ["nope"], backend="torch")
+    with pytest.raises(BadInput, match="at least one tap"):
+        accel.runner(lite0, [], backend="torch")
+    with pytest.raises(BadInput, match="no classifier head"):
+        accel.runner(get_net("vgg16"), ["logits"], backend="torch").run(
+            np.zeros((1, 3, 224, 224), np.float32)
+        )
+    r = accel.runner(lite0, ["logits"], backend="torch")
+    with pytest.raises(BadInput, match="expects a batch of shape"):
+        r.run(np.zeros((1, 3, 100, 100), np.float32))
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(BadInput, match="NaN"):
+        r.run(x)
+    with pytest.raises(BadInput, match="backend must be"):
+        accel.runner(lite0, ["logits"], backend="tpu")
+
+
+def test_batch_size_follows_memory_budget(lite0, monkeypatch):
+    big = auto_batch_size(lite0, 8 * 2**30)
+    small = auto_batch_size(lite0, 10 * 2**20)
+    assert big == 64 and small == 1
+    monkeypatch.setenv("CONVLENS_MEMORY_BUDGET_MB", "1")
+    assert accel.runner(lite0, ["logits"], backend="torch").batch_size == 1
