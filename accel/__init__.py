@@ -47,4 +47,29 @@ def __getattr__(name: str) -> Any:
         from .runtime.runner import runner
 
         return runner
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'accel' has no attribute {name!r}")
+
+
+_SUBMODULES = {
+    "images",
+    "zoo",
+    "taps",
+    "receptive",
+    "registry",
+    "result",
+    "errors",
+    "runtime",
+    "datasets",
+    "store",
+    "bench",
+    "cli",
+    "methods",
+    "archs",
+    "training",
+    "fashion_mnist",
+    "distributed",
+}

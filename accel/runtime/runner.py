@@ -17,6 +17,7 @@ import torch
 
 from ..errors import BadInput
 from ..taps import capture
+from .sweep import Perturbation
 
 if TYPE_CHECKING:
     from ..zoo import Backbone
@@ -129,6 +130,37 @@ class Runner:
         return {t: np.concatenate(p) if len(p) > 1 else p[0] for t, p in zip(self.taps, parts)}
 
     __call__ = run
+
+    def sweep(
+        self,
+        x0: Any,
+        perturbation: Perturbation,
+        reduce: Callable[[dict[str, np.ndarray]], Any] | None = None,
+        progress: Progress | None = None,
+    ) -> Any:
+        """Forward N perturbed copies of one image, built lazily batch by batch (see accel.runtime.sweep).
+
+        Without `reduce`, returns {tap: (N, ...) array}. With `reduce`, each batch's outputs are reduced first
+        (e.g. to the target probability) and the reduced pieces are concatenated, so big taps never pile up.
+        """
+        a = _as_batch(self.net, x0)
+        if len(a) != 1:
+            raise BadInput(f"sweep perturbs one image, got a batch of {len(a)}")
+        x = a[0]
+        n = perturbation.n
+        pieces: list[Any] = []
+        for i in range(0, n, self.batch_size):
+            stop = min(n, i + self.batch_size)
+            outs = dict(zip(self.taps, self._forward(perturbation.make(x, i, stop))))
+            self.passes += 1
+            pieces.append(reduce(outs) if reduce is not None else outs)
+            if progress is not None:
+                progress(stop / n, f"{stop}/{n} perturbations")
+        if not pieces:
+            return np.empty((0,)) if reduce is not None else {t: np.empty((0,)) for t in self.taps}
+        if reduce is not None:
+            return np.concatenate([np.asarray(p) for p in pieces])
+        return {t: np.concatenate([p[t] for p in pieces]) for t in self.taps}
 
 
 class TorchRunner(Runner):
