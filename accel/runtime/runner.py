@@ -116,20 +116,43 @@ class Runner:
         a = _as_batch(self.net, batch)
         parts: list[list[np.ndarray]] = [[] for _ in self.taps]
         n = len(a)
-        for i in range(0, n, self.batch_size):
-            outs = self._forward(a[i : i + self.batch_size])
+        i = 0
+        while i < n:
+            stop = min(n, i + self.batch_size)
+            outs = self._forward_safe(a[i:stop])
+            if outs is None:
+                continue  # batch size was halved; retry the same slice
             self.passes += 1
             for p, o in zip(parts, outs):
                 p.append(o)
+            i = stop
             if progress is not None:
-                progress(
-                    min(1.0, (i + self.batch_size) / max(n, 1)), f"{min(n, i + self.batch_size)}/{n} images"
-                )
+                progress(i / n, f"{i}/{n} images")
         if n == 0:
             return {t: np.empty((0,)) for t in self.taps}
         return {t: np.concatenate(p) if len(p) > 1 else p[0] for t, p in zip(self.taps, parts)}
 
     __call__ = run
+
+    def _forward_safe(self, x: np.ndarray) -> list[np.ndarray] | None:
+        """Forward one chunk; on an allocation failure halve the batch size, say so, and ask for a retry."""
+        try:
+            return self._forward(x)
+        except (MemoryError, RuntimeError) as e:
+            msg = str(e).lower()
+            if not isinstance(e, MemoryError) and "alloc" not in msg and "out of memory" not in msg:
+                raise
+            if len(x) == 1:
+                raise BadInput(
+                    f"{self.net.name}: one image does not fit in memory ({str(e)[:120]})"
+                ) from None
+            self.batch_size = max(1, len(x) // 2)
+            self.meta["batch_size"] = self.batch_size
+            self.meta["batch_halvings"] = self.meta.get("batch_halvings", 0) + 1
+            warnings.warn(
+                f"allocation failed; halving batch size to {self.batch_size} and retrying", stacklevel=3
+            )
+            return None
 
     def sweep(
         self,
@@ -149,11 +172,16 @@ class Runner:
         x = a[0]
         n = perturbation.n
         pieces: list[Any] = []
-        for i in range(0, n, self.batch_size):
+        i = 0
+        while i < n:
             stop = min(n, i + self.batch_size)
-            outs = dict(zip(self.taps, self._forward(perturbation.make(x, i, stop))))
+            got = self._forward_safe(perturbation.make(x, i, stop))
+            if got is None:
+                continue
+            outs = dict(zip(self.taps, got))
             self.passes += 1
             pieces.append(reduce(outs) if reduce is not None else outs)
+            i = stop
             if progress is not None:
                 progress(stop / n, f"{stop}/{n} perturbations")
         if not pieces:
@@ -193,9 +221,16 @@ class OrtRunner(Runner):
         batch_size: int | None = None,
         providers: tuple[str, ...] | None = None,
         check_parity: bool = True,
+        precision: str = "fp32",
     ) -> None:
         super().__init__(net, taps, batch_size)
         from .session import make_session
+
+        if precision not in ("fp32", "int8", "fp16"):
+            raise BadInput(
+                f"precision must be 'fp32', 'int8' (CPU, static QDQ) or 'fp16' (GPU), got {precision!r}"
+            )
+        self.precision = precision
 
         t0 = time.perf_counter()
         if net.module is None:
@@ -212,8 +247,15 @@ class OrtRunner(Runner):
                 if t not in ("logits", "embedding"):
                     net.layer(t.partition(":")[0])
             path = export_backbone(net, self.taps)
+        if precision == "int8":
+            path = self._int8(path)
+            check_parity = False
         self.path = path
         self.session, self.provider, failures = make_session(path, providers)
+        if precision == "fp16" and self.provider == "CPUExecutionProvider":
+            raise BadInput(
+                "fp16 is offered on GPU providers only: on the CPU provider it is slower than fp32"
+            )
         self.input_name = self.session.get_inputs()[0].name
         self.meta.update(
             provider=self.provider,
@@ -222,6 +264,21 @@ class OrtRunner(Runner):
             setup_s=round(time.perf_counter() - t0, 3),
         )
         self._parity_pending = check_parity
+
+    def _int8(self, fp32_path: Any) -> Any:
+        """Quantize the export (cached) and record its accuracy cost against fp32 on the calibration photos."""
+        from .quantize import accuracy_cost, packaged_photo_batches, quantize_int8
+        from .session import make_session
+
+        calib, held_out = packaged_photo_batches(self.net)
+        q = quantize_int8(fp32_path, calib)
+        ref_sess, _, _ = make_session(fp32_path, ("CPUExecutionProvider",))
+        q_sess, _, _ = make_session(q, ("CPUExecutionProvider",))
+        ref = ref_sess.run(None, {"input": held_out})
+        got = q_sess.run(None, {"input": held_out})
+        self.meta["accuracy_cost"] = accuracy_cost(ref, got, self.taps) | {"held_out_images": len(held_out)}
+        self.meta["precision"] = "int8"
+        return q
 
     def _forward(self, x: np.ndarray) -> list[np.ndarray]:
         outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
@@ -254,8 +311,14 @@ def runner(
     backend: str = "auto",
     batch_size: int | None = None,
     providers: tuple[str, ...] | None = None,
+    precision: str = "fp32",
 ) -> Runner:
-    """A batched forward runner: backend "torch", "onnxruntime", or "auto" (ONNX Runtime when it works)."""
+    """A batched forward runner: backend "torch", "onnxruntime", or "auto" (ONNX Runtime when it works).
+
+    `precision="int8"` (ONNX Runtime on CPU, opt-in) quantizes statically and reports its accuracy cost in meta.
+    """
+    if precision != "fp32" and backend == "torch":
+        raise BadInput("reduced precision is offered on the ONNX Runtime backend only")
     if backend not in ("auto", "torch", "onnxruntime", "ort"):
         raise BadInput(f"backend must be 'auto', 'torch' or 'onnxruntime', got {backend!r}")
     if backend == "torch":
@@ -265,10 +328,10 @@ def runner(
     if backend in ("onnxruntime", "ort"):
         if not ort_available():
             raise BadInput("onnxruntime is not installed; use backend='torch'")
-        return _parity_checked(OrtRunner(net, taps, batch_size, providers))
+        return _parity_checked(OrtRunner(net, taps, batch_size, providers, precision=precision))
     if net.module is None or ort_available():
         try:
-            return _parity_checked(OrtRunner(net, taps, batch_size, providers))
+            return _parity_checked(OrtRunner(net, taps, batch_size, providers, precision=precision))
         except BadInput:
             raise
         except Exception as e:  # noqa: BLE001 - export or session failure: torch still works

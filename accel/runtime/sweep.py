@@ -53,7 +53,9 @@ class Occlusion(Perturbation):
         if min(sh, sw) < 1:
             raise BadInput(f"occlusion stride must be >= 1 pixel, got {self.stride}")
         if wh > self.height or ww > self.width:
-            raise BadInput(f"occlusion window {self.window} is larger than the image ({self.height}x{self.width})")
+            raise BadInput(
+                f"occlusion window {self.window} is larger than the image ({self.height}x{self.width})"
+            )
         rows = range(0, self.height - wh + 1, sh)
         cols = range(0, self.width - ww + 1, sw)
         self.grid = (len(rows), len(cols))

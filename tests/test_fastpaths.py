@@ -1,0 +1,142 @@
+"""Fast paths give the same answers as the plain loops: sweeps, incremental occlusion, drill-down, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import accel
+from accel.errors import BadInput
+from accel.runtime.incremental import IncrementalOcclusion, drill_down, supports_incremental
+from accel.runtime.sweep import Masks, Occlusion, Reveal
+from tests.conftest import get_net
+
+
+@pytest.fixture(scope="module")
+def alex_x(chelsea):
+    net = get_net("alexnet")
+    return net, net.preprocess(chelsea).numpy()
+
+
+def test_sweeps_equal_a_naive_loop(alex_x):
+    net, x = alex_x
+    r = accel.runner(net, ["embedding"], backend="onnxruntime", batch_size=5)
+    rng = np.random.default_rng(0)
+    masks = (rng.random((7, 224, 224)) > 0.5).astype(np.float32)
+    order = np.argsort(-rng.random(224 * 224))
+    for pert in (
+        Occlusion(224, 224, (64, 64), (48, 48), baseline=0.3),
+        Masks(masks, baseline=0.0),
+        Reveal(order, steps=6, mode="deletion"),
+        Reveal(order, steps=6, mode="insertion", baseline=-1.0),
+    ):
+        fast = r.sweep(x, pert)["embedding"]
+        naive = []
+        for k in range(pert.n):
+            xk = x[0].copy()
+            if isinstance(pert, Occlusion):
+                top, left = pert.positions[k]
+                xk[:, top : top + 64, left : left + 64] = 0.3
+            elif isinstance(pert, Masks):
+                xk = xk * masks[k]
+            else:
+                cnt = pert.counts[k]
+                flat = xk.reshape(3, -1)
+                base = np.full_like(flat, pert.baseline)
+                if pert.mode == "deletion":
+                    flat[:, order[:cnt]] = base[:, order[:cnt]]
+                else:
+                    base[:, order[:cnt]] = flat[:, order[:cnt]]
+                    flat = base
+                xk = flat.reshape(3, 224, 224)
+            with torch.no_grad():
+                naive.append(net.module(torch.from_numpy(xk[None])).numpy()[0])
+        assert np.abs(fast - np.stack(naive)).max() < 1e-4, type(pert).__name__
+    reduced = r.sweep(x, Occlusion(224, 224, (64, 64), (80, 80)), reduce=lambda o: o["embedding"][:, 0])
+    assert reduced.shape == (9,)
+
+
+def test_occlusion_geometry_and_errors():
+    occ = Occlusion(224, 224, (32, 32), (8, 8))
+    assert occ.n == 625 and occ.grid == (25, 25)
+    assert occ.coverage().max() == 16
+    with pytest.raises(BadInput, match="larger than the image"):
+        Occlusion(224, 224, (300, 300), (8, 8))
+    with pytest.raises(BadInput, match="stride"):
+        Occlusion(224, 224, (32, 32), (0, 8))
+
+
+@pytest.mark.parametrize("name,split", [("alexnet", None), ("alexnet", "features.8"), ("fashion_cnn", None)])
+def test_incremental_occlusion_equals_plain_sweep(name, split, chelsea):
+    net = get_net(name)
+    assert supports_incremental(net)
+    x = net.preprocess(chelsea).numpy()
+    s = net.pre.size
+    w, st = (8, 3) if s == 28 else (32, 24)
+    occ = Occlusion(s, s, (w, w), (st, st), baseline=0.5)
+    taps = ["logits"] if net.has_head else ["embedding"]
+    plain = accel.runner(net, taps, backend="onnxruntime").sweep(x, occ)[taps[0]]
+    inc = IncrementalOcclusion(net, taps, split=split)
+    fast = inc.sweep(x, occ)[taps[0]]
+    assert fast.shape == plain.shape
+    assert np.abs(fast - plain).max() < 1e-4
+
+
+def test_incremental_refuses_unsupported_backbones(lite0):
+    assert not supports_incremental(lite0)
+    with pytest.raises(BadInput, match="features/pool"):
+        IncrementalOcclusion(lite0, ["logits"])
+
+
+def test_drill_down_with_full_refinement_is_the_full_map(alex_x):
+    net, x = alex_x
+    r = accel.runner(net, ["embedding"], backend="onnxruntime")
+
+    def score(occ: Occlusion) -> np.ndarray:
+        return r.sweep(x, occ, reduce=lambda o: o["embedding"][:, 3])
+
+    full = score(Occlusion(224, 224, (48, 48), (32, 32))).reshape(6, 6)
+    d = drill_down(score, 224, 224, 48, 32, coarse_stride=64, refine=1.0)
+    assert np.abs(d["map"] - full).max() < 1e-5
+    part = drill_down(score, 224, 224, 48, 32, coarse_stride=64, refine=0.25)
+    assert part["windows"] < part["full_windows"] + 9
+    assert part["refined"].sum() < full.size
+    sel = part["refined"]
+    assert np.abs(part["map"][sel] - full[sel]).max() < 1e-5
+    with pytest.raises(BadInput):
+        drill_down(score, 224, 224, 48, 32, refine=0.0)
+
+
+def test_batch_halving_on_allocation_failure(alex_x, monkeypatch):
+    net, x = alex_x
+    r = accel.runner(net, ["embedding"], backend="torch", batch_size=8)
+    real = r._forward
+
+    def flaky(batch):
+        if len(batch) > 2:
+            raise RuntimeError("Failed to allocate memory for requested buffer of size 123456")
+        return real(batch)
+
+    monkeypatch.setattr(r, "_forward", flaky)
+    xs = np.repeat(x, 7, axis=0)
+    with pytest.warns(UserWarning, match="halving batch size"):
+        out = r.run(xs)["embedding"]
+    assert out.shape == (7, 256) and r.batch_size <= 2 and r.meta["batch_halvings"] >= 1
+    ref = accel.runner(net, ["embedding"], backend="torch").run(xs)["embedding"]
+    assert np.abs(out - ref).max() < 1e-5
+    with pytest.warns(UserWarning):
+        sw = r.sweep(x, Occlusion(224, 224, (64, 64), (80, 80)))["embedding"]
+    assert sw.shape == (9, 256)
+
+
+def test_int8_reports_its_accuracy_cost(lite0):
+    r = accel.runner(lite0, ["logits"], backend="onnxruntime", precision="int8")
+    cost = r.meta["accuracy_cost"]
+    assert r.meta["precision"] == "int8" and cost["held_out_images"] >= 10
+    assert 0.8 <= cost["top1_agreement"] <= 1.0
+    assert cost["max_abs_diff"]["logits"] > 0  # quantization changes numbers, and says by how much
+    with pytest.raises(BadInput, match="GPU providers only"):
+        accel.runner(lite0, ["logits"], backend="onnxruntime", precision="fp16")
+    with pytest.raises(BadInput, match="ONNX Runtime backend only"):
+        accel.runner(lite0, ["logits"], backend="torch", precision="int8")
