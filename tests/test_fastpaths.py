@@ -125,7 +125,8 @@ def test_batch_halving_on_allocation_failure(alex_x, monkeypatch):
     assert out.shape == (7, 256) and r.batch_size <= 2 and r.meta["batch_halvings"] >= 1
     ref = accel.runner(net, ["embedding"], backend="torch").run(xs)["embedding"]
     assert np.abs(out - ref).max() < 1e-5
-    with pytest.warns(UserWarning):
+    r.batch_size = 8
+    with pytest.warns(UserWarning, match="halving batch size"):
         sw = r.sweep(x, Occlusion(224, 224, (64, 64), (80, 80)))["embedding"]
     assert sw.shape == (9, 256)
 
