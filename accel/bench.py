@@ -1,0 +1,538 @@
+"""`convlens bench`: torch eager vs ONNX Runtime (and Captum) on the workloads convlens accelerates.
+
+Protocol: engines are compared in one process, alternating A and B each repeat (A,B then B,A); every iteration
+records wall and process CPU time; an iteration where the process got much less CPU than its threads could use
+is flagged as contended and measured once more. Reports give medians, best-of and spread, as JSON + Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+Progress = Callable[[float, str], None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# measurement
+
+
+def _measure(fn: Callable[[], Any], threads: int) -> dict[str, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"wall": wall, "cpu": cpu, "contended": float(cpu < 0.6 * wall * max(1, threads) and wall > 0.05)}
+
+
+def compare(fns: dict[str, Callable[[], Any]], repeats: int = 3, warmup: int = 1, threads: int = 2) -> dict:
+    """Alternate the engines `repeats` times; per engine: median/best wall, spread, CPU share, flags."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    samples: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    for rep in range(repeats):
+        order = names if rep % 2 == 0 else names[::-1]
+        for n in order:
+            m = _measure(fns[n], threads)
+            if m["contended"]:
+                again = _measure(fns[n], threads)  # retry a contended measurement once
+                m = again if again["wall"] < m["wall"] else m
+                m["retried"] = 1.0
+            samples[n].append(m)
+    out = {}
+    for n, ss in samples.items():
+        walls = [s["wall"] for s in ss]
+        out[n] = {
+            "median_s": statistics.median(walls),
+            "best_s": min(walls),
+            "spread": (max(walls) - min(walls)) / statistics.median(walls) if len(walls) > 1 else 0.0,
+            "cpu_per_wall": statistics.median([s["cpu"] / s["wall"] for s in ss]),
+            "contended": int(sum(s["contended"] for s in ss)),
+            "repeats": len(ss),
+        }
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import onnxruntime as ort
+
+    from .runtime.session import default_threads
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        txt = Path("/proc/cpuinfo").read_text()
+        flags = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in txt)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cores": os.cpu_count(),
+        "threads": default_threads(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "providers": ort.get_available_providers(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def sgemm_peak(n: int = 2048, reps: int = 5) -> float:
+    """Measured fp32 matmul GFLOP/s of this machine right now (the 'peak' that model GFLOP/s is compared with)."""
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def count_macs(net: Any) -> int:
+    """Multiply-accumulates of one forward pass (convolutions and linear layers)."""
+    macs = 0
+    hooks = []
+
+    def conv_hook(m: torch.nn.Conv2d, _i: Any, out: torch.Tensor) -> None:
+        nonlocal macs
+        kh, kw = m.kernel_size
+        macs += out.numel() * (m.in_channels // m.groups) * kh * kw
+
+    def lin_hook(m: torch.nn.Linear, _i: Any, out: torch.Tensor) -> None:
+        nonlocal macs
+        macs += out.numel() * m.in_features
+
+    for m in net.module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, torch.nn.Linear):
+            hooks.append(m.register_forward_hook(lin_hook))
+    with torch.no_grad():
+        net.module(torch.zeros(1, *net.input_shape))
+    for h in hooks:
+        h.remove()
+    return macs
+
+
+def _photos(net: Any, n: int) -> np.ndarray:
+    from .images import foolbox_imagenet, open_image, sample_images
+
+    paths = [p for p, _ in foolbox_imagenet()] + sorted(sample_images().values())
+    x = net.preprocess_batch([open_image(p) for p in paths[: max(1, min(n, len(paths)))]]).numpy()
+    reps = -(-n // len(x))
+    return np.concatenate([x] * reps)[:n]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# workloads
+
+
+def bench_embedding(models: list[str], batches: list[int], repeats: int, peak: float) -> list[dict]:
+    """(a) images/s, torch eager vs ONNX Runtime, and achieved GFLOP/s against the measured matmul peak."""
+    from .runtime.runner import OrtRunner, TorchRunner
+    from .zoo import load
+
+    rows = []
+    for name in models:
+        net = load(name)
+        macs = count_macs(net)
+        for bs in batches:
+            x = _photos(net, bs)
+            tr = TorchRunner(net, ["embedding"], batch_size=bs)
+            orr = OrtRunner(net, ["embedding"], batch_size=bs)
+            res = compare(
+                {"torch": lambda tr=tr, x=x: tr.run(x), "onnxruntime": lambda o=orr, x=x: o.run(x)}, repeats
+            )
+            for eng, st in res.items():
+                ips = bs / st["median_s"]
+                gflops = 2 * macs * ips / 1e9
+                rows.append(
+                    {
+                        "workload": "embedding",
+                        "model": name,
+                        "batch": bs,
+                        "engine": eng,
+                        "images_per_s": ips,
+                        "gflops": gflops,
+                        "fraction_of_peak": gflops / peak,
+                        **st,
+                    }
+                )
+            t, o = res["torch"]["median_s"], res["onnxruntime"]["median_s"]
+            rows[-1]["speedup_vs_torch"] = t / o
+    return rows
+
+
+def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool) -> dict[str, Any]:
+    """(b) the occlusion sweep of efficientnet_lite0 (window 32) across engines, plus vgg16 incremental."""
+    from scipy.stats import spearmanr
+
+    from .images import sample_image
+    from .runtime.incremental import IncrementalOcclusion, drill_down
+    from .runtime.runner import OrtRunner, TorchRunner
+    from .runtime.sweep import Occlusion
+    from .zoo import load
+
+    net = load("efficientnet_lite0")
+    img = sample_image("chelsea")
+    x = net.preprocess(img).numpy()
+    s = net.pre.size
+    occ = Occlusion(s, s, (32, 32), (stride, stride), baseline=0.0)
+    with torch.no_grad():
+        p0 = torch.softmax(net.module(torch.from_numpy(x)), 1)[0]
+    target = int(p0.argmax())
+    base = float(p0[target])
+    cov = occ.coverage()
+
+    def to_pixels(drops: np.ndarray) -> np.ndarray:
+        m = np.zeros((s, s), np.float64)
+        for (r, c), d in zip(occ.positions, drops):
+            m[r : r + 32, c : c + 32] += d
+        return m / np.maximum(cov, 1)
+
+    def prob(o: dict[str, np.ndarray]) -> np.ndarray:
+        z = o["logits"] - o["logits"].max(1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(1, keepdims=True))[:, target]
+
+    tr = TorchRunner(net, ["logits"], batch_size=64)
+    orr = OrtRunner(net, ["logits"], batch_size=64)
+    maps: dict[str, np.ndarray] = {}
+
+    def run_torch() -> None:
+        maps["torch"] = to_pixels(base - tr.sweep(x, occ, reduce=prob))
+
+    def run_ort() -> None:
+        maps["onnxruntime"] = to_pixels(base - orr.sweep(x, occ, reduce=prob))
+
+    fns: dict[str, Callable[[], Any]] = {"torch_sweep": run_torch, "ort_sweep": run_ort}
+    try:
+        from captum.attr import Occlusion as CaptumOcclusion
+
+        def fwd(t: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(net.module(t), 1)
+
+        cap = CaptumOcclusion(fwd)
+        xt = torch.from_numpy(x)
+
+        def captum(ppe: int) -> Callable[[], None]:
+            def go() -> None:
+                with torch.no_grad():
+                    a = cap.attribute(
+                        xt,
+                        sliding_window_shapes=(3, 32, 32),
+                        strides=(3, stride, stride),
+                        baselines=0.0,
+                        target=target,
+                        perturbations_per_eval=ppe,
+                    )
+                maps[f"captum_ppe{ppe}"] = a[0].sum(0).numpy() / 3.0
+
+            return go
+
+        if captum_default:
+            fns["captum_ppe1"] = captum(1)
+        fns["captum_ppe64"] = captum(64)
+    except ImportError:
+        pass
+    q = None
+    if int8:
+        q = OrtRunner(net, ["logits"], batch_size=64, precision="int8")
+
+        def run_int8() -> None:
+            maps["int8"] = to_pixels(base - q.sweep(x, occ, reduce=prob))  # type: ignore[union-attr]
+
+        fns["ort_int8_sweep"] = run_int8
+
+    def run_drill() -> None:
+        d = drill_down(
+            lambda o: base - orr.sweep(x, o, reduce=prob), s, s, 32, stride, coarse_stride=16, refine=0.25
+        )
+        maps["drill"] = d["map"]
+        maps["drill_windows"] = np.array([d["windows"], d["full_windows"]])
+
+    fns["ort_drill_down"] = run_drill
+    res = compare(fns, repeats, warmup=0)
+    ref_key = (
+        "captum_ppe1" if "captum_ppe1" in maps else ("captum_ppe64" if "captum_ppe64" in maps else "torch")
+    )
+    ref = maps[ref_key]
+    out: dict[str, Any] = {"masks": occ.n, "window": 32, "stride": stride, "target": target, "engines": res}
+    out["max_abs_diff_vs_" + ref_key] = {
+        k: float(np.abs(maps[k] - ref).max()) for k in ("torch", "onnxruntime", "captum_ppe64") if k in maps
+    }
+    fine_grid = (base - orr.sweep(x, occ, reduce=prob)).reshape(occ.grid)
+    out["drill_down"] = {
+        "windows": int(maps["drill_windows"][0]),
+        "full_windows": int(maps["drill_windows"][1]),
+        "spearman_vs_full": float(spearmanr(maps["drill"].ravel(), fine_grid.ravel())[0]),
+        "top10_overlap": float(
+            len(
+                set(np.argsort(-maps["drill"].ravel())[:10].tolist())
+                & set(np.argsort(-fine_grid.ravel())[:10].tolist())
+            )
+            / 10
+        ),
+    }
+    if q is not None:
+        out["int8"] = {
+            "spearman_vs_fp32": float(spearmanr(maps["int8"].ravel(), maps["onnxruntime"].ravel())[0]),
+            **q.meta.get("accuracy_cost", {}),
+        }
+    # Incremental occlusion: vgg16 (a features/pool backbone), same window and stride, score = one embedding unit.
+    vgg = load("vgg16")
+    xv = vgg.preprocess(img).numpy()
+    ov = OrtRunner(vgg, ["embedding"], batch_size=32)
+    inc = IncrementalOcclusion(vgg, ["embedding"], batch_size=32)
+    unit = int(np.argmax(ov.run(xv)["embedding"][0]))
+    vm: dict[str, np.ndarray] = {}
+    rv = compare(
+        {
+            "vgg16_ort_sweep": lambda: vm.__setitem__(
+                "plain", ov.sweep(xv, occ, reduce=lambda o: o["embedding"][:, unit])
+            ),
+            "vgg16_incremental": lambda: vm.__setitem__(
+                "inc", inc.sweep(xv, occ, reduce=lambda o: o["embedding"][:, unit])
+            ),
+        },
+        repeats,
+        warmup=0,
+    )
+    out["vgg16_incremental"] = {
+        "split": inc.split,
+        "engines": rv,
+        "speedup": rv["vgg16_ort_sweep"]["median_s"] / rv["vgg16_incremental"]["median_s"],
+        "max_abs_diff": float(np.abs(vm["plain"] - vm["inc"]).max()),
+    }
+    e = res
+    cap_key = "captum_ppe1" if "captum_ppe1" in e else None
+    if cap_key:
+        out["speedups_vs_captum_default"] = {k: e[cap_key]["median_s"] / v["median_s"] for k, v in e.items()}
+    if "captum_ppe64" in e:
+        out["speedups_vs_captum_ppe64"] = {
+            k: e["captum_ppe64"]["median_s"] / v["median_s"] for k, v in e.items()
+        }
+    return out
+
+
+def _sweep_rss_child(stride: int, q: Any) -> None:
+    import resource
+
+    from .images import sample_image
+    from .runtime.runner import OrtRunner
+    from .runtime.sweep import Occlusion
+    from .zoo import load
+
+    net = load("efficientnet_lite0")
+    x = net.preprocess(sample_image("chelsea")).numpy()
+    OrtRunner(net, ["logits"], batch_size=64).sweep(
+        x, Occlusion(224, 224, (32, 32), (stride, stride)), reduce=lambda o: o["logits"][:, 0]
+    )
+    q.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def sweep_peak_rss_mb(stride: int = 8) -> float:
+    """Peak RSS (MiB) of a process that loads efficientnet_lite0 and runs the occlusion sweep on ONNX Runtime."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_sweep_rss_child, args=(stride, q))
+    p.start()
+    p.join(600)
+    return float(q.get(timeout=5)) if p.exitcode == 0 else float("nan")
+
+
+def bench_patch_scan(n_images: int, repeats: int) -> list[dict]:
+    """(c) a max-activating-patch scan over a folder of photos: decode, preprocess, forward, running top-9."""
+    from .images import foolbox_imagenet, open_image, sample_images
+    from .runtime.runner import OrtRunner, TorchRunner
+    from .zoo import load
+
+    net = load("alexnet")
+    layer = "features.11"
+    with tempfile.TemporaryDirectory() as d:
+        srcs = [p for p, _ in foolbox_imagenet()] + sorted(sample_images().values())
+        for i in range(n_images):
+            open_image(srcs[i % len(srcs)]).save(Path(d) / f"img{i:05d}.jpg", quality=90)
+        files = sorted(Path(d).glob("*.jpg"))
+
+        def scan(r: Any) -> Callable[[], None]:
+            def go() -> None:
+                best = np.full((256, 9), -np.inf)
+                for i in range(0, len(files), 32):
+                    x = net.preprocess_batch([open_image(f) for f in files[i : i + 32]]).numpy()
+                    a = r.run(x)[layer].max(axis=(2, 3))  # (B, C): best unit per channel per image
+                    best = np.sort(np.concatenate([best, a.T], axis=1), axis=1)[:, -9:]
+
+            return go
+
+        res = compare(
+            {
+                "torch": scan(TorchRunner(net, [layer], batch_size=32)),
+                "onnxruntime": scan(OrtRunner(net, [layer], batch_size=32)),
+            },
+            repeats,
+        )
+    return [
+        {
+            "workload": "max_patch_scan",
+            "model": "alexnet",
+            "layer": layer,
+            "engine": k,
+            "images": n_images,
+            "images_per_s": n_images / v["median_s"],
+            **v,
+        }
+        for k, v in res.items()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the report
+
+
+def run_bench(
+    quick: bool = False,
+    out_dir: str | os.PathLike[str] | None = None,
+    store: bool = True,
+    int8: bool | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark suite; write JSON + Markdown to `out_dir` and the run store; return the report."""
+    from .runtime.session import default_threads
+
+    torch.set_num_threads(default_threads())
+    say = progress or (lambda f, m: None)
+    rep = 1 if quick else 3
+    report: dict[str, Any] = {"quick": quick, "machine": machine_info()}
+    say(0.02, "measuring matmul peak")
+    peak = sgemm_peak()
+    report["sgemm_peak_gflops"] = peak
+    say(0.05, "embedding throughput")
+    report["embedding"] = bench_embedding(
+        ["efficientnet_lite0", "vgg16"] if quick else ["efficientnet_lite0", "alexnet", "vgg16"],
+        [32] if quick else [1, 32, 64],
+        rep,
+        peak,
+    )
+    say(0.4, "occlusion sweep")
+    report["occlusion"] = bench_occlusion(
+        stride=16 if quick else 8,
+        repeats=rep,
+        int8=(not quick) if int8 is None else int8,
+        captum_default=True,
+    )
+    if not quick:
+        say(0.8, "sweep memory")
+        report["occlusion"]["peak_rss_mb"] = sweep_peak_rss_mb(8)
+    say(0.9, "patch scan")
+    report["patch_scan"] = bench_patch_scan(32 if quick else 128, rep)
+    report["markdown"] = to_markdown(report)
+    out = Path(out_dir or Path("artifacts") / "bench")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"bench-{stamp}.json").write_text(json.dumps(report, indent=2, default=float))
+    (out / f"bench-{stamp}.md").write_text(report["markdown"])
+    report["files"] = [str(out / f"bench-{stamp}.json"), str(out / f"bench-{stamp}.md")]
+    if store:
+        try:
+            from .store import RunStore
+
+            title = f"bench {'quick ' if quick else ''}{report['machine']['cpu'][:40]} {stamp}"
+            report["store_id"] = RunStore().put_record(
+                "bench", json.loads(json.dumps(report, default=float)), title
+            )
+        except Exception as e:  # noqa: BLE001 - the report files are the primary output
+            report["store_error"] = str(e)
+    say(1.0, "done")
+    return report
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    """The report as Markdown tables (what the README shows)."""
+    m = r["machine"]
+    lines = [
+        f"Machine: {m['cpu']} ({m['cores']} cores, {m['threads']} threads; {m['cpu_flags']}), "
+        f"torch {m['torch']}, onnxruntime {m['onnxruntime']}; measured fp32 matmul peak "
+        f"{r['sgemm_peak_gflops']:.0f} GFLOP/s. Medians over alternating repeats"
+        f"{' (quick: 1 repeat)' if r['quick'] else ''}.",
+        "",
+        "| model | batch | torch img/s | ORT img/s | ORT / torch | ORT GFLOP/s | ORT % of peak |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    emb = r["embedding"]
+    for i in range(0, len(emb), 2):
+        t, o = emb[i], emb[i + 1]
+        lines.append(
+            f"| {t['model']} | {t['batch']} | {t['images_per_s']:.1f} | {o['images_per_s']:.1f} | "
+            f"{o['images_per_s'] / t['images_per_s']:.2f}x | {o['gflops']:.0f} | {100 * o['fraction_of_peak']:.0f}% |"
+        )
+    oc = r["occlusion"]
+    lines += [
+        "",
+        f"Occlusion sweep, efficientnet_lite0, 224x224, window 32, stride {oc['stride']} ({oc['masks']} masks):",
+        "",
+        "| engine | median s | best s | vs Captum default | vs Captum ppe=64 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for k, v in oc["engines"].items():
+        a = oc.get("speedups_vs_captum_default", {}).get(k)
+        b = oc.get("speedups_vs_captum_ppe64", {}).get(k)
+        lines.append(
+            f"| {k} | {v['median_s']:.2f} | {v['best_s']:.2f} | {'' if a is None else f'{a:.1f}x'} | "
+            f"{'' if b is None else f'{b:.1f}x'} |"
+        )
+    inc = oc["vgg16_incremental"]
+    diff_key = next(k for k in oc if k.startswith("max_abs_diff_vs_"))
+    diffs, ref_name = oc[diff_key], diff_key.removeprefix("max_abs_diff_vs_")
+    lines += [
+        "",
+        f"- Per-pixel maps vs {ref_name}: max abs diff "
+        + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
+        + ".",
+        f"- Incremental occlusion on vgg16 (split {inc['split']}): {inc['speedup']:.2f}x the plain ONNX Runtime "
+        f"sweep, max abs diff {inc['max_abs_diff']:.1e}.",
+        f"- Drill-down (coarse stride 16, refine 25%): {oc['drill_down']['windows']} of "
+        f"{oc['drill_down']['full_windows']} windows, Spearman vs full map {oc['drill_down']['spearman_vs_full']:.3f}, "
+        f"top-10 overlap {oc['drill_down']['top10_overlap']:.0%}.",
+    ]
+    if "int8" in oc:
+        q = oc["int8"]
+        lines.append(
+            f"- INT8 (QDQ, opt-in): map Spearman vs fp32 {q['spearman_vs_fp32']:.3f}, top-1 agreement "
+            f"{q.get('top1_agreement', float('nan')):.0%} on {q.get('held_out_images', '?')} held-out photos."
+        )
+    if "peak_rss_mb" in oc:
+        lines.append(f"- Peak RSS of the {oc['masks']}-mask sweep process: {oc['peak_rss_mb']:.0f} MiB.")
+    ps = r["patch_scan"]
+    lines.append(
+        f"- Max-patch scan (alexnet {ps[0]['layer']}, {ps[0]['images']} JPEGs, decode included): "
+        + ", ".join(f"{p['engine']} {p['images_per_s']:.1f} img/s" for p in ps)
+    )
+    return "\n".join(lines) + "\n"
