@@ -1,0 +1,45 @@
+"""The benchmark harness runs end to end on tiny settings and reports what it measured (no timing asserts)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from accel import bench
+
+
+def test_compare_alternates_and_summarises():
+    calls: list[str] = []
+    res = bench.compare({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    for v in res.values():
+        assert v["repeats"] == 3 and v["best_s"] <= v["median_s"]
+
+
+def test_macs_of_alexnet_features_match_the_textbook(tmp_path):
+    from tests.conftest import get_net
+
+    macs = bench.count_macs(get_net("alexnet"))
+    assert 0.6e9 < macs < 0.7e9  # torchvision AlexNet conv layers: ~0.66 GMAC at 224x224
+
+
+def test_tiny_bench_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVLENS_STORE", str(tmp_path / "store"))
+    peak = bench.sgemm_peak(256, 2)
+    emb = bench.bench_embedding(["alexnet"], [2], 1, peak)
+    assert [r["engine"] for r in emb] == ["torch", "onnxruntime"] and emb[1]["speedup_vs_torch"] > 0
+    occ = bench.bench_occlusion(stride=32, repeats=1, int8=False, captum_default=True)
+    assert occ["masks"] == 49
+    diffs = occ["max_abs_diff_vs_captum_ppe1"]
+    assert diffs["onnxruntime"] < 1e-4 and diffs["torch"] < 1e-4  # our per-pixel maps equal Captum's
+    assert occ["vgg16_incremental"]["max_abs_diff"] < 1e-4
+    scan = bench.bench_patch_scan(4, 1)
+    report = {
+        "quick": True,
+        "machine": bench.machine_info(),
+        "sgemm_peak_gflops": peak,
+        "embedding": emb,
+        "occlusion": occ,
+        "patch_scan": scan,
+    }
+    md = bench.to_markdown(report)
+    assert "| alexnet | 2 |" in md and "Occlusion sweep" in md and np.isfinite(peak)
