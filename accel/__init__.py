@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import BadInput, NotDifferentiable, ResourceLimit, UntrustedFile
-from .registry import MethodSpec, get, methods, run
+from . import methods
+from .registry import MethodSpec, get, run
 from .result import Result
 
 __version__ = "0.1.0"

@@ -188,11 +188,9 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import methods as pkg
-
     for fam in FAMILIES:
         try:
-            sub = importlib.import_module(f"{pkg.__name__}.{fam}")
+            sub = importlib.import_module(f"{__package__}.methods.{fam}")
         except ModuleNotFoundError:
             continue
         for m in pkgutil.iter_modules(sub.__path__):
