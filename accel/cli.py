@@ -209,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_bench)
 
+    from .distributed import add_job_parser
+
+    add_job_parser(sub)
+
     for verb, family in FAMILY_VERBS.items():
         names = ", ".join(sp.name for sp in registry.methods(family)) or "(none yet)"
         p = sub.add_parser(
