@@ -1,4 +1,7 @@
-"""convlens dashboard entry point: `streamlit run dashboard/app.py` (or `make run`)."""
+"""convlens dashboard entry point: `streamlit run dashboard/app.py` (or `make run`).
+
+The sidebar (backbone, image, backend) is drawn here so it persists across pages; `?run=<id>` on any page opens
+that stored run instead of the page, without recomputing anything."""
 
 from __future__ import annotations
 
@@ -11,11 +14,55 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-st.set_page_config(page_title="convlens", layout="wide")
-PAGES = ROOT / "dashboard" / "pages"
-nav = st.navigation(
-    {
-        "convlens": [st.Page(str(PAGES / "home.py"), title="Home", default=True)],
-    }
-)
-nav.run()
+from dashboard.common import sidebar  # noqa: E402
+from dashboard.runview import show_shared_run  # noqa: E402
+
+st.set_page_config(page_title="convlens", page_icon=":material/visibility:", layout="wide")
+P = ROOT / "dashboard" / "pages"
+PAGES = {
+    "convlens": [
+        st.Page(str(P / "home.py"), title="Home", icon=":material/home:", default=True),
+    ],
+    "Attribution": [
+        st.Page(str(P / "compare.py"), title="Compare", icon=":material/compare:", url_path="compare"),
+    ],
+    "Inspect": [
+        st.Page(
+            str(P / "filters.py"),
+            title="Filters & activations",
+            icon=":material/grid_on:",
+            url_path="filters",
+        ),
+        st.Page(
+            str(P / "patches.py"), title="Max-activating patches", icon=":material/crop:", url_path="patches"
+        ),
+        st.Page(
+            str(P / "embeddings.py"),
+            title="Embeddings",
+            icon=":material/scatter_plot:",
+            url_path="embeddings",
+        ),
+    ],
+    "Synthesize": [
+        st.Page(
+            str(P / "synthesis.py"), title="Synthesis", icon=":material/auto_awesome:", url_path="synthesis"
+        ),
+        st.Page(
+            str(P / "inversion.py"),
+            title="Inversion & texture",
+            icon=":material/texture:",
+            url_path="inversion",
+        ),
+        st.Page(str(P / "style.py"), title="Style transfer", icon=":material/brush:", url_path="style"),
+    ],
+    "Results": [
+        st.Page(str(P / "benchmarks.py"), title="Benchmarks", icon=":material/speed:", url_path="benchmarks"),
+        st.Page(str(P / "runs.py"), title="Runs", icon=":material/history:", url_path="runs"),
+    ],
+}
+nav = st.navigation(PAGES)
+sidebar()
+if st.query_params.get("run"):
+    show_shared_run(st.query_params.get("run"))
+else:
+    nav.run()

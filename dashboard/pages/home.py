@@ -1,40 +1,86 @@
-"""Home: the chosen model, image, top-5 prediction and the layer map."""
+"""Home: the chosen model, image, top-5 prediction (on the chosen backend) and the layer map."""
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 import accel
-from dashboard.common import sidebar
+from dashboard.common import guard, require_ctx
+from dashboard.widgets import fit_width
 
-net, img = sidebar()
+
+@st.cache_resource(show_spinner="Preparing the runner...", max_entries=8)
+def _runner(weights: str, backend: str, _net: object) -> object:
+    return accel.runner(_net, ["logits"], backend=backend)
+
+
 st.title("convlens")
-st.write("See inside convolutional networks: what they learned, and why they decided.")
-if net is None or img is None:
-    st.info("Pick a model and an image in the sidebar.")
-    st.stop()
+st.write(
+    "See inside convolutional networks: what they learned, and why they decided. Pick a backbone and an image in "
+    "the sidebar, then open a page."
+)
+c = require_ctx()
+net, img = c.net, c.img
+st.caption(f"**{c.model}** · {net.source} · input {'x'.join(map(str, net.input_shape))}")
 c1, c2 = st.columns([1, 2])
-with c1:
-    st.image(net.deprocess(net.preprocess(img)), caption=f"input as {net.name} sees it", width=260)
+with c1, guard("Input"):
+    st.image(fit_width(net.deprocess(net.preprocess(img))), caption=f"input as {net.name} sees it", width=260)
 with c2:
     st.subheader("Prediction")
-    if net.has_head:
-        try:
-            for label, p in net.predict(img, top=5):
-                st.progress(min(1.0, p), text=f"{label}: {p:.1%}")
-        except accel.BadInput as e:
-            st.error(str(e))
-    else:
+    if not net.has_head:
         st.caption(f"{net.name} is a convolutional feature extractor (no classifier head).")
-st.subheader("Layers")
-rows = [
-    {
-        "layer": li.name,
-        "kind": li.kind,
-        "output": "x".join(map(str, li.out_shape)),
-        "receptive field (px)": li.receptive_field[0] if li.receptive_field else None,
-        "stride (px)": li.receptive_field[1] if li.receptive_field else None,
-    }
-    for li in net.layers()
-]
-st.dataframe(rows, hide_index=True, width="stretch")
+    else:
+        with guard("Prediction"):
+            t0 = time.perf_counter()
+            r = _runner(net.weights_hash(), c.backend, net)
+            logits = r.run(net.preprocess(img).numpy())["logits"][0].astype(np.float64)
+            ms = (time.perf_counter() - t0) * 1000
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+            names = net.labels or [str(i) for i in range(len(p))]
+            for i in np.argsort(-p)[:5]:
+                st.progress(float(min(1.0, p[i])), text=f"{names[i]} ({i}): {p[i]:.1%}")
+            st.caption(f"{r.backend} · {ms:.0f} ms (first call includes building the session)")
+
+st.subheader("Layer map")
+with guard("Layers"):
+    layers = net.layers()
+    rows = [
+        {
+            "#": i,
+            "layer": li.name,
+            "kind": li.kind,
+            "output": "x".join(map(str, li.out_shape)),
+            "receptive field (px)": li.receptive_field[0] if li.receptive_field else None,
+            "stride (px)": li.receptive_field[1] if li.receptive_field else None,
+        }
+        for i, li in enumerate(layers)
+    ]
+    rf = [(r["#"], r["receptive field (px)"], r["layer"]) for r in rows if r["receptive field (px)"]]
+    if rf:
+        fig = go.Figure(
+            go.Scatter(
+                x=[a for a, _, _ in rf],
+                y=[b for _, b, _ in rf],
+                text=[n for _, _, n in rf],
+                mode="lines+markers",
+                hovertemplate="%{text}<br>RF %{y}px<extra></extra>",
+            )
+        )
+        fig.add_hline(
+            y=float(np.log10(net.pre.size)), line_dash="dot", annotation_text="input size"
+        )  # log axis: log10 units
+        fig.update_layout(
+            height=240,
+            margin=dict(l=10, r=10, t=30, b=10),
+            title="receptive field by depth",
+            xaxis_title="layer #",
+            yaxis_title="px",
+            yaxis_type="log",
+        )
+        st.plotly_chart(fig, key="rf_plot")
+    st.dataframe(rows, hide_index=True, width="stretch", height=360)

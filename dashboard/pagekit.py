@@ -1,0 +1,112 @@
+"""Building blocks shared by the technique pages: pick a registered method, edit its declared parameters in a
+form, run it through the store (or as a background job), and show the result with its shareable link."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import streamlit as st
+
+import accel
+
+from . import jobs
+from .common import Ctx, guard, link_line, load_run, run_stored, st_progress
+from .widgets import fit_width, param_controls, show_result
+
+
+def pick_method(names: Sequence[str], key: str, label: str = "Technique") -> Any:
+    """A method picker with its one-line summary and paper; returns the spec."""
+    name = (
+        st.radio(label, list(names), horizontal=True, key=f"{key}_method")
+        if len(names) <= 6
+        else st.selectbox(label, list(names), key=f"{key}_method")
+    )
+    spec = accel.get(name)
+    bits = [b for b in (spec.summary, f"paper: {spec.paper}" if spec.paper else "") if b]
+    if bits:
+        st.caption(" · ".join(bits))
+    return spec
+
+
+def method_form(
+    c: Ctx, spec: Any, key: str, submit: str = "Run", columns: int = 3
+) -> tuple[bool, dict[str, Any]]:
+    """The declared parameters of `spec` in a form (nothing reruns until submit); returns (submitted, params)."""
+    params: dict[str, Any] = {}
+    with st.form(f"{key}_{spec.name}_form"):
+        infos = spec.param_infos()
+        if infos:
+            cols = st.columns(min(columns, max(1, len(infos))))
+            # one control per column, round-robin: widgets keep declaration order within a column
+            for i, info in enumerate(infos):
+                with cols[i % len(cols)]:
+                    params.update(
+                        param_controls(
+                            spec,
+                            c.net,
+                            key=key,
+                            skip=[x.name for x in infos if x.name != info.name],
+                            backend=c.backend,
+                        )
+                    )
+        else:
+            st.caption("This technique has no parameters.")
+        go = st.form_submit_button(submit, type="primary")
+    return go, params
+
+
+def needs_image_or_stop(c: Ctx, spec: Any) -> bool:
+    if spec.needs_image and c.img is None:
+        st.info(f"{spec.name} needs an input image: pick or upload one in the sidebar.")
+        return False
+    return True
+
+
+def run_panel(c: Ctx, names: Sequence[str], key: str, empty: str) -> tuple[str, Any] | None:
+    """A synchronous technique panel (inspect family): method picker, parameter form, result and link.
+    Returns (run_id, result) of the result shown, if any."""
+    if not names:
+        st.info(empty)
+        return None
+    spec = pick_method(names, key)
+    if not needs_image_or_stop(c, spec):
+        return None
+    with guard(spec.name):
+        go, params = method_form(c, spec, key)
+        if go:
+            bar = st_progress(spec.name)
+            rid, _res, cached = run_stored(c, spec.name, params, progress=bar)
+            bar.done()  # type: ignore[attr-defined]
+            st.session_state[f"{key}_run"] = (spec.name, rid, cached)
+    last = st.session_state.get(f"{key}_run")
+    if last and last[0] == spec.name:
+        with guard(spec.name):
+            _, res = load_run(last[1])
+            show_result(res, key=f"{key}_res")
+            link_line(last[1], last[2])
+            return last[1], res
+    return None
+
+
+def job_panel(c: Ctx, names: Sequence[str], key: str, empty: str, *, img: Any = "sidebar") -> None:
+    """A long-running technique panel (synthesis family): parameter form, then live progress, current image, stop
+    button and loss curve from a background job; the result is stored and linkable."""
+    if not names:
+        st.info(empty)
+        return
+    spec = pick_method(names, key)
+    if not needs_image_or_stop(c, spec):
+        return
+    image = c.img if (img == "sidebar" and spec.needs_image) else (None if img == "sidebar" else img)
+    if spec.needs_image and image is not None:
+        st.image(fit_width(image), caption="input", width=160)
+    with guard(spec.name):
+        go, params = method_form(c, spec, key, submit="Start")
+        if go:
+            accel.registry.validate(
+                spec.params, params, spec.name
+            )  # refuse bad values before starting a thread
+            jobs.start_or_reuse(c, f"{key}:{spec.name}", spec.name, params, image)
+    with guard(spec.name):
+        jobs.panel(f"{key}:{spec.name}")

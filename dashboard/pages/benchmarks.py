@@ -1,0 +1,137 @@
+"""Benchmarks: `convlens bench` reports from the run store, torch vs ONNX Runtime per workload and provider."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from typing import Any
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard.common import get_store, guard, st_progress
+
+TIME_KEYS = ("median_s", "ms", "median_ms", "mean_ms", "time_ms", "seconds", "time_s", "wall_s")
+
+
+def _label(r: dict) -> str:
+    """A workload label from the row's identifying fields (workload, model, batch, layer)."""
+    bits = [str(r.get("workload", r.get("name", "?")))]
+    if r.get("model"):
+        bits.append(str(r["model"]))
+    if r.get("batch") is not None:
+        bits.append(f"batch {r['batch']}")
+    return " · ".join(bits)
+
+
+def _rows(payload: Any, where: str = "") -> list[dict]:
+    """Every measurement in a bench report: lists of rows with a time, and {"engines": {engine: stats}} blocks
+    (named after where they sit in the report), flattened to rows with workload / engine / times."""
+    out: list[dict] = []
+    if isinstance(payload, list):
+        for r in payload:
+            if isinstance(r, dict) and any(k in r for k in TIME_KEYS):
+                out.append({"workload": where or "?", **r})
+            elif isinstance(r, (dict, list)):
+                out += _rows(r, where)
+    elif isinstance(payload, dict):
+        engines = payload.get("engines")
+        if isinstance(engines, dict):
+            for eng, st_ in engines.items():
+                if isinstance(st_, dict) and any(k in st_ for k in TIME_KEYS):
+                    out.append({"workload": where or "?", "engine": eng, **st_})
+        for k, v in payload.items():
+            if k != "engines" and isinstance(v, (dict, list)):
+                out += _rows(v, k if not where else f"{where}.{k}" if isinstance(v, dict) else k)
+    return out
+
+
+def _series(r: dict) -> str:
+    b = str(r.get("engine", r.get("backend", r.get("runtime", "?"))))
+    p = r.get("provider")
+    return f"{b} ({p})" if p and str(p) not in b else b
+
+
+def _figure(rows: list[dict], key: str, title: str, log: bool) -> go.Figure:
+    labels = list(dict.fromkeys(_label(r) for r in rows if key in r))
+    fig = go.Figure()
+    for s in dict.fromkeys(_series(r) for r in rows if key in r):
+        vals = {_label(r): r[key] for r in rows if _series(r) == s and key in r}
+        fig.add_trace(go.Bar(name=s, x=labels, y=[vals.get(w) for w in labels]))
+    fig.update_layout(
+        barmode="group",
+        height=380,
+        margin=dict(l=10, r=10, t=40, b=10),
+        title=title,
+        yaxis_title=key,
+        yaxis_type="log" if log else "linear",
+    )
+    return fig
+
+
+st.title("Benchmarks")
+st.caption("torch eager vs ONNX Runtime per workload, from `convlens bench` reports saved in the run store.")
+store = get_store()
+try:
+    bench = importlib.import_module("accel.bench")
+except ImportError:
+    bench = None
+run_bench = getattr(bench, "run_bench", None) if bench is not None else None
+if run_bench is None:
+    st.info(
+        "The benchmark harness (accel.bench) is not installed yet; `convlens bench` reports will appear here."
+    )
+elif st.button("Run the quick bench", type="primary", key="bench_run", help="a few minutes on 2 cores"):
+    with guard("Bench"):
+        bar = st_progress("bench")
+        t0 = time.perf_counter()
+        before = len(store.records("bench"))
+        sig = inspect.signature(run_bench).parameters
+        kwargs: dict[str, Any] = {"quick": True}
+        if "progress" in sig:
+            kwargs["progress"] = bar
+        report = run_bench(**kwargs)
+        if (
+            isinstance(report, dict) and len(store.records("bench")) == before
+        ):  # the bench did not store itself
+            store.put_record(
+                "bench", report, title=f"quick bench (dashboard) {time.strftime('%Y-%m-%d %H:%M')}"
+            )
+        bar.done()  # type: ignore[attr-defined]
+        st.success(f"bench finished in {time.perf_counter() - t0:.0f} s")
+
+records = store.records("bench")
+if not records:
+    st.info("No benchmark reports in the store yet. Run `convlens bench --quick` or press the button above.")
+    st.stop()
+pick = st.selectbox(
+    "Report",
+    range(len(records)),
+    format_func=lambda i: (
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(records[i]['created']))} · "
+        f"{records[i]['title'] or records[i]['id']}"
+    ),
+    key="bench_pick",
+)
+rec = records[pick]
+rows = _rows(rec["payload"])
+if not rows:
+    st.warning("This report has no per-workload rows to plot; its raw content:")
+    st.json(rec["payload"], expanded=False)
+    st.stop()
+tkey = next((k for k in TIME_KEYS if any(k in r for r in rows)), None)
+if tkey:
+    st.plotly_chart(_figure(rows, tkey, "time per workload (lower is better)", log=True), key="bench_time")
+if any("images_per_s" in r for r in rows):
+    st.plotly_chart(
+        _figure(rows, "images_per_s", "throughput (higher is better)", log=False), key="bench_throughput"
+    )
+st.dataframe(rows, hide_index=True, width="stretch")
+payload = rec["payload"]
+if isinstance(payload, dict) and isinstance(payload.get("markdown"), str):
+    with st.expander("the report (Markdown)"):
+        st.markdown(payload["markdown"])
+if isinstance(payload, dict) and isinstance(payload.get("machine"), dict):
+    with st.expander("machine"):
+        st.json(payload["machine"])

@@ -1,0 +1,239 @@
+"""Compare: several attribution methods on one image, one shared colour scale, timings and faithfulness scores."""
+
+from __future__ import annotations
+
+import time
+
+import plotly.graph_objects as go
+import streamlit as st
+
+import accel
+from accel.result import Result
+from dashboard import faithfulness
+from dashboard.common import guard, link_line, load_run, method_names, require_ctx, run_stored, st_progress
+from dashboard.widgets import PREDICTED, colorbar_image, meta_line, param_controls, shared_scale, target_index
+
+st.title("Compare attribution methods")
+c = require_ctx()
+names = method_names("attribute")
+if not names:
+    st.info(
+        "No attribution method is registered yet (accel/methods/attribute/). They appear here as they land."
+    )
+    st.stop()
+net = c.net
+if not net.differentiable:
+    st.warning(
+        f"{c.model} is forward-only (ONNX): gradient methods will refuse; perturbation methods still work."
+    )
+
+PREFERRED = ("saliency", "gradcam", "integrated_gradients", "guided_backprop", "smoothgrad", "occlusion")
+default = [n for n in PREFERRED if n in names][:4] or names[:4]
+chosen = st.multiselect(
+    "Methods", names, default=default, key="cmp_methods", help="each map appears in the grid"
+)
+
+with st.form("cmp_form"):
+    target = None
+    if net.has_head and net.num_classes:
+        labels = net.labels or [str(i) for i in range(net.num_classes)]
+        t = st.selectbox(
+            "Target class (shared by every method)",
+            [PREDICTED, *range(len(labels))],
+            format_func=lambda i: i if isinstance(i, str) else f"{i}: {labels[i]}",
+            key="cmp_target",
+        )
+        target = None if t == PREDICTED else int(t)
+    all_params: dict[str, dict] = {}
+    cols = st.columns(min(4, max(1, len(chosen))))
+    for i, name in enumerate(chosen):
+        spec = accel.get(name)
+        with cols[i % len(cols)].expander(f"{name} parameters"), guard(name):
+            all_params[name] = param_controls(spec, net, key="cmp", skip=("target",), backend=c.backend)
+    f1, f2 = st.columns([3, 1])
+    score = f1.checkbox(
+        "Faithfulness scores (deletion / insertion AUC vs a random map)",
+        value=faithfulness.available()["auc"],
+        disabled=not faithfulness.available()["auc"],
+        help="needs the attribution metrics module; 4 x (steps + 1) extra forward passes per map, batched",
+        key="cmp_score",
+    )
+    f2.number_input(
+        "curve steps", 2, 200, 50, key="cmp_score_steps", help="points on each deletion/insertion curve"
+    )
+    go_run = st.form_submit_button("Run", type="primary")
+
+
+def score_maps(runs: list[dict], steps: int) -> None:
+    """Deletion/insertion AUC (and the random baseline) of each new map, once per (run, steps), on submit only."""
+    scores: dict[str, dict] = st.session_state.setdefault("cmp_scores", {})
+    todo = []
+    for r in runs:
+        if scores.get(r["run_id"], {}).get("steps") != steps:
+            with guard(r["name"]):
+                todo.append((r, load_run(r["run_id"])[1]))
+    todo = [(r, res) for r, res in todo if res.kind == "map"]
+    if not todo:
+        return
+    bar = st_progress("scoring faithfulness")
+    for k, (r, res) in enumerate(todo):
+
+        def prog(f: float, msg: str = "", k: int = k, name: str = r["name"]) -> None:
+            bar((k + f) / len(todo), f"{name}: {msg}")
+
+        with guard(f"{r['name']} scores"):
+            tgt = target_index(res.meta)
+            sc = faithfulness.auc_scores(
+                c.work_net(),
+                res.image or c.img,
+                res.data,
+                tgt if tgt is not None else target,
+                c.backend,
+                prog,
+                steps,
+            )
+            scores[r["run_id"]] = {**(sc or {}), "steps": steps}
+    bar.done()  # type: ignore[attr-defined]
+
+
+if go_run:
+    runs = []
+    t0 = time.perf_counter()
+    bar = st_progress("computing maps")
+    for k, name in enumerate(chosen):
+        if name not in all_params:
+            continue
+        params = dict(all_params[name])
+        spec = accel.get(name)
+        if target is not None and any(i.name == "target" for i in spec.param_infos()):
+            params["target"] = target
+
+        def prog(f: float, msg: str = "", k: int = k, name: str = name) -> None:
+            bar((k + f) / max(1, len(chosen)), f"{name}: {msg}")
+
+        with guard(name):
+            rid, res, cached = run_stored(c, name, params, progress=prog)
+            runs.append({"name": name, "run_id": rid, "cached": cached})
+    bar.done()  # type: ignore[attr-defined]
+    st.session_state["cmp_runs"] = runs
+    st.session_state["cmp_total_s"] = time.perf_counter() - t0
+    st.session_state["cmp_sanity"] = None
+    if score and faithfulness.available()["auc"]:
+        score_maps(runs, int(st.session_state.get("cmp_score_steps", 50)))
+
+runs = st.session_state.get("cmp_runs") or []
+if not runs:
+    st.caption("Choose methods and press Run. Identical requests are answered from the run store.")
+    st.stop()
+
+results: list[tuple[dict, Result]] = []
+for r in runs:
+    with guard(r["name"]):
+        results.append((r, load_run(r["run_id"])[1]))
+maps = [(r, res) for r, res in results if res.kind == "map"]
+
+st.caption(f"{len(runs)} map(s) in {st.session_state.get('cmp_total_s', 0):.2f} s wall time (this request)")
+d1, d2, d3 = st.columns([2, 1, 2])
+mode = d1.radio(
+    "Colour scale",
+    ["normalised", "absolute"],
+    horizontal=True,
+    key="cmp_scale",
+    help="normalised: each map / its 99th percentile of |values| on one 0..1 scale; absolute: raw values, one min/max",
+)
+signed = d2.checkbox("signed", value=False, key="cmp_signed", help="keep the sign (diverging colours)")
+alpha = d3.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="cmp_alpha")
+
+scaled, lo, hi, cmap = shared_scale([res.data for _, res in maps], mode, signed)
+st.image(colorbar_image(lo, hi, cmap), caption=f"shared scale: {lo:.3g} … {hi:.3g} ({mode})", width=512)
+
+scores: dict[str, dict] = st.session_state.get("cmp_scores") or {}
+
+ncols = min(4, max(1, len(maps)))
+for i in range(0, len(maps), ncols):
+    cols = st.columns(ncols)
+    for col, (r, res), m in zip(cols, maps[i : i + ncols], scaled[i : i + ncols]):
+        with col:
+            shown = Result("map", m, res.meta, res.image)
+            st.image(shown.overlay(alpha=alpha, cmap=cmap, vmin=lo, vmax=hi), width="stretch")
+            st.markdown(f"**{r['name']}**")
+            st.caption(meta_line(res.meta) or "no timing recorded")
+            s = scores.get(r["run_id"])
+            if s:
+                parts = []
+                for what, better in (("deletion", "lower"), ("insertion", "higher")):
+                    if what in s:
+                        rnd = s.get(f"random_{what}")
+                        parts.append(
+                            f"{what} AUC {s[what]:.3f}"
+                            + (f" (random {rnd:.3f})" if rnd is not None else "")
+                            + f" · {better} is better"
+                        )
+                st.caption("  \n".join(parts))
+            link_line(r["run_id"], r["cached"])
+for r, res in results:
+    if res.kind != "map":
+        st.warning(f"{r['name']} returned a {res.kind!r} result, not a map; see it on the Runs page")
+
+curves = [(r["name"], scores[r["run_id"]]) for r, _ in maps if scores.get(r["run_id"], {}).get("curves")]
+if curves:
+    with st.expander("Deletion / insertion curves"):
+        fig = go.Figure()
+        for name, sc in curves:
+            for what, dash in (("deletion", "solid"), ("insertion", "dot")):
+                fig.add_trace(
+                    go.Scatter(
+                        x=sc["fractions"], y=sc["curves"][what], name=f"{name} {what}", line=dict(dash=dash)
+                    )
+                )
+        fig.update_layout(
+            height=320,
+            margin=dict(l=10, r=10, t=30, b=10),
+            xaxis_title="fraction of pixels deleted / inserted (most salient first)",
+            yaxis_title="target probability",
+        )
+        st.plotly_chart(fig, key="cmp_di_plot")
+
+st.divider()
+st.subheader("Sanity check (model randomisation)")
+if not faithfulness.available()["sanity"]:
+    st.info("The sanity check appears here once the attribution metrics module provides it.")
+elif st.button(
+    "Run the sanity check",
+    key="cmp_sanity_btn",
+    help="re-initialises layer groups from the logits down on a copy of the model and recomputes each map",
+):
+    out = {}
+    bar = st_progress("randomising layers")
+    for k, (r, res) in enumerate(maps):
+        with guard(f"{r['name']} sanity check"):
+            params = dict(load_run(r["run_id"])[0].params)
+
+            def prog(f: float, msg: str = "", k: int = k, name: str = r["name"]) -> None:
+                bar((k + f) / max(1, len(maps)), f"{name}: {msg}")
+
+            tgt = target_index(res.meta)
+            out[r["name"]] = faithfulness.sanity(
+                c.work_net(), c.img, r["name"], params, int(tgt) if tgt is not None else target, prog
+            )
+    bar.done()  # type: ignore[attr-defined]
+    st.session_state["cmp_sanity"] = {k: v for k, v in out.items() if v}
+san = st.session_state.get("cmp_sanity")
+if san:
+    fig = go.Figure()
+    for name, sc in san.items():
+        fig.add_trace(
+            go.Scatter(x=sc["layers"], y=sc["spearman"], mode="lines+markers", name=f"{name} Spearman")
+        )
+        fig.add_trace(
+            go.Scatter(x=sc["layers"], y=sc["ssim"], mode="lines", name=f"{name} SSIM", line=dict(dash="dot"))
+        )
+    fig.update_layout(
+        height=340,
+        margin=dict(l=10, r=10, t=30, b=10),
+        xaxis_title="randomised down to (cascade, from the logits)",
+        yaxis_title="similarity to the original map",
+    )
+    st.plotly_chart(fig, key="cmp_sanity_plot")
+    for sc in san.values():
+        (st.success if sc["passes"] else st.warning)(sc["verdict"])

@@ -1,0 +1,180 @@
+"""Embeddings: a dataset's feature vectors projected (PCA / t-SNE / UMAP) as a WebGL scatter coloured by label;
+select a point to see the item, its feature-space and pixel-space neighbours, and explain it on Compare."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+import accel
+from accel.images import foolbox_imagenet
+from dashboard.common import guard, link_line, load_run, method_names, require_ctx, run_stored, st_progress
+from dashboard.pagekit import method_form
+from dashboard.widgets import fit_width, image_row, points_figure, show_result
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _dataset(spec: str) -> object:
+    from accel import datasets
+
+    return datasets.get(spec)
+
+
+def _explain_target(item_id: str) -> dict | None:
+    """Sidebar settings that select this dataset item as the image (Fashion-MNIST test, foolbox ImageNet)."""
+    if item_id.startswith("fashion_mnist:test:"):
+        return {"img_source": "Fashion-MNIST item", "img_fashion": int(item_id.rsplit(":", 1)[1])}
+    paths = [str(p) for p, _ in foolbox_imagenet()]
+    if item_id in paths:
+        return {"img_source": "ImageNet photo", "img_imagenet": paths.index(item_id)}
+    return None
+
+
+st.title("Embeddings")
+c = require_ctx(need_image=False)
+if "embedding" not in method_names("inspect"):
+    st.info("The embedding technique is not registered yet (accel/methods/inspect/embedding.py).")
+    st.stop()
+spec = accel.get("embedding")
+st.caption(spec.summary)
+with guard("embedding"):
+    go, params = method_form(c, spec, "emb", submit="Compute")
+    if go:
+        bar = st_progress("embedding")
+        rid, _res, cached = run_stored(c, "embedding", params, progress=bar)
+        bar.done()  # type: ignore[attr-defined]
+        st.session_state["emb_run"] = (rid, cached)
+        st.session_state.pop("emb_sel", None)
+last = st.session_state.get("emb_run")
+if not last:
+    st.caption(
+        "Choose the dataset, size and projection, then press Compute (results are kept in the run store)."
+    )
+    st.stop()
+
+rid, cached = last
+run, res = load_run(rid)
+ex = res.extras
+labels = ex.get("labels")
+classes = ex.get("classes")
+ids = ex.get("ids") or []
+feats = ex.get("features")
+n = len(res.data)
+link_line(rid, cached)
+meta = res.meta
+st.caption(
+    f"{n:,} points · {meta.get('dataset', '')} · tap {meta.get('tap', '')} ({meta.get('dim', '?')}-D) · "
+    f"{meta.get('projection', '')} in {meta.get('projection_s', float('nan')):.1f} s"
+)
+
+
+def _name(i: int) -> str:
+    if labels is None:
+        return f"#{i}"
+    lab = int(np.asarray(labels)[i])
+    return f"#{i} {classes[lab]}" if classes and 0 <= lab < len(classes) else f"#{i} label {lab}"
+
+
+def _feature_neighbours(feats: np.ndarray, i: int, k: int) -> list[int]:
+    """The k nearest stored vectors to point i (cosine), through the neighbours technique's exact search."""
+    try:
+        from accel.methods.inspect.neighbors import knn
+
+        idx, _d, _used = knn(feats, feats[i : i + 1], k, "cosine", "auto", np.asarray([i]))
+        return [int(j) for j in idx[0]]
+    except ImportError:
+        v = feats / (np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12)
+        d = -(v @ v[i])
+        d[i] = np.inf
+        return [int(j) for j in np.argsort(d)[:k]]
+
+
+@st.fragment
+def explorer() -> None:
+    left, right = st.columns([3, 2])
+    with left:
+        event = st.plotly_chart(
+            points_figure(res, labels=labels, classes=classes),
+            key="emb_plot",
+            on_select="rerun",
+            selection_mode=("points", "box", "lasso"),
+            config={"scrollZoom": True},
+        )
+        st.caption("Hover for the label; click a point (or box/lasso-select) to open it on the right.")
+    pts = (event.selection.get("points") if event and event.selection else None) or []
+    sel = [int(p["customdata"]) for p in pts if p.get("customdata") is not None]
+    if sel:
+        st.session_state["emb_sel"] = sel[0]
+    i = st.session_state.get("emb_sel")
+    with right:
+        if i is None or i >= n:
+            st.info("Select a point to see the item and its nearest neighbours in feature and pixel space.")
+            return
+        item_id = str(ids[i]) if i < len(ids) else ""
+        st.markdown(f"**{_name(i)}**" + (f" · {len(sel)} selected" if len(sel) > 1 else ""))
+        item_img = None
+        with guard("item"):
+            item_img = _dataset(str(meta["dataset"])).load(item_id).image
+            st.image(fit_width(item_img), caption=item_id[-60:], width=160)
+        k = st.slider("neighbours", 2, 24, 8, key="emb_k")
+        full = item_img is not None and "neighbors" in method_names("inspect")
+        auto = full and (n <= 10_000 or st.session_state.get("emb_pixels_for") == i)
+        if not auto and isinstance(feats, np.ndarray) and len(feats) == n:
+            with guard("feature-space neighbours"):
+                nb = _feature_neighbours(feats, i, k)
+                st.markdown("*Nearest in feature space* (cosine, from the stored vectors)")
+                ds = _dataset(str(meta["dataset"]))
+                tiles = [fit_width(ds.load(str(ids[j])).image) for j in nb]
+                image_row(tiles, [_name(j) for j in nb], ncols=min(8, k))
+        if full:
+            if not auto and st.button(
+                "Pixel-space neighbours too (re-streams the dataset)",
+                key="emb_pixels",
+                icon=":material/grid_view:",
+            ):
+                st.session_state["emb_pixels_for"] = i
+                auto = True
+            if auto:
+                with guard("neighbours"):
+                    nparams = {
+                        "dataset": str(meta["dataset"]),
+                        "limit": 0,
+                        "k": int(k),
+                        "tap": str(meta.get("tap")),
+                    }
+                    nid, nres, ncached = run_stored(c, "neighbors", nparams, img=item_img)
+                    show_result(
+                        nres,
+                        caption="query | nearest in feature space (top row) and pixel space (bottom row)",
+                    )
+                    link_line(nid, ncached)
+        target = _explain_target(item_id)
+        if target is not None:
+
+            def _explain(t: dict = target) -> None:
+                st.session_state.update(t)
+                st.session_state["emb_go_compare"] = True
+
+            st.button(
+                "Explain this item on Compare",
+                on_click=_explain,
+                key="emb_explain",
+                icon=":material/compare:",
+            )
+        if st.session_state.pop("emb_go_compare", False):
+            st.switch_page("pages/compare.py")
+
+
+with guard("Embeddings"):
+    explorer()
+grid = ex.get("grid_image")
+if grid is not None:
+    st.subheader("Image grid")
+    with guard("grid"):
+        g = grid if isinstance(grid, Image.Image) else Image.fromarray(np.asarray(grid, dtype=np.uint8))
+        st.image(
+            g,
+            caption="the 2-D map snapped to a regular grid of thumbnails (one image per cell)",
+            width="stretch",
+        )
