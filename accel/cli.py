@@ -125,6 +125,12 @@ def _method_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespac
     mp = argparse.ArgumentParser(
         prog=f"convlens {_verb(spec.family)} --method {spec.name}", description=spec.summary
     )
+    mp.add_argument(
+        "image",
+        nargs=None if spec.needs_image else "?",
+        default=None,
+        help="input image" + ("" if spec.needs_image else " (optional)"),
+    )
     _add_method_args(mp, spec)
     margs = mp.parse_args(rest)
     for k, v in vars(margs).items():
@@ -220,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"run a technique of the {family} family",
             description=f"Methods: {names}. Method flags: `convlens {verb} --method NAME --help`.",
         )
-        p.add_argument("image", nargs="?", default=None, help="input image (not needed by every method)")
-        p.add_argument("--method", required=True, help=f"one of: {names}")
+        p.add_argument(
+            "--method", required=True, help=f"one of: {names}; the input IMAGE goes before or after it"
+        )
         model_args(p)
         p.add_argument("--out", default=None, help="output PNG (default: <method>.png)")
         p.set_defaults(fn=cmd_method, family=family)

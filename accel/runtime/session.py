@@ -117,6 +117,8 @@ def make_session(
         so.intra_op_num_threads = threads or default_threads()
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        if os.environ.get("CONVLENS_ORT_SPIN", "0") != "1":  # shared machines: do not busy-wait between ops
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if optimized_path is not None and prov == "CPUExecutionProvider":
             so.optimized_model_filepath = str(optimized_path)
         plist: list[Any] = [prov] if prov == "CPUExecutionProvider" else [prov, "CPUExecutionProvider"]
