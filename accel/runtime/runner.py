@@ -328,10 +328,10 @@ def runner(
     if backend in ("onnxruntime", "ort"):
         if not ort_available():
             raise BadInput("onnxruntime is not installed; use backend='torch'")
-        return _parity_checked(OrtRunner(net, taps, batch_size, providers, precision=precision))
+        return _cached_ort(net, taps, batch_size, providers, precision)
     if net.module is None or ort_available():
         try:
-            return _parity_checked(OrtRunner(net, taps, batch_size, providers, precision=precision))
+            return _cached_ort(net, taps, batch_size, providers, precision)
         except BadInput:
             raise
         except Exception as e:  # noqa: BLE001 - export or session failure: torch still works
@@ -339,6 +339,25 @@ def runner(
                 raise
             warnings.warn(f"ONNX Runtime unavailable for {net.name} ({e}); using torch", stacklevel=2)
     return TorchRunner(net, taps, batch_size)
+
+
+_ORT_CACHE: dict[tuple, OrtRunner] = {}
+_ORT_CACHE_MAX = 16
+
+
+def _cached_ort(
+    net: Backbone, taps: Sequence[str], batch_size: int | None, providers: tuple[str, ...] | None, precision: str
+) -> OrtRunner:
+    """One parity-checked ONNX Runtime runner per (backbone, weights, taps, options): sessions are costly to
+    start and safe to share between threads."""
+    key = (id(net), net.weights_hash(), tuple(taps), batch_size, providers, precision)
+    r = _ORT_CACHE.get(key)
+    if r is None:
+        r = _parity_checked(OrtRunner(net, taps, batch_size, providers, precision=precision))
+        if len(_ORT_CACHE) >= _ORT_CACHE_MAX:
+            _ORT_CACHE.pop(next(iter(_ORT_CACHE)))
+        _ORT_CACHE[key] = r
+    return r
 
 
 def _parity_checked(r: OrtRunner) -> OrtRunner:

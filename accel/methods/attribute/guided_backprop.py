@@ -1,0 +1,55 @@
+"""Guided backpropagation (Springenberg et al. 2015): only positive gradients pass back through active ReLUs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from ...registry import param, register
+from ...result import Result
+from ._base import REDUCTIONS, Progress, run_rule
+
+if TYPE_CHECKING:
+    from ...zoo import Backbone
+
+
+@dataclass
+class GuidedBackpropParams:
+    target: int | None = param(
+        None, "class index to explain (default: the predicted class unless layer is set)", min=0
+    )
+    layer: str | None = param(
+        None, "explain a unit of this layer instead of a class (a name from net.layers())"
+    )
+    channel: int | None = param(None, "channel of `layer` (default: its most active channel)", min=0)
+    row: int | None = param(
+        None, "row of a single unit in `layer`'s map (with col; default: the whole channel)", min=0
+    )
+    col: int | None = param(None, "column of a single unit in `layer`'s map (with row)", min=0)
+    reduce: str = param("abs_max", "channel reduction of the (C,H,W) gradient", choices=REDUCTIONS)
+
+
+@register(
+    "guided_backprop",
+    "attribute",
+    GuidedBackpropParams,
+    paper="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net",
+    needs_grad=True,
+)
+def run(net: Backbone, img: Image.Image, p: GuidedBackpropParams, progress: Progress = None) -> Result:
+    """Input gradient with the guided rule at every ReLU/ReLU6 (module, functional or in-place)."""
+    return run_rule(
+        net,
+        img,
+        "guided_backprop",
+        "guided",
+        target=p.target,
+        layer=p.layer,
+        channel=p.channel,
+        row=p.row,
+        col=p.col,
+        reduce=p.reduce,
+        progress=progress,
+    )

@@ -1,0 +1,69 @@
+"""Guided Grad-CAM (Selvaraju et al. 2017): guided backprop gated by the upsampled Grad-CAM map."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from ...registry import param, register
+from ...result import Result
+from ._base import (
+    REDUCTIONS,
+    GradCAMWeights,
+    Progress,
+    Score,
+    class_gradient,
+    gradient_rgb,
+    input_tensor,
+    make_result,
+    reduce_channels,
+    require_head,
+    target_meta,
+)
+
+if TYPE_CHECKING:
+    from ...zoo import Backbone
+
+
+@dataclass
+class GuidedGradCAMParams:
+    target: int | None = param(None, "class index to explain (default: the predicted class)", min=0)
+    layer: str | None = param(None, "Grad-CAM layer (default: the backbone's CAM layer)")
+    reduce: str = param("abs_max", "channel reduction of the (C,H,W) product", choices=REDUCTIONS)
+
+
+@register(
+    "guided_gradcam",
+    "attribute",
+    GuidedGradCAMParams,
+    paper="Selvaraju et al. 2017, Grad-CAM (Guided Grad-CAM)",
+    needs_grad=True,
+)
+def run(net: Backbone, img: Image.Image, p: GuidedGradCAMParams, progress: Progress = None) -> Result:
+    """Element-wise product of the guided-backprop gradient (C,H,W) and the Grad-CAM map, reduced over channels."""
+    t0 = time.perf_counter()
+    require_head(net, "guided_gradcam")
+    net.check_target(p.target)
+    cam = GradCAMWeights(net, p.layer)
+    x = input_tensor(net, img)
+    logits = cam.forward(x)
+    grad, _, t, n = class_gradient(net, x, p.target, "guided_gradcam", rule="guided")
+    heat, low = cam.compute(Score({t: 1.0}))
+    prod = grad * heat[None]
+    if progress is not None:
+        progress(1.0, "guided grad-cam done")
+    return make_result(
+        net,
+        x,
+        reduce_channels(prod, p.reduce),
+        t0,
+        target=target_meta(net, t, logits),
+        passes=cam.passes + 1,
+        extras={"gradient": prod, "gradcam": heat, "rgb": gradient_rgb(prod)},
+        layer=cam.layer,
+        rectifiers=n,
+        reduction=p.reduce,
+    )

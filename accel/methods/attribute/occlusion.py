@@ -1,0 +1,145 @@
+"""Occlusion (Zeiler & Fergus 2014): slide a baseline patch over the image and record the drop in the target's
+probability. The occluded copies are built lazily and batched through `runner.sweep` (ONNX Runtime by default)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from ...errors import BadInput
+from ...registry import param, register
+from ...result import Result
+from ...runtime.runner import runner
+from ...runtime.sweep import Occlusion
+from ._base import (
+    BACKENDS,
+    Progress,
+    input_tensor,
+    make_baseline,
+    make_result,
+    progress_cb,
+    require_head,
+    resolve_target,
+    target_meta,
+)
+
+if TYPE_CHECKING:
+    from ...zoo import Backbone
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def per_pixel(occ: Occlusion, drops: np.ndarray) -> np.ndarray:
+    """Captum's form: each pixel gets the mean drop over the windows covering it (0 where none does)."""
+    total = np.zeros((occ.height, occ.width), np.float64)
+    wh, ww = occ.window
+    for (r, c), d in zip(occ.positions, drops):
+        total[r : r + wh, c : c + ww] += d
+    cov = occ.coverage()
+    return np.where(cov > 0, total / np.maximum(cov, 1), 0.0).astype(np.float32)
+
+
+def grid_map(occ: Occlusion, grid: np.ndarray) -> np.ndarray:
+    """The window grid (gh, gw) upsampled: bilinear between window centres, constant beyond the outer centres."""
+    wh, ww = occ.window
+    rows = np.array(sorted({r for r, _ in occ.positions}), np.float64) + wh / 2.0
+    cols = np.array(sorted({c for _, c in occ.positions}), np.float64) + ww / 2.0
+    ys = np.arange(occ.height) + 0.5
+    xs = np.arange(occ.width) + 0.5
+    g = grid.astype(np.float64)
+    tmp = np.stack([np.interp(xs, cols, g[i]) for i in range(g.shape[0])])  # (gh, W)
+    out = np.stack([np.interp(ys, rows, tmp[:, j]) for j in range(tmp.shape[1])], axis=1)  # (H, W)
+    return out.astype(np.float32)
+
+
+@dataclass
+class OcclusionParams:
+    target: int | None = param(None, "class index to explain (default: the predicted class)", min=0)
+    window: int = param(32, "side of the square occluding patch, in input pixels", min=1, max=4096)
+    stride: int = param(16, "step between patch positions, in input pixels", min=1, max=4096)
+    baseline: str = param(
+        "zero",
+        "what the patch shows: zero (network-input origin = dataset mean colour), black, mean (the image's mean "
+        "colour) or blur (a blurred copy of the image)",
+        choices=("zero", "black", "mean", "blur"),
+    )
+    blur_sigma: float = param(10.0, "Gaussian sigma in pixels for the blur baseline", min=0.1, max=200.0)
+    score: str = param(
+        "probability",
+        "drop measured in the softmax probability or in the logit",
+        choices=("probability", "logit"),
+    )
+    form: str = param(
+        "per_pixel",
+        "per_pixel: mean drop over the windows covering each pixel (Captum's form); grid: the window grid "
+        "upsampled between window centres",
+        choices=("per_pixel", "grid"),
+    )
+    backend: str = param("auto", "forward-pass engine (auto prefers ONNX Runtime)", choices=BACKENDS)
+    batch_size: int | None = param(
+        None, "occluded copies per forward pass (default: from free memory)", min=1
+    )
+
+
+@register(
+    "occlusion",
+    "attribute",
+    OcclusionParams,
+    paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks",
+    needs_grad=False,
+)
+def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress = None) -> Result:
+    """Drop in the target probability when each window is replaced by the baseline; both map forms in extras."""
+    t0 = time.perf_counter()
+    require_head(net, "occlusion")
+    net.check_target(p.target)
+    if p.stride < 1:
+        raise BadInput(f"occlusion: stride must be >= 1 pixel, got {p.stride}")
+    _, h, w = net.input_shape
+    if p.window > min(h, w):
+        raise BadInput(
+            f"occlusion: window {p.window} is larger than the {h}x{w} input of {net.name!r}; use window <= {min(h, w)}"
+        )
+    x = input_tensor(net, img)
+    base = make_baseline(net, x, p.baseline, p.blur_sigma)
+    occ = Occlusion(h, w, (p.window, p.window), (p.stride, p.stride), baseline=base)
+    r = runner(net, ["logits"], backend=p.backend, batch_size=p.batch_size)
+    passes0 = r.passes  # runners are shared (cached): count only this call's passes
+    logits = r.run(x.numpy())["logits"]
+    t = resolve_target(net, p.target, logits, "occlusion")
+
+    def value(z: np.ndarray) -> np.ndarray:
+        return _softmax(z)[:, t] if p.score == "probability" else z[:, t].astype(np.float64)
+
+    ref = float(value(logits)[0])
+    scores = r.sweep(
+        x.numpy(), occ, reduce=lambda o: value(o["logits"]), progress=progress_cb(progress, 0.0, 1.0)
+    )
+    drops = (ref - np.asarray(scores, np.float64)).astype(np.float32)
+    grid = drops.reshape(occ.grid)
+    pix = per_pixel(occ, drops)
+    gmap = grid_map(occ, grid)
+    return make_result(
+        net,
+        x,
+        pix if p.form == "per_pixel" else gmap,
+        t0,
+        target=target_meta(net, t, logits),
+        passes=r.passes - passes0,
+        backend=r.backend,
+        extras={"grid": grid, "per_pixel": pix, "grid_map": gmap, "coverage": occ.coverage()},
+        windows=occ.n,
+        grid_shape=occ.grid,
+        reference_score=ref,
+        score=p.score,
+        runner=dict(r.meta),
+        form=p.form,
+    )
