@@ -363,3 +363,16 @@ def test_functional_ops() -> None:
     assert fields[""].global_
     conv1d = nn.Sequential(nn.Conv1d(2, 2, 5, stride=2, padding=2), nn.MaxPool1d(2))
     assert receptive_fields(conv1d, (1, 2, 50))["1"] == RF((1, 7), (1, 4), (0.0, -2.0))
+
+
+def test_fashion_cnn_features_match_gradients() -> None:
+    from accel.archs.fashion_cnn import FashionCNN
+
+    torch.manual_seed(0)
+    feats = FashionCNN().features.eval()
+    first = feats[0]
+    # the test harness feeds 3 channels; the field does not depend on the channel count
+    feats[0] = nn.Conv2d(3, first.out_channels, first.kernel_size, first.stride, first.padding, bias=False)
+    fields = check_layers(feats, 96, (*LAYERS, nn.BatchNorm2d), thin=True)
+    last = fields[str(len(feats) - 1)]
+    assert last.size == (32, 32) and last.stride == (4, 4)  # 6 convs 3x3, 2 pools: the 28 px input fits
