@@ -413,6 +413,59 @@ def bench_patch_scan(n_images: int, repeats: int) -> list[dict]:
     ]
 
 
+def _inspect_child(n: int, q: Any) -> None:
+    import resource
+
+    from .registry import run
+    from .zoo import load
+
+    net = load("fashion_cnn")
+    t0 = time.perf_counter()
+    res = run(
+        "max_patches",
+        net,
+        None,
+        dataset=f"fashion_mnist:test:{n}",
+        layer="features.9",
+        limit=n,
+        top_channels=8,
+    )
+    wall = time.perf_counter() - t0
+    q.put(
+        {
+            "images": n,
+            "wall_s": wall,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "backend": res.meta.get("backend"),
+        }
+    )
+
+
+def bench_inspect(n: int = 10_000, tsne: bool = True) -> dict[str, Any]:
+    """Dataset-scale inspect workloads on Fashion-MNIST: a max-patch scan (time, peak RSS of its own process)
+    and t-SNE of fashion_cnn embeddings, openTSNE (FFT) vs scikit-learn's TSNE, with trustworthiness."""
+    import multiprocessing as mp
+
+    from .fashion_mnist import find_fashion_mnist
+
+    if find_fashion_mnist() is None:
+        return {"skipped": "Fashion-MNIST is not installed (Debian dataset-fashion-mnist)"}
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_inspect_child, args=(n, q))
+    p.start()
+    p.join(1800)
+    out: dict[str, Any] = {
+        "max_patches": q.get(timeout=5) if p.exitcode == 0 else {"error": f"exit {p.exitcode}"}
+    }
+    if tsne:
+        from .methods.inspect.embedding import bench_tsne
+        from .zoo import load
+
+        out["tsne"] = bench_tsne(load("fashion_cnn"), f"fashion_mnist:test:{n}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the report
 
@@ -451,8 +504,11 @@ def run_bench(
     if not quick:
         say(0.8, "sweep memory")
         report["occlusion"]["peak_rss_mb"] = sweep_peak_rss_mb(8)
-    say(0.9, "patch scan")
+    say(0.85, "patch scan")
     report["patch_scan"] = bench_patch_scan(32 if quick else 128, rep)
+    if not quick:
+        say(0.9, "dataset-scale inspect (max patches, t-SNE)")
+        report["inspect"] = bench_inspect()
     report["markdown"] = to_markdown(report)
     out = Path(out_dir or Path("artifacts") / "bench")
     out.mkdir(parents=True, exist_ok=True)
@@ -535,4 +591,18 @@ def to_markdown(r: dict[str, Any]) -> str:
         f"- Max-patch scan (alexnet {ps[0]['layer']}, {ps[0]['images']} JPEGs, decode included): "
         + ", ".join(f"{p['engine']} {p['images_per_s']:.1f} img/s" for p in ps)
     )
+    ins = r.get("inspect", {})
+    if "max_patches" in ins and "wall_s" in ins["max_patches"]:
+        mp_ = ins["max_patches"]
+        lines.append(
+            f"- max_patches over {mp_['images']} Fashion-MNIST images (fashion_cnn features.9, {mp_['backend']}): "
+            f"{mp_['wall_s']:.1f} s, peak RSS of the whole process {mp_['peak_rss_mb']:.0f} MiB."
+        )
+    if "tsne" in ins:
+        t = ins["tsne"]
+        lines.append(
+            f"- t-SNE of {t['points']} fashion_cnn embeddings: openTSNE ({t['opentsne_impl']}) {t['opentsne_s']:.0f} s, "
+            f"trustworthiness {t['opentsne_trustworthiness']:.3f}; scikit-learn TSNE {t.get('sklearn_s', float('nan')):.0f} s, "
+            f"trustworthiness {t.get('sklearn_trustworthiness', float('nan')):.3f}."
+        )
     return "\n".join(lines) + "\n"
