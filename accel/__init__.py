@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadInput, NotDifferentiable, ResourceLimit, UntrustedFile
 from . import methods
+from .errors import BadInput, NotDifferentiable, ResourceLimit, UntrustedFile
 from .registry import MethodSpec, get, run
 from .result import Result
 

@@ -346,7 +346,11 @@ _ORT_CACHE_MAX = 16
 
 
 def _cached_ort(
-    net: Backbone, taps: Sequence[str], batch_size: int | None, providers: tuple[str, ...] | None, precision: str
+    net: Backbone,
+    taps: Sequence[str],
+    batch_size: int | None,
+    providers: tuple[str, ...] | None,
+    precision: str,
 ) -> OrtRunner:
     """One parity-checked ONNX Runtime runner per (backbone, weights, taps, options): sessions are costly to
     start and safe to share between threads."""
