@@ -895,13 +895,19 @@ _VGG19_STYLE = tuple(f"features.block{b}_relu1" for b in range(1, 6))
 _VGG16_STYLE = ("features.1", "features.6", "features.11", "features.18", "features.25")
 
 
+def _top_spatial(net: Any) -> list[str]:
+    """Spatial layers, preferring top-level blocks (at most one dot in the name) over their inner modules."""
+    spatial = [li.name for li in net.conv_layers() if li.out_shape[1] > 1]
+    return [n for n in spatial if n.count(".") <= 1] or spatial
+
+
 def default_style_layers(net: Any) -> list[str]:
     """Style/texture layers for a backbone: relu{1..5}_1 on VGG, else five spatial layers spread over the depth."""
     names = {li.name for li in net.layers()}
     for cand in (_VGG19_STYLE, _VGG16_STYLE):
         if all(c in names for c in cand):
             return list(cand)
-    convs = [li.name for li in net.conv_layers() if li.out_shape[1] > 1]
+    convs = _top_spatial(net)
     if not convs:
         raise BadInput(f"{net.name!r} has no spatial layers to compute Gram matrices on")
     idx = sorted({round(i * (len(convs) - 1) / 4 * 0.75) for i in range(5)})
@@ -914,7 +920,7 @@ def default_content_layer(net: Any) -> str:
     for cand in ("features.block4_relu2", "features.20"):
         if cand in names and (cand != "features.20" or "features.25" in names):
             return cand
-    convs = [li.name for li in net.conv_layers() if li.out_shape[1] > 1]
+    convs = _top_spatial(net)
     if not convs:
         raise BadInput(f"{net.name!r} has no spatial layers")
     return convs[int(0.6 * (len(convs) - 1))]
