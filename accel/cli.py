@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"unrecognized arguments: {' '.join(rest)}")
         return int(args.fn(args) or 0)
     except BadInput as e:
-        print(f"convlens: error: {e}", file=sys.stderr)
+        print(f"convlens: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("convlens: interrupted", file=sys.stderr)

@@ -219,9 +219,10 @@ def _identify(fp: IO[bytes], label: str, filename: str) -> ImageFile.ImageFile:
             with _quiet_bomb_warning(fmt == "GIF"):  # a GIF frame may declare a size beyond its screen
                 return factory(fp, filename)
         except Image.DecompressionBombError as e:
+            what = "a frame far larger than its canvas" if fmt == "GIF" else "an image"
             raise ResourceLimit(
-                f"{label}: the {fmt} declares a frame far larger than its canvas, beyond PIL's hard limit "
-                f"({e}); refused as a decompression bomb"
+                f"{label}: the {fmt} declares {what} beyond PIL's hard limit ({e}); refused as a "
+                "decompression bomb"
             ) from None
         except Exception as e:  # a decoder that recognised the magic but could not parse the header
             failures.append((fmt, e))
@@ -469,11 +470,17 @@ def resize_center_crop(
         new_w, new_h = int(resize), int(resize * h / w)
     else:
         new_w, new_h = int(resize * w / h), int(resize)
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), _RESAMPLE[resample])
     left = int(round((new_w - size) / 2.0))
     top = int(round((new_h - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
+    if max(new_w, new_h) <= 8 * resize:  # the usual case: resize, then crop
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), _RESAMPLE[resample])
+        return img.crop((left, top, left + size, top + size))
+    # Extreme aspect ratio (1x60000 would make a 256x15 M intermediate): resample only the crop box. Same filter
+    # and scale (PIL reads the source around the box), so it matches resize-then-crop to +-1 level.
+    sx, sy = new_w / w, new_h / h
+    box = (left / sx, top / sy, (left + size) / sx, (top + size) / sy)
+    return img.resize((size, size), _RESAMPLE[resample], box=box)
 
 
 # --------------------------------------------------------------------------------------------- display

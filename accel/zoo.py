@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import pickle
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -675,28 +676,73 @@ def _auto_cam_layer(net: Backbone) -> str | None:
     return spatial[-1].name if spatial else None
 
 
-def _read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+def _sniff_checkpoint(path: Path) -> str:
+    """What a weight file holds, from its first bytes: "safetensors", "zip" (torch.save), "pickle" or "unknown"."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) >= 9 and 2 <= int.from_bytes(head[:8], "little") < 1 << 30 and head[8:9] == b"{":
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    return "unknown"
 
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise BadInput(f"{path.name}: not a valid safetensors file ({e})") from None
+
+def _what_it_looks_like(path: Path) -> str:
+    from .images import _as_text, _describe_text
+
+    with open(path, "rb") as f:
+        head = f.read(512)
+    text = _as_text(head)
+    if text is not None:
+        return f"it looks like {_describe_text(text)}"
+    return f"its first bytes are {head[:8].hex(' ')}"
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as e:
-        msg = str(e).split("\n")[0][:200]
-        raise UntrustedFile(
-            f"{path.name}: refusing to load — the file needs arbitrary code to unpickle ({msg}). Only plain "
-            "state dicts load by default; if you trust its author, pass trust=True (CLI: --trust), or convert it "
-            "to .safetensors"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
         raise BadInput(
-            f"{path.name}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:160]})"
+            f"{path.name}: not a valid safetensors file ({str(e).splitlines()[0][:200]})"
         ) from None
+
+
+def _read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, read without running code from it (unless `trust`)."""
+    kind = _sniff_checkpoint(path)
+    if kind == "safetensors" or path.suffix.lower() == ".safetensors":
+        obj: Any = _read_safetensors(path)
+    elif kind == "unknown" and not trust:
+        raise BadInput(
+            f"{path.name}: not a PyTorch checkpoint or safetensors file ({_what_it_looks_like(path)}); "
+            "expected a state dict saved with torch.save or safetensors"
+        )
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=not trust)
+        except pickle.UnpicklingError as e:
+            text = str(e)
+            glob = re.search(r"GLOBAL (\S+)", text)
+            if glob or kind == "pickle" or "Unsupported operand" in text:
+                what = (
+                    f"it calls {glob.group(1)}" if glob else "it is a full pickle the safe loader cannot read"
+                )
+                raise UntrustedFile(
+                    f"{path.name}: refusing to load — unpickling it could run arbitrary code ({what}). Only plain "
+                    "state dicts load by default; if you trust its author, pass trust=True (CLI: --trust), or "
+                    "convert it to .safetensors"
+                ) from None
+            raise BadInput(f"{path.name}: not a readable PyTorch checkpoint (corrupt pickle data)") from None
+        except Exception as e:  # noqa: BLE001 - corrupt archives surface as many exception types
+            first = str(e).splitlines()[0][:160] if str(e) else ""
+            raise BadInput(
+                f"{path.name}: not a readable PyTorch checkpoint, truncated or corrupt ({type(e).__name__}: {first})"
+            ) from None
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict):
@@ -704,9 +750,18 @@ def _read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise BadInput(f"{path.name}: expected a state dict (name -> tensor), got {type(obj).__name__}")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        got = "an empty dict" if isinstance(obj, dict) and not obj else type(obj).__name__
+        raise BadInput(f"{path.name}: expected a state dict (name -> tensor), got {got}")
+    for k, v in obj.items():
+        if v.layout != torch.strided or v.is_quantized:
+            raise BadInput(
+                f"{path.name}: tensor {k!r} is {str(v.layout).removeprefix('torch.')}"
+                f"{' quantized' if v.is_quantized else ''}; only dense tensors are supported (call .to_dense())"
+            )
+        if v.is_complex():
+            raise BadInput(f"{path.name}: tensor {k!r} is complex ({v.dtype}); network weights must be real")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
 def _check_finite(sd: dict[str, torch.Tensor], fname: str) -> None:
@@ -731,6 +786,11 @@ def _from_checkpoint(path: Path, arch: str | None, trust: bool) -> Backbone:
             net = _torchvision(arch, pretrained=False)
     module = net.require_module("loading a checkpoint")
     target = module.state_dict()
+    for (
+        k
+    ) in target:  # checkpoints from before PyTorch 0.4.1 have no BatchNorm step counters; PyTorch fills them
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = target[k].clone()
     missing = [k for k in target if k not in sd]
     extra = [k for k in sd if k not in target]
     if missing or extra:
@@ -745,7 +805,12 @@ def _from_checkpoint(path: Path, arch: str | None, trust: bool) -> Backbone:
             f"{path.name} does not fit architecture {arch!r}: {len(wrong)} tensor(s) have the wrong shape, "
             f"e.g. {k}: {tuple(sd[k].shape)} vs {tuple(target[k].shape)}"
         )
-    module.load_state_dict(sd)
+    try:
+        module.load_state_dict(sd)
+    except RuntimeError as e:
+        raise BadInput(
+            f"{path.name} does not fit architecture {arch!r}: {str(e).splitlines()[-1][:200]}"
+        ) from None
     net.name = f"{arch}@{path.name}"
     net.source = f"user checkpoint {path.name} (sha256 {file_sha256(path)[:12]})"
     net.pretrained = True
@@ -760,11 +825,65 @@ def _onnx_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
+def _check_onnx_input(path: Path, ishape: tuple[int, ...]) -> None:
+    """The declared image input must be square and within the pixel budget (a huge one would exhaust memory)."""
+    from .errors import ResourceLimit
+    from .images import ENV_MAX_PIXELS, _pixel_limit
+
+    h, w = int(ishape[-2]), int(ishape[-1])
+    if h > 0 and w > 0 and h != w:
+        raise BadInput(f"{path.name}: the input is {h}x{w}; convlens needs a square (N,C,S,S) image input")
+    side = max(h, w)
+    limit = _pixel_limit(None)
+    if side > 0 and side * side > limit:
+        raise ResourceLimit(
+            f"{path.name}: the model takes {side}x{side} = {side * side:,} pixel inputs, over the limit of "
+            f"{limit:,} pixels; raise it with the environment variable {ENV_MAX_PIXELS}=N if this is genuine"
+        )
+
+
+def _check_onnx_weights(path: Path) -> None:
+    """Refuse NaN or inf in the model's (embedded) float initializers, like state dicts."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    bad = []
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        a = numpy_helper.to_array(t)
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad.append(t.name)
+    if bad:
+        raise BadInput(f"{path.name}: weights contain NaN or inf in {len(bad)} tensor(s), e.g. {bad[:3]}")
+
+
+def _check_onnx_runs(path: Path) -> None:
+    """ONNX Runtime must be able to build the graph (IR version, opsets, operators); say why if it cannot."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for every load failure
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0].split("failed:", 1)[-1]
+        if "onnxruntime_src" in msg:  # drop the C++ source location and signature
+            msg = msg.rsplit(") ", 1)[-1]
+        raise BadInput(f"{path.name}: ONNX Runtime cannot load this model ({msg.strip()[:300]})") from None
+
+
 def _from_onnx(path: Path) -> Backbone:
     from .runtime.session import check_onnx, onnx_io_shapes
 
     check_onnx(path)
     (ishape,), outs = onnx_io_shapes(path)
+    _check_onnx_input(path, ishape)
+    _check_onnx_weights(path)
+    _check_onnx_runs(path)
     size = int(ishape[-1]) if ishape[-1] > 0 else 224
     channels = "L" if ishape[1] == 1 else "RGB"
     pre = (
@@ -772,7 +891,8 @@ def _from_onnx(path: Path) -> Backbone:
         if channels == "RGB"
         else Preproc(size, size, (0.5,), (0.5,), 1.0, "L")
     )
-    labels = imagenet_labels() if outs[0][-1] == 1000 else None
+    has_head = len(outs[0]) == 1  # (N, classes); anything else is a feature map, not class scores
+    labels = imagenet_labels() if has_head and outs[0][-1] == 1000 else None
     meta = _onnx_metadata(path)
     if "convlens.preproc" in meta:  # exported by convlens: use the recorded convention and labels
         d = json.loads(meta["convlens.preproc"])
@@ -792,6 +912,7 @@ def _from_onnx(path: Path) -> Backbone:
         pre,
         labels,
         source=f"ONNX file {path.name} (sha256 {file_sha256(path)[:12]}), forward-only",
+        has_head=has_head,
         onnx_path=path,
     )
 

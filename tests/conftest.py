@@ -56,3 +56,19 @@ def imagenet_photos():
     if not items:
         pytest.skip("foolbox photos are not installed (pip install --no-deps foolbox==3.3.4)")
     return [(accel.open_image(p), lab) for p, lab in items]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Print the summary lines tests record with record_property("summary_line", ...) (the bad-input count)."""
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for rep in reports
+        if getattr(rep, "when", None) == "call"
+        for key, value in getattr(rep, "user_properties", ())
+        if key == "summary_line"
+    ]
+    if lines:
+        terminalreporter.section("summary")
+        for line in lines:
+            terminalreporter.write_line(str(line))

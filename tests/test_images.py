@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import struct
 import time
 import warnings
 import zipfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,59 +28,9 @@ from accel.images import (
     sample_images,
     to_array,
 )
+from tests.badinputs import gif_declaring, png_declaring, tiff_declaring
 
 # ----------------------------------------------------------------------------- corpus builders
-
-
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-    )
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A syntactically valid 8-bit gray PNG whose IHDR declares width x height, with a tiny IDAT."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", idat)
-        + _png_chunk(b"IEND", b"")
-    )
-
-
-def gif_declaring(screen: tuple[int, int], frame: tuple[int, int]) -> bytes:
-    """A GIF with the given logical screen size and one image descriptor of the given frame size."""
-    header = b"GIF89a" + struct.pack("<HHBBB", *screen, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
-    descriptor = b"," + struct.pack("<HHHHB", 0, 0, *frame, 0)
-    lzw = b"\x02" + b"\x02\x4c\x01" + b"\x00"  # min code size 2, one tiny sub-block, terminator
-    return header + descriptor + lzw + b";"
-
-
-def tiff_declaring(width: int, height: int) -> bytes:
-    """A little-endian baseline gray TIFF whose IFD declares width x height, with a 4-byte strip."""
-    entries = [
-        (256, 4, 1, width),  # ImageWidth, LONG
-        (257, 4, 1, height),  # ImageLength
-        (258, 3, 1, 8),  # BitsPerSample, SHORT
-        (259, 3, 1, 1),  # Compression: none
-        (262, 3, 1, 1),  # Photometric: black is zero
-        (273, 4, 1, 0),  # StripOffsets, patched below
-        (277, 3, 1, 1),  # SamplesPerPixel
-        (278, 4, 1, height),  # RowsPerStrip
-        (279, 4, 1, 4),  # StripByteCounts
-    ]
-    ifd_size = 2 + 12 * len(entries) + 4
-    strip_offset = 8 + ifd_size
-    out = bytearray(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)))
-    for tag, typ, count, value in entries:
-        if tag == 273:
-            value = strip_offset
-        packed = struct.pack("<H", value) + b"\x00\x00" if typ == 3 else struct.pack("<I", value)
-        out += struct.pack("<HHI", tag, typ, count) + packed
-    out += struct.pack("<I", 0) + b"\x00\x00\x00\x00"
-    return bytes(out)
 
 
 def noisy_rgb(w: int = 256, h: int = 192, seed: int = 0) -> Image.Image:
