@@ -157,10 +157,17 @@ class Dataset:
             return self.classes[label]
         return str(label)
 
+    def check_size(self) -> None:
+        """Refuse (ResourceLimit naming CONVLENS_MAX_DATASET) a dataset larger than the configured cap."""
+        from .limits import check
+
+        check("dataset", len(self), f"dataset {self.spec!r}: images")
+
     def batches(self, net: Backbone, batch_size: int = 64) -> Iterator[Batch]:
         """Preprocessed batches for `net` (its size, mean/std, channel order), `batch_size` images at a time."""
         if isinstance(batch_size, bool) or int(batch_size) < 1:
             raise BadInput(f"batch_size must be >= 1, got {batch_size!r}")
+        self.check_size()
         import torch
 
         xs: list[torch.Tensor] = []
@@ -447,6 +454,7 @@ class FashionMNIST(Dataset):
             return
         if isinstance(batch_size, bool) or int(batch_size) < 1:
             raise BadInput(f"batch_size must be >= 1, got {batch_size!r}")
+        self.check_size()
         import torch
 
         self.errors = []

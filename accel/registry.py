@@ -28,9 +28,13 @@ def param(
     max: float | None = None,
     choices: tuple[Any, ...] | None = None,
     widget: str | None = None,
+    limit: str | None = None,
 ) -> Any:
-    """Declare one method parameter: its default, bounds or choices, and the help text shown in CLI and UI."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "widget": widget}
+    """Declare one method parameter: its default, bounds or choices, and the help text shown in CLI and UI.
+
+    `limit` names a configurable resource cap (accel.limits.CAPS) the value must also respect; common names
+    (steps, size, batch_size, samples, limit...) get theirs automatically, "" opts out."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "widget": widget, "limit": limit}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -48,6 +52,7 @@ class ParamInfo:
     max: float | None
     choices: tuple[Any, ...] | None
     widget: str | None
+    limit: str | None = None
 
 
 def param_infos(params_cls: type) -> list[ParamInfo]:
@@ -67,9 +72,20 @@ def param_infos(params_cls: type) -> list[ParamInfo]:
                 m.get("max"),
                 m.get("choices"),
                 m.get("widget"),
+                _limit_kind(f.name, m.get("limit")),
             )
         )
     return out
+
+
+def _limit_kind(name: str, declared: str | None) -> str | None:
+    from .limits import CAPS, PARAM_CAPS
+
+    if declared is not None:
+        if declared and declared not in CAPS:
+            raise ValueError(f"unknown limit kind {declared!r}; known: {sorted(CAPS)}")
+        return declared or None
+    return PARAM_CAPS.get(name)
 
 
 def _coerce(info: ParamInfo, value: Any, method: str) -> Any:
@@ -114,6 +130,10 @@ def _coerce(info: ParamInfo, value: Any, method: str) -> Any:
             raise BadInput(f"{where} must be >= {info.min}, got {value}")
         if info.max is not None and value > info.max:
             raise BadInput(f"{where} must be <= {info.max}, got {value}")
+        if info.limit:
+            from .limits import check
+
+            check(info.limit, value, where)
     return value
 
 

@@ -18,6 +18,7 @@ import streamlit as st
 from PIL import Image
 
 import accel
+from accel.limits import cap as accel_cap
 from accel.result import Result, colorize
 
 AUTO = "(auto)"
@@ -156,6 +157,9 @@ def _number(
     hint: str,
 ) -> Any:
     lo, hi = info.min, info.max
+    if info.limit:  # the server's configured cap (accel.limits) bounds the control too
+        cap = accel_cap(info.limit)
+        hi = cap if hi is None else min(hi, cap)
     is_int = base is int
     cast = int if is_int else float
     if default is None:

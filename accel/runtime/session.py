@@ -131,4 +131,6 @@ def make_session(
             failures.append(f"{prov}: session fell back to {sess.get_providers()[0]}")
             continue
         return sess, prov, failures
-    raise RuntimeError("no ONNX Runtime provider could start a session: " + "; ".join(failures))
+    from ..errors import BadInput
+
+    raise BadInput(f"{path}: no ONNX Runtime provider could start a session: " + "; ".join(failures))

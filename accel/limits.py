@@ -1,0 +1,86 @@
+"""Resource caps: the knobs that keep a shared 2-core machine responsive, each settable by an environment variable.
+
+A request over a cap raises `ResourceLimit` whose message names the variable to change, so an administrator can
+raise a limit deliberately instead of discovering it by a frozen server.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import ResourceLimit
+
+
+@dataclass(frozen=True)
+class Cap:
+    """One configurable limit: what it bounds, its environment variable and its default."""
+
+    kind: str
+    env: str
+    default: int
+    what: str
+
+
+CAPS: dict[str, Cap] = {
+    c.kind: c
+    for c in (
+        Cap(
+            "pixels", "CONVLENS_MAX_PIXELS", 50_000_000, "pixels in an opened image (checked from the header)"
+        ),
+        Cap("upload_mb", "CONVLENS_MAX_UPLOAD_MB", 1024, "size of an uploaded file in MiB"),
+        Cap("side", "CONVLENS_MAX_SIDE", 1024, "side in pixels of an image a method generates or optimises"),
+        Cap("steps", "CONVLENS_MAX_STEPS", 2000, "optimisation steps / epochs of one run"),
+        Cap("batch", "CONVLENS_MAX_BATCH", 1024, "images in one batch"),
+        Cap("passes", "CONVLENS_MAX_PASSES", 1024, "forward/backward passes per image (samples, IG steps)"),
+        Cap("dataset", "CONVLENS_MAX_DATASET", 100_000, "images streamed from one dataset"),
+    )
+}
+
+# Declared parameter names that are capped, by kind (a method may also name its cap with param(limit=...)).
+PARAM_CAPS: dict[str, str] = {
+    "steps": "steps",
+    "epochs": "steps",
+    "gatys_steps": "steps",
+    "iterations": "steps",
+    "batch_size": "batch",
+    "batch": "batch",
+    "internal_batch": "batch",
+    "samples": "passes",
+    "size": "side",
+    "exemplar_size": "side",
+    "limit": "dataset",
+}
+
+
+def cap(kind: str) -> int:
+    """The current value of cap `kind`: its environment variable if set to a positive integer, else the default."""
+    c = CAPS[kind]
+    raw = os.environ.get(c.env, "").strip()
+    if raw:
+        try:
+            v = int(float(raw))
+        except ValueError:
+            raise ResourceLimit(f"{c.env}={raw!r} is not a number; set it to a positive integer") from None
+        if v > 0:
+            return v
+    return c.default
+
+
+def check(kind: str, value: float, where: str) -> None:
+    """Raise ResourceLimit if `value` exceeds cap `kind`, naming the environment variable that raises it."""
+    limit = cap(kind)
+    if value > limit:
+        c = CAPS[kind]
+        raise ResourceLimit(
+            f"{where} = {value:g} is over the configured cap of {limit:g} ({c.what}); lower it, or raise "
+            f"the cap with the environment variable {c.env} (e.g. {c.env}={int(value)})"
+        )
+
+
+def table() -> list[dict[str, object]]:
+    """Every cap with its variable, default and current value (for the README, `convlens limits` and the UI)."""
+    return [
+        {"kind": c.kind, "env": c.env, "default": c.default, "current": cap(c.kind), "what": c.what}
+        for c in CAPS.values()
+    ]
