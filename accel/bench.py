@@ -166,7 +166,9 @@ def bench_embedding(models: list[str], batches: list[int], repeats: int, peak: f
             tr = TorchRunner(net, ["embedding"], batch_size=bs)
             orr = OrtRunner(net, ["embedding"], batch_size=bs)
             res = compare(
-                {"torch": lambda tr=tr, x=x: tr.run(x), "onnxruntime": lambda o=orr, x=x: o.run(x)}, repeats
+                {"torch": lambda tr=tr, x=x: tr.run(x), "onnxruntime": lambda o=orr, x=x: o.run(x)},
+                repeats,
+                warmup=2,  # ONNX Runtime's arena reaches its steady state on the second or third batch
             )
             for eng, st in res.items():
                 ips = bs / st["median_s"]
@@ -271,7 +273,7 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
 
     def run_drill() -> None:
         d = drill_down(
-            lambda o: base - orr.sweep(x, o, reduce=prob), s, s, 32, stride, coarse_stride=16, refine=0.25
+            lambda o: base - orr.sweep(x, o, reduce=prob), s, s, 32, stride, coarse_stride=32, refine=0.25
         )
         maps["drill"] = d["map"]
         maps["drill_windows"] = np.array([d["windows"], d["full_windows"]])
@@ -340,8 +342,21 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
     return out
 
 
-def _sweep_rss_child(stride: int, q: Any) -> None:
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MiB: /proc's VmHWM (per address space, so a spawned child does not inherit the
+    parent's peak the way getrusage's ru_maxrss does across fork+exec), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sweep_rss_child(stride: int, q: Any) -> None:
 
     from .images import sample_image
     from .runtime.runner import OrtRunner
@@ -353,7 +368,7 @@ def _sweep_rss_child(stride: int, q: Any) -> None:
     OrtRunner(net, ["logits"], batch_size=64).sweep(
         x, Occlusion(224, 224, (32, 32), (stride, stride)), reduce=lambda o: o["logits"][:, 0]
     )
-    q.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    q.put(peak_rss_mb())
 
 
 def sweep_peak_rss_mb(stride: int = 8) -> float:
@@ -414,7 +429,6 @@ def bench_patch_scan(n_images: int, repeats: int) -> list[dict]:
 
 
 def _inspect_child(n: int, q: Any) -> None:
-    import resource
 
     from .registry import run
     from .zoo import load
@@ -435,7 +449,7 @@ def _inspect_child(n: int, q: Any) -> None:
         {
             "images": n,
             "wall_s": wall,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": peak_rss_mb(),
             "backend": res.meta.get("backend"),
         }
     )
@@ -470,12 +484,38 @@ def bench_inspect(n: int = 10_000, tsne: bool = True) -> dict[str, Any]:
 # the report
 
 
+def bench_dashboard(repeats: int = 3, timeout: float = 1200) -> dict[str, Any]:
+    """Dashboard timings (page switch, Compare with 4 gradient methods, reopening a run) from `dashboard.bench`,
+    run in a child process so the engine itself never imports streamlit."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "dashboard" / "bench.py").is_file():
+        return {"skipped": "the dashboard package is not installed beside the engine"}
+    try:
+        cp = subprocess.run(
+            [sys.executable, "-m", "dashboard.bench", "--repeats", str(repeats)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"the dashboard bench did not finish in {timeout:.0f} s"}
+    if cp.returncode != 0:
+        tail = (cp.stderr or cp.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"skipped": f"the dashboard bench failed: {tail[0][:300]}"}
+    return json.loads(cp.stdout.strip().splitlines()[-1])
+
+
 def run_bench(
     quick: bool = False,
     out_dir: str | os.PathLike[str] | None = None,
     store: bool = True,
     int8: bool | None = None,
     progress: Progress | None = None,
+    dashboard: bool | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark suite; write JSON + Markdown to `out_dir` and the run store; return the report."""
     from .runtime.session import default_threads
@@ -483,6 +523,7 @@ def run_bench(
     torch.set_num_threads(default_threads())
     say = progress or (lambda f, m: None)
     rep = 1 if quick else 3
+    dashboard = (not quick) if dashboard is None else dashboard
     report: dict[str, Any] = {"quick": quick, "machine": machine_info()}
     say(0.02, "measuring matmul peak")
     peak = sgemm_peak()
@@ -509,6 +550,9 @@ def run_bench(
     if not quick:
         say(0.9, "dataset-scale inspect (max patches, t-SNE)")
         report["inspect"] = bench_inspect()
+    if dashboard:
+        say(0.95, "dashboard (page switch, Compare, reopen)")
+        report["dashboard"] = bench_dashboard(1 if quick else 3)
     report["markdown"] = to_markdown(report)
     out = Path(out_dir or Path("artifacts") / "bench")
     out.mkdir(parents=True, exist_ok=True)
@@ -574,10 +618,17 @@ def to_markdown(r: dict[str, Any]) -> str:
         + ".",
         f"- Incremental occlusion on vgg16 (split {inc['split']}): {inc['speedup']:.2f}x the plain ONNX Runtime "
         f"sweep, max abs diff {inc['max_abs_diff']:.1e}.",
-        f"- Drill-down (coarse stride 16, refine 25%): {oc['drill_down']['windows']} of "
+        f"- Drill-down (coarse stride 32, refine the top 25%): {oc['drill_down']['windows']} of "
         f"{oc['drill_down']['full_windows']} windows, Spearman vs full map {oc['drill_down']['spearman_vs_full']:.3f}, "
-        f"top-10 overlap {oc['drill_down']['top10_overlap']:.0%}.",
+        f"top-10 overlap {oc['drill_down']['top10_overlap']:.0%}; "
+        f"{oc['engines']['ort_sweep']['median_s'] / oc['engines']['ort_drill_down']['median_s']:.2f}x the plain "
+        "ONNX Runtime sweep at the same finest stride.",
     ]
+    if "ort_int8_sweep" in oc["engines"]:
+        lines.append(
+            f"- INT8 sweep: {oc['engines']['ort_sweep']['median_s'] / oc['engines']['ort_int8_sweep']['median_s']:.2f}x "
+            "the fp32 ONNX Runtime sweep."
+        )
     if "int8" in oc:
         q = oc["int8"]
         lines.append(
@@ -605,4 +656,21 @@ def to_markdown(r: dict[str, Any]) -> str:
             f"trustworthiness {t['opentsne_trustworthiness']:.3f}; scikit-learn TSNE {t.get('sklearn_s', float('nan')):.0f} s, "
             f"trustworthiness {t.get('sklearn_trustworthiness', float('nan')):.3f}."
         )
+    d = r.get("dashboard")
+    if d and "skipped" not in d:
+        sw = d["page_switch_s"]
+        lines += [
+            "",
+            f"Dashboard ({d['model']}, AppTest in one process, medians of {d['repeats']}):",
+            "",
+            "| what | median s | target |",
+            "|---|---:|---:|",
+            f"| warm page switch (worst page median; max {d['page_switch_max_s']:.2f} s) | {max(sw.values()):.2f} | < 2 |",
+            f"| Compare, 4 gradient methods ({', '.join(d['methods'])}) + faithfulness scores "
+            f"({d['compare_scores_steps']} steps), fresh photo | {d['compare_s']:.2f} | < 5 |",
+            f"| ... of which the four maps | {d['compare_maps_only_s']:.2f} | |",
+            f"| reopening a stored run by its link (max {d['reopen_max_s']:.2f} s) | {d['reopen_s']:.2f} | < 1 |",
+        ]
+    elif d:
+        lines.append(f"- Dashboard timings skipped: {d['skipped']}")
     return "\n".join(lines) + "\n"

@@ -542,10 +542,14 @@ def _parse(spec: str) -> Dataset:
         if parts:
             raise BadInput(f"dataset spec {spec!r}: expected samples[:N]")
         return PackagedPhotos("samples", n)
-    p = Path(spec).expanduser()
-    if p.is_dir():
+    try:
+        p = Path(spec).expanduser()
+        is_dir, exists = p.is_dir(), p.exists()
+    except (OSError, RuntimeError, ValueError) as e:  # ~nosuchuser, names too long, NUL bytes
+        raise BadInput(f"dataset {spec[:200]!r} is not a usable path ({type(e).__name__}: {e})") from None
+    if is_dir:
         return ImageFolder(p)
-    if p.exists():
+    if exists:
         raise BadInput(f"dataset {spec!r} is a file, not a folder of images")
     raise BadInput(
         f"unknown dataset {spec!r}: use fashion_mnist[:train|test[:N]], foolbox[:imagenet|cifar10|...[:N]], "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import reprlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,12 +92,15 @@ def _limit_kind(name: str, declared: str | None) -> str | None:
 def _coerce(info: ParamInfo, value: Any, method: str) -> Any:
     t = info.type
     where = f"{method}: parameter {info.name!r}"
-    if value is None:
-        return None
     origin = getattr(t, "__args__", None)
     base = t
-    if origin and type(None) in origin:  # Optional[X] / X | None
+    optional = bool(origin) and type(None) in origin
+    if optional:  # Optional[X] / X | None
         base = next(a for a in origin if a is not type(None))
+    if value is None:
+        if optional or base is Any:
+            return None
+        raise BadInput(f"{where} needs a value, not None (default {info.default!r})")
     try:
         if base is bool:
             if isinstance(value, str):
@@ -106,7 +110,14 @@ def _coerce(info: ParamInfo, value: Any, method: str) -> Any:
                     value = False
                 else:
                     raise ValueError(value)
-            value = bool(value)
+            elif (
+                isinstance(value, bool)
+                or type(value).__name__ == "bool_"
+                or (isinstance(value, int) and value in (0, 1))
+            ):
+                value = bool(value)
+            else:
+                raise ValueError(value)
         elif base is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -114,7 +125,12 @@ def _coerce(info: ParamInfo, value: Any, method: str) -> Any:
                 raise ValueError(value)
             value = int(value)
         elif base is float:
-            value = float(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            try:
+                value = float(value)
+            except OverflowError:  # float(10**400)
+                value = float("inf")
             if value != value or value in (float("inf"), float("-inf")):
                 raise BadInput(f"{where} must be a finite number, got {value}")
         elif base is str:
@@ -122,7 +138,9 @@ def _coerce(info: ParamInfo, value: Any, method: str) -> Any:
     except (TypeError, ValueError) as e:
         if isinstance(e, BadInput):
             raise
-        raise BadInput(f"{where} expects {getattr(base, '__name__', base)}, got {value!r}") from None
+        raise BadInput(
+            f"{where} expects {getattr(base, '__name__', base)}, got {reprlib.repr(value)}"
+        ) from None
     if info.choices is not None and value not in info.choices:
         raise BadInput(f"{where} must be one of {list(info.choices)}, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -156,7 +156,13 @@ class Ctx:
         key = f"{self.model}|{self.net.weights_hash()}"
         if key not in copies:
             copies.clear()
-            copies[key] = copy.deepcopy(self.net)
+            mine = copy.deepcopy(self.net)
+            if (
+                getattr(self.net, "_layers", 1) is None
+            ):  # layer index + receptive fields: computed once, shared
+                with contextlib.suppress(Exception):
+                    self.net._layers = mine.layers()
+            copies[key] = mine
         return copies[key]
 
 
@@ -177,7 +183,7 @@ def _model_picker(store: RunStore) -> tuple[str, Any]:
         return f"{name}" + ("" if r["weights_present"] else "  (weights not installed)")
 
     default = options.index(zoo.DEFAULT_MODEL) if zoo.DEFAULT_MODEL in options else 0
-    choice = sb.selectbox("Backbone", options, index=default, format_func=fmt, key="model")
+    choice = sb.selectbox("Backbone", options, format_func=fmt, key="model", **unset("model", index=default))
     if choice in rows:
         sb.caption(f"{rows[choice]['description']} · source: {rows[choice]['source']}")
         net, notes = get_backbone(choice)
@@ -213,9 +219,8 @@ def _image_picker() -> tuple[Image.Image | None, str, int | None]:
         names = list(sample_images())
         if not names:
             raise accel.BadInput("no sample photos are installed (scikit-image, scikit-learn or matplotlib)")
-        name = sb.selectbox(
-            "Photo", names, index=names.index("chelsea") if "chelsea" in names else 0, key="img_sample"
-        )
+        first = names.index("chelsea") if "chelsea" in names else 0
+        name = sb.selectbox("Photo", names, key="img_sample", **unset("img_sample", index=first))
         return _sample(name), name, None
     if source == "ImageNet photo":
         items = foolbox_imagenet()
@@ -250,10 +255,37 @@ def _image_picker() -> tuple[Image.Image | None, str, int | None]:
         raise accel.BadInput(f"cannot use {up.name!r} as an image: {e}") from None
 
 
+def unset(key: str, **default: Any) -> dict[str, Any]:
+    """A widget's default argument, only while its key is not already set (by a deep link) in session state:
+    Streamlit warns when both are given."""
+    return {} if key in st.session_state else default
+
+
+def apply_link_params() -> None:
+    """Deep links: `?model=vgg16&photo=coffee` (or `imagenet=3`, `backend=torch`) preselect the sidebar, once per
+    session, so a link reproduces a setup; unknown values are ignored (the pickers keep their defaults)."""
+    if st.session_state.get("_link_applied"):
+        return
+    st.session_state["_link_applied"] = True
+    qp = st.query_params
+    rows = {r["name"] for r in _zoo_rows()}
+    if qp.get("model") in rows:
+        st.session_state["model"] = qp["model"]
+    if qp.get("photo") in sample_images():
+        st.session_state["img_source"] = "Sample photo"
+        st.session_state["img_sample"] = qp["photo"]
+    elif (qp.get("imagenet") or "").isdigit() and int(qp["imagenet"]) < len(foolbox_imagenet()):
+        st.session_state["img_source"] = "ImageNet photo"
+        st.session_state["img_imagenet"] = int(qp["imagenet"])
+    if qp.get("backend") in BACKENDS:
+        st.session_state["backend"] = qp["backend"]
+
+
 def sidebar() -> Ctx | None:
     """Model, image and backend pickers; returns the context (also in session state) or None if no model loads.
     Errors are shown in the sidebar; nothing here raises."""
     sb = st.sidebar
+    apply_link_params()
     store = get_store()
     problems: list[str] = []
     st.session_state["_sidebar_problems"] = problems

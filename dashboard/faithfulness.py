@@ -37,12 +37,37 @@ def auc_scores(
     steps: int = 50,
 ) -> dict[str, Any] | None:
     """{"deletion", "insertion", "random_deletion", "random_insertion", "fractions", "curves"} for one map."""
+    out = auc_scores_many(net, img, [saliency], [target], backend, progress, steps)
+    return None if out is None else out[0]
+
+
+def auc_scores_many(
+    net: Any,
+    img: Any,
+    maps: list[np.ndarray],
+    targets: list[int | None],
+    backend: str,
+    progress: Any = None,
+    steps: int = 50,
+) -> list[dict[str, Any]] | None:
+    """`auc_scores` for several maps of one image in one batched sweep (None when the metrics are absent)."""
     m = metrics_module()
-    if m is None or not callable(getattr(m, "deletion_insertion", None)):
+    if m is None:
         return None
-    out = m.deletion_insertion(
-        net, img, saliency, target=target, backend=backend, progress=progress, steps=int(steps)
-    )
+    many = getattr(m, "deletion_insertion_many", None)
+    if callable(many):
+        outs = many(net, img, maps, targets, steps=int(steps), backend=backend, progress=progress)
+    elif callable(getattr(m, "deletion_insertion", None)):
+        outs = [
+            m.deletion_insertion(net, img, s, target=t, backend=backend, progress=progress, steps=int(steps))
+            for s, t in zip(maps, targets, strict=True)
+        ]
+    else:
+        return None
+    return [_scores(out) for out in outs]
+
+
+def _scores(out: dict[str, Any]) -> dict[str, Any]:
     res: dict[str, Any] = {
         "deletion": float(out["deletion"]["auc"]),
         "insertion": float(out["insertion"]["auc"]),

@@ -4,6 +4,7 @@ element. Compare and Embeddings are also run once so their screenshots show resu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -57,18 +58,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The dashboard served by `streamlit run` on a free local port, with a private run store."""
+@contextlib.contextmanager
+def serve(store: Path, logdir: Path) -> Iterator[str]:
+    """The dashboard served by `streamlit run` on a free local port with run store `store`; yields its URL."""
     port = _free_port()
     env = dict(os.environ)
     env.update(
-        CONVLENS_STORE=str(tmp_path_factory.mktemp("store")),
+        CONVLENS_STORE=str(store),
         CONVLENS_OFFLINE="1",
         CONVLENS_CACHE=env.get("CONVLENS_CACHE", str(ROOT / ".cache" / "convlens")),
         STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
     )
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")  # noqa: SIM115 - closed below
+    log = open(logdir / "streamlit.log", "w+")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -120,7 +121,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The dashboard served by `streamlit run` on a free local port, with a private run store."""
+    with serve(tmp_path_factory.mktemp("store"), tmp_path_factory.mktemp("log")) as url:
+        yield url
+
+
+def chrome(profile: Path) -> object:
+    """Headless Chromium via selenium, with background tabs kept running (several sessions at once)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -136,16 +144,25 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
+        "--disable-background-timer-throttling",
+        "--disable-renderer-backgrounding",
+        "--disable-backgrounding-occluded-windows",
         "--window-size=1500,1900",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+        f"--user-data-dir={profile}",
     ):
         opts.add_argument(flag)
     drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
     drv.set_page_load_timeout(120)
+    return drv
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    drv = chrome(tmp_path_factory.mktemp("chromium"))
     try:
         yield drv
     finally:
-        drv.quit()
+        drv.quit()  # type: ignore[attr-defined]
 
 
 def _settle(drv, timeout: float = 240.0) -> None:

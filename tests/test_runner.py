@@ -133,3 +133,33 @@ def test_batch_size_follows_memory_budget(lite0, monkeypatch):
     assert big == 64 and small == 1
     monkeypatch.setenv("CONVLENS_MEMORY_BUDGET_MB", "1")
     assert accel.runner(lite0, ["logits"], backend="torch").batch_size == 1
+
+
+def test_gpu_provider_failure_falls_back_to_cpu_and_is_recorded(tmp_path, monkeypatch):
+    """Make the engine believe a GPU driver exists: TensorRT and CUDA then really try to start here (their
+    libraries are missing), fail, and the session falls back to the CPU provider with each failure recorded."""
+    import onnxruntime as ort
+
+    from accel.runtime import session as sess_mod
+
+    if sess_mod.gpu_driver_present():
+        pytest.skip("a real NVIDIA driver is present: GPU providers would start, nothing to fall back from")
+    gpu = [
+        p
+        for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+        if p in ort.get_available_providers()
+    ]
+    if not gpu:
+        pytest.skip("this onnxruntime build has no GPU providers to fail")
+    net = get_net("fashion_cnn")
+    path = export_mod.export_backbone(net, ["logits"])
+    monkeypatch.setattr(sess_mod, "gpu_driver_present", lambda: True)
+    sess, provider, failures = sess_mod.make_session(path)
+    assert provider == "CPUExecutionProvider"
+    assert [f.split(":")[0] for f in failures] == gpu, failures
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    name = sess.get_inputs()[0].name
+    with torch.no_grad():
+        want = net.module(torch.from_numpy(x)).numpy()
+    got = sess.run(None, {name: x})[0]
+    assert np.abs(got - want).max() < 1e-4

@@ -318,7 +318,13 @@ def test_absurd_parameters_give_clear_errors(chelsea, lite0):
         accel.run("class_viz", lite0, None, lr=float("nan"))
     with pytest.raises(BadInput, match="style_layer_weights"):
         accel.run("style_transfer", vgg, chelsea, style_layer_weights="1,-2,1,1,1", size=32, steps=1)
-    with pytest.raises(ResourceLimit, match="CONVLENS_SYNTH_MAX_MB"):
+    with pytest.raises(ResourceLimit, match="CONVLENS_MAX_SIDE"):  # the side cap answers first
+        accel.run("style_transfer", get_net("vgg19"), chelsea, size=4096, steps=1)
+    with (
+        pytest.raises(ResourceLimit, match="CONVLENS_SYNTH_MAX_MB"),  # then the memory estimate
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        mp.setenv("CONVLENS_MAX_SIDE", "4096")
         accel.run("style_transfer", get_net("vgg19"), chelsea, size=4096, steps=1)
     with pytest.raises(BadInput, match="unknown layer"):
         accel.run("inversion", vgg, chelsea, layers="features.99", steps=1)

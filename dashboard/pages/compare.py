@@ -10,7 +10,16 @@ import streamlit as st
 import accel
 from accel.result import Result
 from dashboard import faithfulness
-from dashboard.common import guard, link_line, load_run, method_names, require_ctx, run_stored, st_progress
+from dashboard.common import (
+    guard,
+    link_line,
+    load_run,
+    method_names,
+    require_ctx,
+    run_stored,
+    st_progress,
+    unset,
+)
 from dashboard.widgets import PREDICTED, colorbar_image, meta_line, param_controls, shared_scale, target_index
 
 st.title("Compare attribution methods")
@@ -29,8 +38,20 @@ if not net.differentiable:
 
 PREFERRED = ("saliency", "gradcam", "integrated_gradients", "guided_backprop", "smoothgrad", "occlusion")
 default = [n for n in PREFERRED if n in names][:4] or names[:4]
+if not st.session_state.get("_cmp_link_applied"):  # deep link: ?methods=saliency,gradcam[&go=1]
+    st.session_state["_cmp_link_applied"] = True
+    linked = [m for m in (st.query_params.get("methods") or "").split(",") if m in names]
+    if linked:
+        st.session_state["cmp_methods"] = linked
+    if st.query_params.get("scores") in ("0", "1"):
+        st.session_state["cmp_score"] = st.query_params["scores"] == "1"
+    st.session_state["_cmp_autorun"] = st.query_params.get("go") == "1"
 chosen = st.multiselect(
-    "Methods", names, default=default, key="cmp_methods", help="each map appears in the grid"
+    "Methods",
+    names,
+    key="cmp_methods",
+    help="each map appears in the grid",
+    **unset("cmp_methods", default=default),
 )
 
 with st.form("cmp_form"):
@@ -53,15 +74,17 @@ with st.form("cmp_form"):
     f1, f2 = st.columns([3, 1])
     score = f1.checkbox(
         "Faithfulness scores (deletion / insertion AUC vs a random map)",
-        value=faithfulness.available()["auc"],
+        **unset("cmp_score", value=faithfulness.available()["auc"]),
         disabled=not faithfulness.available()["auc"],
         help="needs the attribution metrics module; 4 x (steps + 1) extra forward passes per map, batched",
         key="cmp_score",
     )
     f2.number_input(
-        "curve steps", 2, 200, 50, key="cmp_score_steps", help="points on each deletion/insertion curve"
+        "curve steps", 2, 200, 16, key="cmp_score_steps", help="points on each deletion/insertion curve"
     )
     go_run = st.form_submit_button("Run", type="primary")
+    if st.session_state.pop("_cmp_autorun", False):
+        go_run = True
 
 
 def score_maps(runs: list[dict], steps: int) -> None:
@@ -76,22 +99,19 @@ def score_maps(runs: list[dict], steps: int) -> None:
     if not todo:
         return
     bar = st_progress("scoring faithfulness")
-    for k, (r, res) in enumerate(todo):
-
-        def prog(f: float, msg: str = "", k: int = k, name: str = r["name"]) -> None:
-            bar((k + f) / len(todo), f"{name}: {msg}")
-
-        with guard(f"{r['name']} scores"):
-            tgt = target_index(res.meta)
-            sc = faithfulness.auc_scores(
-                c.work_net(),
-                res.image or c.img,
-                res.data,
-                tgt if tgt is not None else target,
-                c.backend,
-                prog,
-                steps,
-            )
+    with guard("faithfulness scores"):
+        # one batched sweep for every new map, through the shared backbone's warm ONNX Runtime session
+        tgts = [target_index(res.meta) for _, res in todo]
+        outs = faithfulness.auc_scores_many(
+            c.net,
+            todo[0][1].image or c.img,
+            [res.data for _, res in todo],
+            [t if t is not None else target for t in tgts],
+            c.backend,
+            lambda f, msg="": bar(f, f"{len(todo)} map(s): {msg}"),
+            steps,
+        )
+        for (r, _), sc in zip(todo, outs or [None] * len(todo), strict=True):
             scores[r["run_id"]] = {**(sc or {}), "steps": steps}
     bar.done()  # type: ignore[attr-defined]
 

@@ -74,8 +74,10 @@ class IntegratedGradientsParams:
         choices=("zero", "black", "blur", "uniform"),
     )
     blur_sigma: float = param(10.0, "Gaussian sigma in pixels for the blur baseline", min=0.1, max=200.0)
-    seed: int = param(0, "random seed of the uniform-noise baseline", min=0)
-    internal_batch: int = param(16, "path points per forward/backward pass", min=1, max=256)
+    seed: int = param(0, "random seed of the uniform-noise baseline", min=0, max=2**31 - 1)
+    internal_batch: int = param(
+        4, "path points per forward/backward pass (small batches are fastest on CPU)", min=1, max=256
+    )
     reduce: str = param("sum", "channel reduction of the (C,H,W) attribution", choices=REDUCTIONS)
 
 

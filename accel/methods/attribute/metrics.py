@@ -205,6 +205,40 @@ def deletion_insertion(
     maps, averaged) is `random="matched"` (phase-randomised surrogates of the map: same smoothness, random
     location; see `random_baseline_map`) or "pixel" (i.i.d. pixels). All copies go through one batched sweep.
     """
+    return deletion_insertion_many(
+        net,
+        img,
+        [saliency_map],
+        [target],
+        steps,
+        baseline,
+        backend,
+        progress,
+        seed,
+        n_random,
+        random,
+        batch_size,
+        runner,
+    )[0]
+
+
+def deletion_insertion_many(
+    net: Backbone,
+    img: Any,
+    maps: Sequence[Any],
+    targets: Sequence[int | None] | None = None,
+    steps: int = 50,
+    baseline: str | float | np.ndarray = "petsiuk",
+    backend: str = "auto",
+    progress: Progress | None = None,
+    seed: int = 0,
+    n_random: int = 1,
+    random: str = "matched",
+    batch_size: int | None = None,
+    runner: Runner | None = None,
+) -> list[dict[str, Any]]:
+    """`deletion_insertion` for several maps of one image in a single batched sweep (what Compare scores):
+    every batch is full and the runner is started once. Returns one result dict per map, in order."""
     t0 = time.perf_counter()
     if not net.has_head:
         raise BadInput(f"{net.name!r} has no classifier head: deletion/insertion needs class probabilities")
@@ -214,23 +248,31 @@ def deletion_insertion(
         raise BadInput(f"n_random must be an integer in 0..20, got {n_random!r}")
     if random not in ("matched", "pixel"):
         raise BadInput(f"random must be 'matched' (surrogate of the map) or 'pixel' (i.i.d.), got {random!r}")
-    if target is None and isinstance(saliency_map, Result):
-        target = saliency_map.meta.get("target")
-        if isinstance(target, dict):  # methods record {"index", "label", "logit", "probability"}
-            target = target.get("index")
-    target = net.check_target(target)
+    if not maps:
+        raise BadInput("deletion/insertion needs at least one map")
+    targets = list(targets) if targets is not None else [None] * len(maps)
+    if len(targets) != len(maps):
+        raise BadInput(f"{len(maps)} maps but {len(targets)} targets")
     x = _input_array(net, img)
-    m = _as_map(net, saliency_map)
     bases = _baselines(net, x, baseline)
-    hw = m.shape
-
-    like = m if random == "matched" else None
-    maps = [("map", m)] + [(f"random{i}", random_baseline_map(hw, seed + i, like)) for i in range(n_random)]
+    plans = []
     parts: list[Reveal] = []
-    for _, mm in maps:
-        order = _order(mm)
-        for mode in ("deletion", "insertion"):
-            parts.append(Reveal(order, int(steps), mode, bases[mode]))
+    for saliency_map, target in zip(maps, targets, strict=True):
+        if target is None and isinstance(saliency_map, Result):
+            target = saliency_map.meta.get("target")
+            if isinstance(target, dict):  # methods record {"index", "label", "logit", "probability"}
+                target = target.get("index")
+        target = net.check_target(target)
+        m = _as_map(net, saliency_map)
+        hw = m.shape
+        like = m if random == "matched" else None
+        mm_list = [m] + [random_baseline_map(hw, seed + i, like) for i in range(n_random)]
+        first = len(parts)
+        for mm in mm_list:
+            order = _order(mm)
+            for mode in ("deletion", "insertion"):
+                parts.append(Reveal(order, int(steps), mode, bases[mode]))
+        plans.append((target, hw, first, len(parts)))
     chain = _Chain(parts)
 
     r = runner if runner is not None else _logits_runner(net, backend, batch_size)
@@ -243,12 +285,43 @@ def deletion_insertion(
 
     passes0 = r.passes
     probs = r.sweep(x[None], chain, reduce=reduce, progress=progress)  # (n_total, classes)
-    if target is None:
-        target = int(np.argmax(probs[0]))  # the unperturbed image is the first deletion copy
-    fractions = np.asarray(parts[0].counts, np.float64) / (hw[0] * hw[1])
-    curves = [
-        probs[lo:hi, target].astype(np.float64) for lo, hi in zip(chain.offsets[:-1], chain.offsets[1:])
-    ]
+    wall = time.perf_counter() - t0
+    results = []
+    for target, hw, first, last in plans:
+        if target is None:
+            target = int(np.argmax(probs[chain.offsets[first]]))  # the unperturbed image: first deletion copy
+        fractions = np.asarray(parts[first].counts, np.float64) / (hw[0] * hw[1])
+        curves = [
+            probs[chain.offsets[k] : chain.offsets[k + 1], target].astype(np.float64)
+            for k in range(first, last)
+        ]
+        out = _summarise(net, target, fractions, curves, n_random, random, seed)
+        out["meta"] = {
+            "steps": int(steps),
+            "baseline": baseline if isinstance(baseline, (str, int, float)) else "array",
+            "backend": r.backend,
+            "passes": r.passes - passes0,
+            "perturbations": chain.n,
+            "maps_in_sweep": len(maps),
+            "seed": seed,
+            "n_random": n_random,
+            "random": random,
+            "wall_s": wall,
+        }
+        results.append(out)
+    return results
+
+
+def _summarise(
+    net: Backbone,
+    target: int,
+    fractions: np.ndarray,
+    curves: list[np.ndarray],
+    n_random: int,
+    random: str,
+    seed: int,
+) -> dict[str, Any]:
+    """AUCs, the random baseline and the summary table of one map's curves (map first, then random maps)."""
 
     def entry(curve: np.ndarray, mode: str) -> dict[str, Any]:
         return {"curve": curve, "auc": _auc(curve, fractions), "direction": DIRECTION[mode]}
@@ -293,17 +366,6 @@ def deletion_insertion(
         f"{row['curve']} AUC {row['auc']:.3f} (random {row['random_auc']:.3f}; {row['better']})"
         for row in out["table"]
     )
-    out["meta"] = {
-        "steps": int(steps),
-        "baseline": baseline if isinstance(baseline, (str, int, float)) else "array",
-        "backend": r.backend,
-        "passes": r.passes - passes0,
-        "perturbations": chain.n,
-        "seed": seed,
-        "n_random": n_random,
-        "random": random,
-        "wall_s": time.perf_counter() - t0,
-    }
     return out
 
 

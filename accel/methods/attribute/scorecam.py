@@ -55,6 +55,9 @@ class ScoreCAMWeights(CAMBase):
         lo = a.reshape(k, -1).min(1).values
         hi = a.reshape(k, -1).max(1).values
         live = torch.nonzero(hi > lo).flatten()  # constant channels carry no spatial information
+        if len(live) == 0:  # e.g. a 1x1 layer: no channel has a spatial pattern to mask with, the map is 0
+            self.used = []
+            return torch.zeros(1, k)
         order = live[torch.argsort(a[live].reshape(len(live), -1).mean(1), descending=True, stable=True)]
         chosen = order[: self.max_channels]
         self.used = chosen.tolist()

@@ -79,15 +79,58 @@ def find_head(net: Backbone, sign: str) -> Path:
     )
 
 
+_CONFIG_INTS = {"in_channels": (1, 65536), "num_classes": (2, 100_000), "hidden": (4, 4096), "iters": (1, 32)}
+
+
+def _check_head_file(path: Path) -> None:
+    """Refuse a user-given head whose metadata is not a sane SCOUTER config matching its tensors, before any
+    module is built from it (a crafted config could otherwise ask for terabytes or loop for hours)."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BadInput(f"{path.name}: not a valid safetensors file ({e})") from None
+    try:
+        cfg = json.loads(meta.get("config", ""))
+    except ValueError:
+        cfg = None
+    if not isinstance(cfg, dict):
+        raise BadInput(f"{path.name}: its metadata holds no SCOUTER config (a JSON object under 'config')")
+    for k, (lo, hi) in _CONFIG_INTS.items():
+        v = cfg.get(k)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise BadInput(f"{path.name}: config {k}={v!r} is not a whole number in {lo}..{hi}")
+    if cfg.get("sign") not in ("positive", "negative") or not isinstance(cfg.get("layer"), str):
+        raise BadInput(f"{path.name}: config needs sign 'positive'/'negative' and a layer name")
+    want = {
+        "slots": (1, cfg["num_classes"], cfg["hidden"]),
+        "reduce.weight": (cfg["hidden"], cfg["in_channels"], 1, 1),
+    }
+    for k, shape in want.items():
+        if shapes.get(k) != shape:
+            raise BadInput(f"{path.name}: tensor {k!r} has shape {shapes.get(k)}, the config implies {shape}")
+
+
 def load_scouter(net: Backbone, sign: str = "positive", checkpoint: str = "") -> tuple[ScouterHead, dict]:
     """The SCOUTER head for `net` (cached per file and mtime) and its config (backbone, layer, sign, ...)."""
     from ...archs.scouter import load_head
 
-    path = Path(checkpoint).expanduser() if checkpoint else find_head(net, sign)
-    if not path.is_file():
-        raise BadInput(f"SCOUTER checkpoint {path} does not exist")
+    path = Path(checkpoint) if checkpoint else find_head(net, sign)
+    try:
+        path = path.expanduser()
+        is_file = path.is_file()
+    except (OSError, RuntimeError, ValueError):  # "~nosuchuser/x" (no home), a 300-character name
+        is_file = False
+    if not is_file:
+        raise BadInput(f"SCOUTER checkpoint {checkpoint!r} does not exist (or is not a file)")
     key = (str(path.resolve()), path.stat().st_mtime)
     if key not in _HEADS:
+        _check_head_file(path)
         _HEADS[key] = load_head(path)
     head, cfg = _HEADS[key]
     if cfg.get("backbone") not in (None, net.name) and not checkpoint:

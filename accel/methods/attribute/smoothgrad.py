@@ -47,8 +47,10 @@ class SmoothGradParams:
         "mean_of_square: mean gradient^2 (SmoothGrad-Squared)",
         choices=AGGREGATES,
     )
-    seed: int = param(0, "random seed of the noise", min=0)
-    internal_batch: int = param(16, "noisy copies per forward/backward pass", min=1, max=256)
+    seed: int = param(0, "random seed of the noise", min=0, max=2**31 - 1)
+    internal_batch: int = param(
+        4, "noisy copies per forward/backward pass (small batches are fastest on CPU)", min=1, max=256
+    )
 
 
 @register(

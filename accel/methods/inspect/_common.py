@@ -85,7 +85,10 @@ def resolve_dataset(net: Backbone, spec: str, limit: int) -> Dataset:
     from ...errors import ResourceLimit
 
     s = datasets.default_spec(net) if spec in ("", "auto") else spec
-    ds = datasets.get(s, limit or None)
+    try:
+        ds = datasets.get(s, limit or None)
+    except (OSError, RuntimeError) as e:  # "~nobody/x" (no such home), a 300-character name, no permission
+        raise BadInput(f"dataset {s!r} cannot be read as a folder of images: {e}") from None
     if len(ds) > MAX_DATASET:
         raise ResourceLimit(
             f"dataset {ds.spec} has {len(ds):,} images, over the {MAX_DATASET:,} one request may stream; "
@@ -145,7 +148,13 @@ def vector_tap(net: Backbone, tap: str) -> str:
         if not net.has_head:
             raise BadInput(f"{net.name!r} has no classifier head, so it has no 'logits' tap")
         return tap
-    net.layer(tap.partition(":")[0])
+    base, _, what = tap.partition(":")
+    if what not in ("", "in"):
+        raise BadInput(f"tap {tap!r}: only '<layer>' or '<layer>:in' are understood")
+    try:
+        net.layer(base)
+    except BadInput as e:
+        raise BadInput(f"tap {tap!r}: {e}") from None
     return tap
 
 
@@ -260,6 +269,21 @@ def parse_int_list(text: str, what: str, upper: int) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # tiles
+
+
+def check_canvas(pixels: float, what: str, lower: str) -> None:
+    """ResourceLimit before drawing a picture of more than CONVLENS_MAX_PIXELS pixels (the opened-image cap):
+    slider maxima multiply (4096 filters x 1024 inputs x zoom 64 would need ~30 GB), so check before allocating."""
+    from ...errors import ResourceLimit
+    from ...limits import CAPS, cap
+
+    limit = cap("pixels")
+    if pixels > limit:
+        env = CAPS["pixels"].env
+        raise ResourceLimit(
+            f"{what}: the picture would have {pixels:,.0f} pixels, over the cap of {limit:,} ({env}); "
+            f"lower {lower}, or raise the cap with the environment variable {env}"
+        )
 
 
 def upscale(a: np.ndarray, zoom: int) -> np.ndarray:

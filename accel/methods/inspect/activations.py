@@ -19,7 +19,16 @@ from ...images import make_grid
 from ...registry import param, register
 from ...result import Result
 from ...taps import capture
-from ._common import Progress, auto_zoom, default_activation_layer, report, rgb, spatial_layer, upscale
+from ._common import (
+    Progress,
+    auto_zoom,
+    check_canvas,
+    default_activation_layer,
+    report,
+    rgb,
+    spatial_layer,
+    upscale,
+)
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -89,6 +98,7 @@ def run(net: Backbone, img: Image.Image, p: ActivationsParams, progress: Progres
         order = np.argsort(-stats[p.sort], kind="stable")
     shown = order[: p.max_channels]
     zoom = p.zoom or auto_zoom(max(h, w), 32)
+    check_canvas(len(shown) * (h * zoom + p.pad) * (w * zoom + p.pad), "activations", "max_channels or zoom")
     lo, hi = float(maps.min()), float(maps.max())
     # shared scale with a robust white point (a few hot pixels would otherwise turn every tile black)
     white = float(np.percentile(maps, 99.5))

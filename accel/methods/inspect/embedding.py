@@ -21,7 +21,16 @@ from PIL import Image
 from ...errors import BadInput
 from ...registry import param, register
 from ...result import Result
-from ._common import Features, Progress, dataset_features, report, resolve_dataset, scatter_image, vector_tap
+from ._common import (
+    Features,
+    Progress,
+    check_canvas,
+    dataset_features,
+    report,
+    resolve_dataset,
+    scatter_image,
+    vector_tap,
+)
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -196,6 +205,9 @@ def run(net: Backbone, img: Any, p: EmbeddingParams, progress: Progress = None) 
     tap = vector_tap(net, p.tap)
     ds = resolve_dataset(net, p.dataset, p.limit)
     fs = dataset_features(net, ds, tap, p.backend, progress=lambda f, m: report(progress, 0.5 * f, m))
+    if p.grid:  # at most grid^2 tiles, fewer for a small dataset (a near-square grid: + one row)
+        m = min(len(fs.feats), p.grid**2)
+        check_canvas((m + math.isqrt(m) + 1) * p.thumb**2, "embedding image grid", "grid or thumb")
     report(progress, 0.5, f"{p.projection} of {len(fs.feats)} points")
     t0 = time.perf_counter()
     pts, impl = project(fs, p.projection, p.perplexity, p.n_neighbors, p.seed, p.gradient)
@@ -229,7 +241,9 @@ def run(net: Backbone, img: Any, p: EmbeddingParams, progress: Progress = None) 
     if p.trustworthiness:
         from sklearn.manifold import trustworthiness
 
-        meta["trustworthiness"] = float(trustworthiness(fs.feats, pts, n_neighbors=10))
+        k = min(10, (len(pts) - 1) // 2)  # scikit-learn needs k < n/2 (a 5-image set gets k=2)
+        meta["trustworthiness"] = float(trustworthiness(fs.feats, pts, n_neighbors=k))
+        meta["trustworthiness_k"] = k
     report(progress, 1.0, "done")
     return Result("points", pts.astype(np.float32), meta=meta, extras=extras)
 

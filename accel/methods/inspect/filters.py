@@ -18,7 +18,7 @@ from ...errors import BadInput
 from ...images import make_grid
 from ...registry import param, register
 from ...result import Result
-from ._common import Progress, auto_zoom, minmax01, report, rgb, upscale
+from ._common import Progress, auto_zoom, check_canvas, minmax01, report, rgb, upscale
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -83,6 +83,10 @@ def run(net: Backbone, img: Any, p: FiltersParams, progress: Progress = None) ->
     shown = order[: p.max_filters]
     zoom = p.zoom or auto_zoom(max(kh, kw), 28)
     rgb_tiles = first and in_c == 3 and conv.groups == 1
+    n_tiles = len(shown) * (1 if rgb_tiles or in_c == 1 else min(in_c, p.max_inputs))
+    check_canvas(
+        n_tiles * (kh * zoom + p.pad) * (kw * zoom + p.pad), "filters", "max_filters, max_inputs or zoom"
+    )
     report(progress, 0.3, f"{len(shown)} filters of {name}")
 
     if rgb_tiles or in_c == 1:

@@ -24,6 +24,7 @@ from ...result import Result
 from ._common import (
     _LRU,
     Progress,
+    check_canvas,
     dataset_key,
     default_activation_layer,
     get_runner,
@@ -210,6 +211,11 @@ def run(net: Backbone, img: Any, p: MaxPatchesParams, progress: Progress = None)
         if not chosen:
             raise BadInput(f"max_patches: no channel of {li.name!r} is ever positive on {ds.spec}")
     k_eff = int(min(p.k, top.seen))
+    size = (min(li.rf.size[0], net.pre.size), min(li.rf.size[1], net.pre.size))
+    side = p.tile or _tile_side(max(size))
+    # per unit and image: its patch, or its tile in the mosaic with the value strip and gap (the larger)
+    tile_px = max(size[0] * size[1], (side + 13) * (side + 2))
+    check_canvas(len(chosen) * k_eff * tile_px, "max_patches", "top_channels / channels, k or tile")
 
     # pass 2: reload only the winning images and crop their fields
     win_ids = list(dict.fromkeys(top.ids[c, j] for c in chosen for j in range(k_eff)))
@@ -224,8 +230,6 @@ def run(net: Backbone, img: Any, p: MaxPatchesParams, progress: Progress = None)
             f"max_patches: {len(missing)} winning image(s) could not be reloaded, e.g. {missing[0]!r}"
         )
 
-    size = (min(li.rf.size[0], net.pre.size), min(li.rf.size[1], net.pre.size))
-    side = p.tile or _tile_side(max(size))
     patches = np.zeros((len(chosen), k_eff, *size, 3), dtype=np.uint8)
     values = np.zeros((len(chosen), k_eff), dtype=np.float32)
     boxes = np.zeros((len(chosen), k_eff, 4), dtype=np.int64)

@@ -9,6 +9,7 @@ L-BFGS with progress, cancellation, early stop, NaN detection and a loss history
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -610,6 +611,15 @@ def check_layers(net: Any, layers: Iterable[str]) -> None:
         net.layer(name.partition(":")[0])
 
 
+# what torch says when a pooling or convolution window is larger than what is left of a tiny input
+_TOO_SMALL = (
+    "Output size is too small",
+    "Kernel size can't be greater",
+    "smaller than kernel",
+    "input size is too small",
+)
+
+
 def forward(
     net: Any, x01: torch.Tensor, taps: Iterable[str], logits: bool = False
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
@@ -638,6 +648,14 @@ def forward(
             out = mod(net.normalize(x01))
         except _StopForward:
             out = None
+        except RuntimeError as e:
+            if not any(m in str(e) for m in _TOO_SMALL):
+                raise
+            h, w = x01.shape[-2:]
+            raise BadInput(
+                f"a {w}x{h} image is too small for {net.name} up to {stop_at or 'its output'}: a convolution or "
+                f"pooling window no longer fits ({str(e).splitlines()[0][:120]}); use a larger size"
+            ) from None
         finally:
             if handle is not None:
                 handle.remove()
@@ -942,8 +960,14 @@ def procedural_style(name: str, size: int = 512, seed: int = 0) -> Image.Image:
         raise BadInput(f"unknown procedural style {name!r}; choose one of {PROCEDURAL_STYLES}")
     if not 16 <= int(size) <= 4096:
         raise BadInput(f"procedural style size must lie in 16..4096, got {size}")
+    return _procedural(name, int(size), int(seed)).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _procedural(name: str, size: int, seed: int) -> Image.Image:
+    """Generated once per (name, size, seed): "strokes" at 512 px takes about a second (callers get copies)."""
     rng = np.random.default_rng(seed)
-    return _mosaic(int(size), rng) if name == "mosaic" else _strokes(int(size), rng)
+    return _mosaic(size, rng) if name == "mosaic" else _strokes(size, rng)
 
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -1032,9 +1056,14 @@ def load_style_image(style: str) -> Image.Image:
         return sample_image(s.lower())
     from pathlib import Path
 
-    if not Path(s).expanduser().exists():
+    try:
+        path = Path(s).expanduser()
+        exists = path.is_file()
+    except (OSError, RuntimeError, ValueError):  # "~nosuchuser/x" (no home), a 300-character name
+        exists = False
+    if not exists:
         raise BadInput(
             f"style {s!r} is not a procedural style {PROCEDURAL_STYLES}, a sample image "
-            f"({', '.join(sample_images())}), nor an existing file"
+            f"({', '.join(sample_images())}), nor an existing image file"
         )
-    return open_image(s)
+    return open_image(path)

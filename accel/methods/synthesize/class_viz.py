@@ -74,7 +74,7 @@ class ClassVizParams:
         min=0.0,
         max=1.0,
     )
-    seed: int = param(0, "random seed (noise start, jitter)")
+    seed: int = param(0, "random seed (noise start, jitter)", min=0, max=2**31 - 1)
 
 
 def _objective(net: Any, p: ClassVizParams) -> tuple[_opt.Objective, str]:

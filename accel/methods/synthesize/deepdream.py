@@ -34,7 +34,7 @@ class DeepDreamParams:
     size: int = param(
         384, "longer side of the dreamed image in pixels (0 = the photo's own size)", min=0, max=4096
     )
-    seed: int = param(0, "random seed (jitter)")
+    seed: int = param(0, "random seed (jitter)", min=0, max=2**31 - 1)
 
 
 def default_layer(net: Any) -> str:

@@ -30,7 +30,9 @@ class FoolingParams:
     target: int = param(
         -1, "class the network should see (-1 = a random class other than its prediction)", min=-1
     )
-    epsilon: float = param(8 / 255, "L-infinity budget in 0..1 pixel units (8/255 ~ 0.031)", min=0.0, max=1.0)
+    epsilon: float = param(
+        8 / 255, "L-infinity budget in 0..1 pixel units (8/255 ~ 0.031); must be > 0", min=1e-6, max=1.0
+    )
     method: str = param(
         "pgd", "targeted PGD (iterative) or FGSM (one step of size epsilon)", choices=("pgd", "fgsm")
     )
@@ -43,7 +45,7 @@ class FoolingParams:
     amplify: float = param(
         0.0, "gain for the difference image (0 = the largest change fills the range)", min=0.0, max=1e4
     )
-    seed: int = param(0, "random seed (random target, random start)")
+    seed: int = param(0, "random seed (random target, random start)", min=0, max=2**31 - 1)
 
 
 def input_saliency(net: Any, x01: torch.Tensor, cls: int) -> np.ndarray:

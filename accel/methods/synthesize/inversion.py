@@ -33,7 +33,7 @@ class InversionParams:
     tv_weight: float = param(0.5, "weight of the total-variation prior (0 = none)", min=0.0, max=1e6)
     parameterization: str = param("pixel", "image parameterisation", choices=("pixel", "sigmoid", "fourier"))
     size: int = param(0, "image side in pixels (0 = the network's input size)", min=0, max=4096)
-    seed: int = param(0, "random seed (noise start)")
+    seed: int = param(0, "random seed (noise start)", min=0, max=2**31 - 1)
 
 
 _VGG16_DEPTHS = ("features.8", "features.15", "features.22", "features.29")

@@ -51,7 +51,7 @@ class StyleTransferParams:
         choices=("none", "luminance", "histogram"),
     )
     init: str = param("content", "start from the content photo or from noise", choices=("content", "noise"))
-    seed: int = param(0, "random seed (noise start)")
+    seed: int = param(0, "random seed (noise start)", min=0, max=2**31 - 1)
 
 
 _RGB2YUV = torch.tensor([[0.299, 0.587, 0.114], [-0.14713, -0.28886, 0.436], [0.615, -0.51499, -0.10001]])

@@ -47,7 +47,7 @@ class TextureParams:
         "pixel", "image parameterisation (gram)", choices=("pixel", "sigmoid", "fourier")
     )
     window: int = param(9, "Efros-Leung neighbourhood window (odd, pixels)", min=3, max=31)
-    seed: int = param(0, "random seed (noise start, Efros-Leung choices)")
+    seed: int = param(0, "random seed (noise start, Efros-Leung choices)", min=0, max=2**31 - 1)
 
 
 def efros_leung(
