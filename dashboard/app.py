@@ -18,7 +18,7 @@ from dashboard.common import sidebar  # noqa: E402
 from dashboard.runview import show_shared_run  # noqa: E402
 
 st.set_page_config(page_title="convlens", page_icon=":material/visibility:", layout="wide")
-P = ROOT / "dashboard" / "pages"
+P = ROOT / "dashboard" / "views"  # not "pages/": Streamlit would serve that folder itself on deep links
 PAGES = {
     "convlens": [
         st.Page(str(P / "home.py"), title="Home", icon=":material/home:", default=True),

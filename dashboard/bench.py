@@ -41,13 +41,13 @@ def bench_dashboard(repeats: int = 3, model: str = "efficientnet_lite0") -> dict
     _check(at, "home")
     # warm-up: visit every page once (imports, model load, cached resources), then time the switches
     for page in SWITCH_PAGES:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
         _check(at, page)
     switches: dict[str, list[float]] = {p: [] for p in SWITCH_PAGES}
     for _ in range(repeats):
         for page in SWITCH_PAGES:
             t0 = time.perf_counter()
-            at.switch_page(f"pages/{page}.py").run()
+            at.switch_page(f"views/{page}.py").run()
             switches[page].append(time.perf_counter() - t0)
             _check(at, page)
     out["page_switch_s"] = {p: statistics.median(v) for p, v in switches.items()}
@@ -64,7 +64,7 @@ def bench_dashboard(repeats: int = 3, model: str = "efficientnet_lite0") -> dict
         at.session_state["model"] = model
         at.session_state["img_sample"] = photos[(k + 1) % len(photos)]
         at.run()
-        at.switch_page("pages/compare.py").run()
+        at.switch_page("views/compare.py").run()
         at.multiselect(key="cmp_methods").set_value(list(GRADIENT_METHODS)).run()
         _check(at, "compare setup")
         c0, t0 = _cpu(), time.perf_counter()

@@ -116,7 +116,7 @@ def _app(page: str | None = None, **state):
         at.session_state[k] = v
     at.run()
     if page:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     return at
 
 
@@ -448,7 +448,7 @@ def test_bad_image_uploads_show_messages_and_the_app_keeps_working() -> None:
     _upload(at, "red.png", good.getvalue())
     _ok(at)
     assert len(at.get("progress")) == 5  # predictions again
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/compare.py").run()
     assert not at.exception
 
 

@@ -163,7 +163,7 @@ def explorer() -> None:
                 icon=":material/compare:",
             )
         if st.session_state.pop("emb_go_compare", False):
-            st.switch_page("pages/compare.py")
+            st.switch_page("views/compare.py")
 
 
 with guard("Embeddings"):
