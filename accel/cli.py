@@ -215,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_bench)
 
+    p = sub.add_parser(
+        "train",
+        help="train a model this project ships: fashion_cnn, fast_style (one style), scouter (SCOUTER head)",
+        description="`convlens train WHAT --help` lists WHAT's own flags, e.g. "
+        "`convlens train fast_style --style IMG --content-dir DIR --out models/fast_style_mine.safetensors`.",
+    )
+    p.add_argument("what", choices=TRAINABLE)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the training command's own flags")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("limits", help="the resource caps, their environment variables and current values")
+    p.set_defaults(fn=cmd_limits)
+
     from .distributed import add_job_parser
 
     add_job_parser(sub)
@@ -233,6 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default=None, help="output PNG (default: <method>.png)")
         p.set_defaults(fn=cmd_method, family=family)
     return ap
+
+
+TRAINABLE = ("fashion_cnn", "fast_style", "scouter")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Hand the remaining flags to the training module's own command line."""
+    import importlib
+
+    mod = importlib.import_module(f"accel.training.{args.what}")
+    return int(mod.main(list(args.rest)) or 0)
+
+
+def cmd_limits(args: argparse.Namespace) -> int:
+    """Print every resource cap (accel.limits) with its variable, default and current value."""
+    from .limits import table
+
+    for row in table():
+        print(f"{row['env']:<26} {row['current']:>12,}  (default {row['default']:,}): {row['what']}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

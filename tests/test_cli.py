@@ -68,3 +68,10 @@ def test_export_writes_a_parity_checked_onnx(tmp_path):
 def test_technique_verbs_have_help(verb):
     r = convlens(verb, "--help")
     assert r.returncode == 0 and "--method" in r.stdout
+
+
+def test_train_hands_flags_to_the_training_command_and_limits_lists_caps():
+    out = convlens("train", "fast_style", "--help")
+    assert out.returncode == 0 and "--content-dir" in out.stdout and "--style" in out.stdout
+    out = convlens("limits")
+    assert out.returncode == 0 and "CONVLENS_MAX_STEPS" in out.stdout and "CONVLENS_MAX_SIDE" in out.stdout

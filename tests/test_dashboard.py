@@ -178,7 +178,7 @@ def test_compare_runs_the_selected_methods_with_one_scale() -> None:
     at.button[0].click().run()  # the form's Run button
     _ok(at)
     assert CALLS["grad"] - before == 2
-    assert len(at.get("image")) == 3  # the shared colour bar + two maps
+    assert len(at.main.get("image")) == 3  # the shared colour bar + two maps
     text = _texts(at)
     assert "**t_grad_a**" in text and "**t_grad_b**" in text
     assert "shared scale: 0 … 1 (normalised)" in text and "1 passes" in text and "target 281" in text
@@ -227,7 +227,7 @@ def test_run_link_reopens_a_stored_run_without_recomputing() -> None:
     assert any(j.proto.body and '"power": 2.0' in j.proto.body.replace(" ", " ") for j in at.json) or any(
         "power" in j.proto.body for j in at.json
     )
-    assert len(at.get("image")) >= 2  # input and result
+    assert len(at.main.get("image")) >= 2  # input and result
     assert before == CALLS  # nothing recomputed
     assert [b.label for b in at.get("download_button")] == ["Export HTML", "Export zip"]
     print(f"reopening a stored run: {reopen_s:.2f} s (AppTest, warm model cache)")
