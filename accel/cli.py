@@ -123,7 +123,8 @@ def _method_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespac
     if spec.family != args.family:
         raise BadInput(f"{spec.name} is a {spec.family} method; use `convlens {_verb(spec.family)}`")
     mp = argparse.ArgumentParser(
-        prog=f"convlens {_verb(spec.family)} --method {spec.name}", description=spec.summary
+        prog=f"convlens {_verb(spec.family)} --method {spec.name}",
+        description=f"{spec.summary} (Also: --model, --arch, --trust, --out; see `convlens {_verb(spec.family)} -h`.)",
     )
     mp.add_argument(
         "image",
@@ -273,7 +274,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     ap = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    helps = ("-h", "--help")
+    method_help = (
+        bool(argv)
+        and argv[0] in FAMILY_VERBS
+        and any(a in helps for a in argv)
+        and any(a == "--method" or a.startswith("--method=") for a in argv)
+    )
+    if method_help:  # `convlens explain --method gradcam --help`: the method's own flags (second phase)
+        argv = [a for a in argv if a not in helps]
     args, rest = ap.parse_known_args(argv)
+    if method_help:
+        rest = [*rest, "--help"]
     try:
         if getattr(args, "family", None):
             args = _method_args(args, rest)

@@ -75,3 +75,8 @@ def test_train_hands_flags_to_the_training_command_and_limits_lists_caps():
     assert out.returncode == 0 and "--content-dir" in out.stdout and "--style" in out.stdout
     out = convlens("limits")
     assert out.returncode == 0 and "CONVLENS_MAX_STEPS" in out.stdout and "CONVLENS_MAX_SIDE" in out.stdout
+
+
+def test_method_help_lists_the_methods_own_flags():
+    out = convlens("explain", "--method", "integrated_gradients", "--help")
+    assert out.returncode == 0 and "--steps" in out.stdout and "--baseline" in out.stdout
