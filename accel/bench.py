@@ -312,6 +312,26 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
         maps["drill_windows"] = np.array([d["windows"], d["full_windows"]])
 
     fns["ort_drill_down"] = run_drill
+    inc_lite = IncrementalOcclusion(net, ["logits"], batch_size=32)
+
+    def run_incremental() -> None:
+        maps["incremental"] = to_pixels(base - inc_lite.sweep(x, occ, reduce=prob))
+
+    fns["ort_incremental"] = run_incremental
+
+    def run_drill_incremental() -> None:
+        d = drill_down(
+            lambda o: base - inc_lite.sweep(x, o, reduce=prob),
+            s,
+            s,
+            32,
+            stride,
+            coarse_stride=32,
+            refine=0.25,
+        )
+        maps["drill_incremental"] = d["map"]
+
+    fns["ort_drill_down_incremental"] = run_drill_incremental
     res = compare(fns, repeats, warmup=0)
     ref_key = (
         "captum_ppe1" if "captum_ppe1" in maps else ("captum_ppe64" if "captum_ppe64" in maps else "torch")
@@ -319,13 +339,16 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
     ref = maps[ref_key]
     out: dict[str, Any] = {"masks": occ.n, "window": 32, "stride": stride, "target": target, "engines": res}
     out["max_abs_diff_vs_" + ref_key] = {
-        k: float(np.abs(maps[k] - ref).max()) for k in ("torch", "onnxruntime", "captum_ppe64") if k in maps
+        k: float(np.abs(maps[k] - ref).max())
+        for k in ("torch", "onnxruntime", "captum_ppe64", "incremental")
+        if k in maps
     }
     fine_grid = (base - orr.sweep(x, occ, reduce=prob)).reshape(occ.grid)
     out["drill_down"] = {
         "windows": int(maps["drill_windows"][0]),
         "full_windows": int(maps["drill_windows"][1]),
         "spearman_vs_full": float(spearmanr(maps["drill"].ravel(), fine_grid.ravel())[0]),
+        "incremental_max_abs_diff": float(np.abs(maps["drill_incremental"] - maps["drill"]).max()),
         "top10_overlap": float(
             len(
                 set(np.argsort(-maps["drill"].ravel())[:10].tolist())

@@ -83,10 +83,24 @@ def test_incremental_occlusion_equals_plain_sweep(name, split, chelsea):
     assert np.abs(fast - plain).max() < 1e-4
 
 
-def test_incremental_refuses_unsupported_backbones(lite0):
-    assert not supports_incremental(lite0)
+def test_incremental_occlusion_on_efficientnet_lite_equals_plain_sweep(lite0, chelsea):
+    """Crop mode keeps TF-SAME padding aligned (crops are multiples of the split's stride): exact on Lite."""
+    x = lite0.preprocess(chelsea).numpy()
+    occ = Occlusion(224, 224, (32, 32), (48, 48), baseline=0.0)
+    plain = accel.runner(lite0, ["logits"], backend="onnxruntime").sweep(x, occ)["logits"]
+    inc = IncrementalOcclusion(lite0, ["logits"])
+    assert inc.split == "_blocks.4"
+    fast = inc.sweep(x, occ)["logits"]
+    assert np.abs(fast - plain).max() < 1e-4
+    with pytest.raises(BadInput, match="mode='crop'"):
+        IncrementalOcclusion(lite0, ["logits"], mode="layerwise")
+
+
+def test_incremental_refuses_unsupported_backbones():
+    net = get_net("resnet18")
+    assert not supports_incremental(net)
     with pytest.raises(BadInput, match="features/pool"):
-        IncrementalOcclusion(lite0, ["logits"])
+        IncrementalOcclusion(net, ["logits"])
 
 
 def test_drill_down_with_full_refinement_is_the_full_map(alex_x):
