@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from .errors import BadInput, ResourceLimit
+from .limits import CAPS
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -42,8 +43,8 @@ __all__ = [
     "foolbox_photos",
 ]
 
-DEFAULT_MAX_PIXELS = 50_000_000
-ENV_MAX_PIXELS = "CONVLENS_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = CAPS["pixels"].default
+ENV_MAX_PIXELS = CAPS["pixels"].env
 
 # Raster formats we decode. Deliberately short: no EPS (runs Ghostscript), no ICO (embeds PNGs whose size the
 # header does not declare), no TGA (no magic number, so it would "decode" arbitrary bytes).

@@ -34,6 +34,7 @@ CAPS: dict[str, Cap] = {
         Cap("batch", "CONVLENS_MAX_BATCH", 1024, "images in one batch"),
         Cap("passes", "CONVLENS_MAX_PASSES", 1024, "forward/backward passes per image (samples, IG steps)"),
         Cap("dataset", "CONVLENS_MAX_DATASET", 100_000, "images streamed from one dataset"),
+        Cap("synth_mb", "CONVLENS_SYNTH_MAX_MB", 8192, "memory in MiB a synthesis run may plan for"),
     )
 }
 

@@ -35,11 +35,12 @@ import numpy as np
 from PIL import Image
 
 from .errors import BadInput
+from .limits import CAPS
 from .result import Result
 
 ENV_STORE = "CONVLENS_STORE"
-ENV_MAX_UPLOAD_MB = "CONVLENS_MAX_UPLOAD_MB"
-DEFAULT_MAX_UPLOAD_MB = 1024
+ENV_MAX_UPLOAD_MB = CAPS["upload_mb"].env
+DEFAULT_MAX_UPLOAD_MB = CAPS["upload_mb"].default
 SCHEMA_VERSION = 1
 UPLOAD_SUFFIXES = (
     ".png",

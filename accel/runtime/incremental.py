@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import BadInput
-from .sweep import Occlusion
+from .sweep import Occlusion, _baseline
 
 if TYPE_CHECKING:
     from ..zoo import Backbone
@@ -376,6 +376,7 @@ class IncrementalOcclusion:
             )
             spans.append((sy, sx))
             groups.setdefault((sy[3] - sy[2], sx[3] - sx[2]), []).append(idx)
+        base_img = _baseline(x[0], occ.baseline)
         regions: list[np.ndarray | None] = [None] * occ.n
         done = 0
         total_work = 2 * occ.n
@@ -385,7 +386,12 @@ class IncrementalOcclusion:
                 crops = []
                 for idx in ids:
                     (_, _, y0, y1), (_, _, xa, xb) = spans[idx]
-                    crops.append(occ.make(x[0], idx, idx + 1)[0][:, y0:y1, xa:xb])
+                    r, c = occ.positions[idx]
+                    crop = x[0, :, y0:y1, xa:xb].copy()  # the occluded image, cut to the crop only
+                    ra, rb, ca, cb = max(r, y0), min(r + wh, y1), max(c, xa), min(c + ww, xb)
+                    if ra < rb and ca < cb:
+                        crop[:, ra - y0 : rb - y0, ca - xa : cb - xa] = base_img[:, ra:rb, ca:cb]
+                    crops.append(crop)
                 out = self._prefix(np.ascontiguousarray(np.stack(crops)))
                 self.passes += 1
                 for n, idx in enumerate(ids):

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from torch import nn
 
 from ...errors import BadInput, ResourceLimit
+from ...limits import CAPS
 from ...result import Result
 from ...taps import capture, resolve
 
@@ -34,8 +35,8 @@ Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 # --------------------------------------------------------------------------------------------- limits
 
-ENV_MAX_MB = "CONVLENS_SYNTH_MAX_MB"
-DEFAULT_MAX_MB = 8192
+ENV_MAX_MB = CAPS["synth_mb"].env
+DEFAULT_MAX_MB = CAPS["synth_mb"].default
 MAX_SIDE = 4096
 
 
