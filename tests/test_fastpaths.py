@@ -155,3 +155,52 @@ def test_int8_reports_its_accuracy_cost(lite0):
         accel.runner(lite0, ["logits"], backend="onnxruntime", precision="fp16")
     with pytest.raises(BadInput, match="ONNX Runtime backend only"):
         accel.runner(lite0, ["logits"], backend="torch", precision="int8")
+
+
+def test_fold_pads_is_exact_and_leaves_unfoldable_pads(tmp_path):
+    """Zero Pads fold into the Conv they feed (asymmetric SAME padding included); reflect Pads stay."""
+    import onnx
+    import onnxruntime as ort
+    import torch.nn.functional as F
+
+    from accel.runtime.graphopt import fold_pads
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+            self.b = torch.nn.Conv2d(4, 4, 5, stride=2, groups=4)
+            self.c = torch.nn.Conv2d(4, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.a(F.pad(x, [0, 1, 2, 0]))  # asymmetric, added to the Conv's own padding
+            x = self.b(F.pad(x, [1, 2, 1, 2]))  # TF-SAME shape for k=5, s=2
+            return self.c(F.pad(x, [1, 1, 1, 1], mode="reflect"))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(2, 3, 37, 30)
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(net, (x,), str(path), input_names=["input"], opset_version=17, dynamo=False)
+    assert fold_pads(path) == 2
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Pad") == 1 and ops.count("Conv") == 3
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = net(x).numpy()
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_exported_efficientnet_lite_has_no_pad_nodes(lite0, chelsea):
+    """SAME padding lives in the Conv nodes of the export (each Pad cost two NCHWc reorders in ORT)."""
+    import onnx
+
+    from accel.runtime.export import export_backbone
+
+    ops = [n.op_type for n in onnx.load(str(export_backbone(lite0, ["logits"]))).graph.node]
+    assert "Pad" not in ops and ops.count("Conv") == 49
+    x = lite0.preprocess(chelsea)
+    got = accel.runner(lite0, ["logits"], backend="onnxruntime").run(x.numpy())["logits"]
+    with torch.no_grad():
+        want = lite0.module(x).numpy()
+    assert np.abs(got - want).max() < 1e-4

@@ -21,7 +21,7 @@ from ..errors import BadInput
 if TYPE_CHECKING:
     from ..zoo import Backbone
 
-EXPORT_VERSION = "1"
+EXPORT_VERSION = "2"  # 2: zero Pads folded into Conv (graphopt.fold_pads)
 DEFAULT_OPSET = 17
 
 
@@ -132,6 +132,9 @@ def export_backbone(
                 do_constant_folding=True,
                 dynamo=False,
             )
+    from .graphopt import fold_pads
+
+    fold_pads(tmp)
     _stamp_metadata(tmp, net, taps)
     os.replace(tmp, target)
     return target

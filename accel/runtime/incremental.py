@@ -226,9 +226,10 @@ class IncrementalOcclusion:
 
     def _export(self, module: nn.Module, part: str, shape: tuple[int, ...], dynamic_hw: bool) -> Any:
         from .export import cache_dir
+        from .graphopt import fold_pads
         from .session import make_session
 
-        key = f"{self.net.name}-{self.net.weights_hash()[:16]}-{part}-{self.k}-{'_'.join(self.taps)}"
+        key = f"{self.net.name}-{self.net.weights_hash()[:16]}-{part}-{self.k}-{'_'.join(self.taps)}-v2"
         path = cache_dir() / f"incr-{key}.onnx"
         if not path.exists():
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -246,6 +247,7 @@ class IncrementalOcclusion:
                     opset_version=17,
                     dynamo=False,
                 )
+            fold_pads(tmp)
             os.replace(tmp, path)
         sess, _, _ = make_session(path, ("CPUExecutionProvider",) if not torch.cuda.is_available() else None)
         return sess
