@@ -383,6 +383,7 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
     )
     out["vgg16_incremental"] = {
         "split": inc.split,
+        "stages": inc.cuts,
         "engines": rv,
         "speedup": rv["vgg16_ort_sweep"]["median_s"] / rv["vgg16_incremental"]["median_s"],
         "max_abs_diff": float(np.abs(vm["plain"] - vm["inc"]).max()),

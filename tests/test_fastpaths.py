@@ -89,11 +89,54 @@ def test_incremental_occlusion_on_efficientnet_lite_equals_plain_sweep(lite0, ch
     occ = Occlusion(224, 224, (32, 32), (48, 48), baseline=0.0)
     plain = accel.runner(lite0, ["logits"], backend="onnxruntime").sweep(x, occ)["logits"]
     inc = IncrementalOcclusion(lite0, ["logits"])
-    assert inc.split == "_blocks.4"
+    assert len(inc.cuts) > 1  # the cost model picks several crop stages on Lite
     fast = inc.sweep(x, occ)["logits"]
     assert np.abs(fast - plain).max() < 1e-4
+    single = IncrementalOcclusion(lite0, ["logits"], split="_blocks.4").sweep(x, occ)["logits"]
+    assert np.abs(single - plain).max() < 1e-4
     with pytest.raises(BadInput, match="mode='crop'"):
         IncrementalOcclusion(lite0, ["logits"], mode="layerwise")
+
+
+@pytest.mark.parametrize(
+    "name,stages",
+    [
+        ("alexnet", ["features.0", "features.3", "features.6"]),
+        ("alexnet", ["features.2", "features.5", "features.8", "features.10"]),
+        ("fashion_cnn", None),
+    ],
+)
+def test_staged_incremental_occlusion_equals_plain_sweep(name, stages, chelsea):
+    """Crop stages chained through several cuts (baseline image, windows clipped at the border) stay exact."""
+    net = get_net(name)
+    x = net.preprocess(chelsea).numpy()
+    s = net.pre.size
+    w, st = (7, 3) if s == 28 else (40, 23)
+    base = np.random.default_rng(1).normal(size=x.shape[1:]).astype(np.float32)  # a blur-like image baseline
+    occ = Occlusion(s, s, (w, w), (st, st), baseline=base)
+    taps = ["logits"] if net.has_head else ["embedding"]
+    plain = accel.runner(net, taps, backend="onnxruntime").sweep(x, occ)[taps[0]]
+    inc = IncrementalOcclusion(net, taps, stages=stages)
+    if stages:
+        assert inc.cuts == stages and inc.split == stages[-1]
+    ticks: list[float] = []
+    fast = inc.sweep(x, occ, progress=lambda f, msg: ticks.append(f))[taps[0]]
+    assert np.abs(fast - plain).max() < 1e-4
+    assert ticks == sorted(ticks) and ticks[-1] == pytest.approx(1.0)
+    torch_fast = IncrementalOcclusion(net, taps, stages=stages, backend="torch").sweep(x, occ)[taps[0]]
+    assert np.abs(torch_fast - plain).max() < 1e-4
+
+
+def test_stage_cuts_are_checked(alex_x):
+    net, _ = alex_x
+    with pytest.raises(BadInput, match="network order"):
+        IncrementalOcclusion(net, ["embedding"], stages=["features.6", "features.3"])
+    with pytest.raises(BadInput, match="not one of the chain layers"):
+        IncrementalOcclusion(net, ["embedding"], stages=["features.3", "classifier.1"])
+    with pytest.raises(BadInput, match="last of stages"):
+        IncrementalOcclusion(net, ["embedding"], stages=["features.3", "features.6"], split="features.3")
+    with pytest.raises(BadInput, match="one split"):
+        IncrementalOcclusion(net, ["embedding"], stages=["features.3", "features.6"], mode="layerwise")
 
 
 def test_incremental_refuses_unsupported_backbones():

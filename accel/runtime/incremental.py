@@ -1,9 +1,10 @@
 """Incremental occlusion (after Krypton, Nakandala et al. SIGMOD 2019) and coarse-to-fine drill-down.
 
 An occluded copy differs from the original only inside the patch, so up to a split layer only the units whose
-receptive field touches the patch change. We keep the original activation at the split layer, recompute just
-the changed region from a stride-aligned input crop, paste it in, and run the tail of the network (its own
-ONNX graph) batched. Results equal the plain sweep (checked in tests to 1e-4).
+receptive field touches the patch change. We keep the original activations, and in crop mode run the network in
+stages (cuts chosen by a cost model): each stage is its own ONNX graph with dynamic H/W, run batched on the
+stride-aligned crop of the previous cut's activation that its changed units need, with the changed values
+pasted in; the tail after the last cut runs whole, batched. Results equal the plain sweep (tests, 1e-4).
 
 Supported: backbones whose module is `features` (nn.Sequential) -> `pool` -> optional `fc` (alexnet, vgg16,
 vgg19, fashion_cnn), and EfficientNet-Lite (stem -> MBConv blocks -> head; crop mode, crops rounded to the
@@ -123,6 +124,69 @@ def _span(g: _Geom, lo: int, hi: int, limit: int) -> tuple[int, int, int, int]:
     return u0, u1, c0, need1
 
 
+STAGE_OVERHEAD = 0.005  # fixed cost of one more crop stage, as a share of the whole network's work
+
+
+@dataclass
+class _Stage:
+    """Chain elements (lo, hi] run on crops of the activation after `lo` (-1: the image)."""
+
+    lo: int
+    hi: int
+    module: nn.Module
+    in_shape: tuple[int, ...]
+    gy: _Geom  # field of the stage's output units in units of its input
+    gx: _Geom
+    align: int
+    sess: Any = None
+
+
+def _relative(prev: Any, rf: Any, axis: int, n: int, name: str) -> _Geom:
+    """The field of `rf`'s units measured in units of the earlier layer whose field is `prev` (None: pixels)."""
+    p_start, p_stride, p_size = (
+        (0.0, 1.0, 1.0)
+        if prev is None
+        else (
+            float(prev.start[axis]),
+            float(prev.stride[axis]),
+            float(prev.size[axis]),
+        )
+    )
+    stride = rf.stride[axis] / p_stride
+    start = (rf.start[axis] - p_start) / p_stride
+    size = (rf.size[axis] - p_size) / p_stride + 1
+    if any(abs(v - round(v)) > 1e-6 for v in (stride, start, size)) or stride < 1:
+        raise BadInput(
+            f"cannot cut a crop stage at {name!r}: its field is not a whole number of earlier units"
+        )
+    return _Geom(int(round(start)), int(round(stride)), int(round(size)), n)
+
+
+def _chain_work(net: Backbone, volume: bool = False) -> list[tuple[str, float, Any]]:
+    """Estimated cost of each chain element (multiply-accumulates of its convolutions), with its LayerInfo.
+    `volume`: conv output volume instead, which ranks single vgg16 splits right (measured; MACs rank stages
+    and EfficientNet-Lite splits right)."""
+    layers = {li.name: li for li in net.layers()}
+
+    def work(name: str, mod: nn.Module) -> float:
+        if volume:
+            li = layers[name]
+            return float(np.prod(li.out_shape)) if li.kind.startswith("conv") else 0.0
+        macs = 0.0
+        for sub_name, sub in mod.named_modules():
+            if not isinstance(sub, nn.Conv2d):
+                continue
+            li = layers.get(f"{name}.{sub_name}" if sub_name else name)
+            if li is None and isinstance(mod, nn.Sequential) and sub is mod[0]:
+                li = layers.get("_conv_stem")  # the Lite stem is a chain element built here
+            if li is not None:
+                kh, kw = sub.kernel_size
+                macs += float(np.prod(li.out_shape)) * sub.in_channels / sub.groups * kh * kw
+        return macs
+
+    return [(name, work(name, mod), layers[name]) for name, mod in _chain(net)]
+
+
 class IncrementalOcclusion:
     """Occlusion sweeps that recompute only what a patch changes up to `split`, then run the tail batched."""
 
@@ -134,6 +198,7 @@ class IncrementalOcclusion:
         backend: str = "onnxruntime",
         batch_size: int = 32,
         mode: str = "crop",
+        stages: Sequence[str] | None = None,
     ) -> None:
         if mode not in ("crop", "layerwise"):
             raise BadInput(f"mode must be 'crop' or 'layerwise', got {mode!r}")
@@ -150,9 +215,26 @@ class IncrementalOcclusion:
             )
         feats = _chain(net)
         names = [n for n, _ in feats]
-        self.split = split or self.choose_split(net)
-        if self.split not in names:
-            raise BadInput(f"split {self.split!r} is not one of the chain layers {names}")
+        if stages is not None:
+            cuts = list(stages)
+            if not cuts:
+                raise BadInput("stages needs at least one chain layer")
+            if split is not None and split != cuts[-1]:
+                raise BadInput(f"split {split!r} must be the last of stages {cuts}")
+        elif split is not None:
+            cuts = [split]
+        else:
+            cuts = self.choose_stages(net) if mode == "crop" else [self.choose_split(net)]
+        for c in cuts:
+            if c not in names:
+                raise BadInput(f"stage cut {c!r} is not one of the chain layers {names}")
+        idx = [names.index(c) for c in cuts]
+        if idx != sorted(set(idx)):
+            raise BadInput(f"stage cuts must be distinct and in network order, got {cuts}")
+        if mode == "layerwise" and len(cuts) > 1:
+            raise BadInput("mode='layerwise' takes one split, not several stages")
+        self.split = cuts[-1]
+        self.cuts = cuts
         self.k = names.index(self.split)
         self.prefix = nn.Sequential(*[m for _, m in feats[: self.k + 1]]).eval()
         li = net.layer(self.split)
@@ -171,10 +253,20 @@ class IncrementalOcclusion:
         self.align = int(max(self.gy.stride, self.gx.stride))  # crops: multiples of the split's stride
         self._tail_sess = None
         self._prefix_sess = None
+        self.stages = self._make_stages(feats, idx)
         if backend in ("onnxruntime", "auto"):
             try:
                 self._tail_sess = self._export(self._tail_torch, "tail", li.out_shape, dynamic_hw=False)
-                self._prefix_sess = self._export(self.prefix, "prefix", net.input_shape, dynamic_hw=True)
+                for st in self.stages:
+                    single = st.lo == -1 and st.hi == self.k  # the whole prefix: keep its cache name
+                    st.sess = self._export(
+                        st.module,
+                        "prefix" if single else f"stage{st.lo}_{st.hi}",
+                        st.in_shape,
+                        dynamic_hw=True,
+                    )
+                    if single:
+                        self._prefix_sess = st.sess
             except Exception as e:  # noqa: BLE001
                 if backend == "onnxruntime":
                     raise
@@ -184,36 +276,11 @@ class IncrementalOcclusion:
 
     @staticmethod
     def choose_split(net: Backbone, window: int = 32) -> str:
-        """The split that minimises estimated work: prefix on a crop around the patch + full tail (work of a
-        chain element ~ the activation volume of the layers inside it)."""
-        chain = _chain(net)
-        layers = {li.name: li for li in net.layers()}
+        """The single split that minimises estimated work: prefix on a crop around the patch + full tail."""
+        cost = _chain_work(net, volume=not _is_lite(net.module))
         h = net.pre.size
-
-        lite = _is_lite(net.module)
-
-        def work(name: str, mod: nn.Module) -> float:
-            """Estimated cost of one chain element. Chosen per family by measuring every split (window 32 on
-            224 px, 2 cores): conv activation volume picks the fastest vgg16 split (features.14, 1.88x), MACs
-            pick the fastest EfficientNet-Lite split (_blocks.4); each misranks the other family."""
-            if not lite:
-                li = layers[name]
-                return float(np.prod(li.out_shape)) if li.kind.startswith("conv") else 0.0
-            macs = 0.0
-            for sub_name, sub in mod.named_modules():
-                if not isinstance(sub, nn.Conv2d):
-                    continue
-                li = layers.get(f"{name}.{sub_name}" if sub_name else name)
-                if li is None and isinstance(mod, nn.Sequential) and sub is mod[0]:
-                    li = layers.get("_conv_stem")  # the Lite stem is a chain element built here
-                if li is not None:
-                    kh, kw = sub.kernel_size
-                    macs += float(np.prod(li.out_shape)) * sub.in_channels / sub.groups * kh * kw
-            return macs
-
-        cost = [(name, work(name, mod), layers[name]) for name, mod in chain]
         total = sum(c for _, c, _ in cost)
-        best, best_cost, acc = chain[0][0], float("inf"), 0.0
+        best, best_cost, acc = cost[0][0], float("inf"), 0.0
         for name, c, li in cost:
             acc += c
             if li.rf is None or li.rf.global_:
@@ -223,6 +290,74 @@ class IncrementalOcclusion:
             if est < best_cost:
                 best, best_cost = name, est
         return best
+
+    @staticmethod
+    def choose_stages(net: Backbone, window: int = 32, overhead: float = STAGE_OVERHEAD) -> list[str]:
+        """Cuts for crop mode that minimise estimated work (dynamic programming over the chain).
+
+        A stage from cut p to cut s runs on the stride-aligned crop of p's activation that the changed units of
+        s need (the same geometry the sweep uses, averaged over window positions); its cost is that crop's
+        share of the stage's work plus a fixed `overhead` share of the whole network (crop and paste copies,
+        one more graph call). The tail after the last cut runs whole."""
+        cost = _chain_work(net)
+        _, H, W = net.input_shape
+        total = sum(c for _, c, _ in cost) or 1.0
+        cum = np.concatenate([[0.0], np.cumsum([c for _, c, _ in cost])])
+        ok = [i for i, (_, _, li) in enumerate(cost) if li.rf is not None and not li.rf.global_]
+        starts = sorted({min(v, H - window) for v in range(0, H, window)})  # sample window positions
+
+        def share(p: int, s_: int) -> float | None:
+            """Mean share of p's map (or the image) that the stage p -> s computes per window."""
+            ls = cost[s_][2]
+            prev_rf = None if p < 0 else cost[p][2].rf
+            try:
+                g = _relative(prev_rf, ls.rf, 0, ls.out_shape[1], ls.name)
+            except BadInput:
+                return None
+            n_in = H if p < 0 else cost[p][2].out_shape[1]
+            gp = (
+                None
+                if p < 0
+                else _Geom(int(prev_rf.start[0]), int(prev_rf.stride[0]), int(prev_rf.size[0]), n_in)
+            )
+            tot = 0.0
+            for r in starts:
+                a0, a1 = r, r + window
+                if gp is not None:  # the units of p that the window changes
+                    u0, u1, _, _ = _span(gp, r, r + window, H)
+                    a0, a1 = u0, u1 + 1
+                _, _, c0, c1 = _aligned(_span(g, a0, a1, n_in), g.stride, n_in)
+                tot += (c1 - c0) / n_in
+            return (tot / len(starts)) ** 2
+
+        best: dict[int, tuple[float, list[int]]] = {-1: (0.0, [])}
+        for s_ in ok:
+            for p in [-1, *[c for c in ok if c < s_]]:
+                if p not in best:
+                    continue
+                f = share(p, s_)
+                if f is None:
+                    continue
+                c = best[p][0] + f * (cum[s_ + 1] - cum[p + 1]) + overhead * total
+                if s_ not in best or c < best[s_][0]:
+                    best[s_] = (c, [*best[p][1], s_])
+        end = min((b[0] + cum[-1] - cum[s_ + 1], s_) for s_, b in best.items() if s_ >= 0)[1]
+        return [cost[i][0] for i in best[end][1]]
+
+    def _make_stages(self, feats: list[tuple[str, nn.Module]], idx: list[int]) -> list[_Stage]:
+        """One crop stage per cut: the chain elements after the previous cut, with their field relative to it."""
+        stages = []
+        prev, prev_rf, in_shape = -1, None, tuple(self.net.input_shape)
+        for hi in idx:
+            li = self.net.layer(feats[hi][0])
+            if li.rf is None or li.rf.global_:
+                raise BadInput(f"no local receptive field for {feats[hi][0]!r}")
+            gy = _relative(prev_rf, li.rf, 0, li.out_shape[1], feats[hi][0])
+            gx = _relative(prev_rf, li.rf, 1, li.out_shape[2], feats[hi][0])
+            module = nn.Sequential(*[m for _, m in feats[prev + 1 : hi + 1]]).eval()
+            stages.append(_Stage(prev, hi, module, in_shape, gy, gx, int(max(gy.stride, gx.stride))))
+            prev, prev_rf, in_shape = hi, li.rf, tuple(li.out_shape)
+        return stages
 
     def _export(self, module: nn.Module, part: str, shape: tuple[int, ...], dynamic_hw: bool) -> Any:
         from .export import cache_dir
@@ -362,62 +497,92 @@ class IncrementalOcclusion:
             return np.concatenate([np.asarray(p) for p in pieces])
         return {t: np.concatenate([p[t] for p in pieces]) for t in self.taps}
 
-    def _sweep_crop(self, x0: np.ndarray, occ: Occlusion, reduce: Reduce | None, progress: Any) -> Any:
-        x = np.ascontiguousarray(np.asarray(x0, np.float32).reshape(-1, *self.net.input_shape)[:1])
-        _, _, H, W = x.shape
-        base_split = self._prefix(x)[0]
-        self.passes += 1
-        wh, ww = occ.window
-        gy, gx = self.gy, self.gx
+    def _run_stage(self, st: _Stage, a: np.ndarray) -> np.ndarray:
+        if st.sess is not None:
+            return st.sess.run(None, {"input": np.ascontiguousarray(a)})[0]
+        with torch.no_grad():
+            return st.module(torch.from_numpy(np.ascontiguousarray(a))).numpy()
+
+    def _crop_stage(
+        self,
+        st: _Stage,
+        base: np.ndarray,
+        boxes: list[tuple[int, int, int, int]],
+        vals: list[np.ndarray],
+        tick: Callable[[int], None],
+    ) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray]]:
+        """Run one stage on a stride-aligned crop of `base` around each changed box (values pasted in); returns
+        the boxes the stage's output changes in and their values. Crops of one shape go batched."""
+        C, H, W = base.shape
         spans = []
         groups: dict[tuple[int, int], list[int]] = {}
-        for idx, (r, c) in enumerate(occ.positions):
-            sy, sx = (
-                _aligned(_span(gy, r, r + wh, H), self.align, H),
-                _aligned(_span(gx, c, c + ww, W), self.align, W),
-            )
+        for idx, (a0, a1, b0, b1) in enumerate(boxes):
+            sy = _aligned(_span(st.gy, a0, a1, H), st.align, H)
+            sx = _aligned(_span(st.gx, b0, b1, W), st.align, W)
             spans.append((sy, sx))
             groups.setdefault((sy[3] - sy[2], sx[3] - sx[2]), []).append(idx)
-        base_img = _baseline(x[0], occ.baseline)
-        regions: list[np.ndarray | None] = [None] * occ.n
-        done = 0
-        total_work = 2 * occ.n
-        for members in groups.values():
+        new_boxes: list[Any] = [None] * len(boxes)
+        new_vals: list[Any] = [None] * len(boxes)
+        for (ch, cw), members in groups.items():
             for i in range(0, len(members), self.batch_size):
                 ids = members[i : i + self.batch_size]
-                crops = []
-                for idx in ids:
+                crops = np.empty((len(ids), C, ch, cw), np.float32)
+                for n, idx in enumerate(ids):
                     (_, _, y0, y1), (_, _, xa, xb) = spans[idx]
-                    r, c = occ.positions[idx]
-                    crop = x[0, :, y0:y1, xa:xb].copy()  # the occluded image, cut to the crop only
-                    ra, rb, ca, cb = max(r, y0), min(r + wh, y1), max(c, xa), min(c + ww, xb)
+                    a0, a1, b0, b1 = boxes[idx]
+                    crops[n] = base[:, y0:y1, xa:xb]
+                    ra, rb, ca, cb = max(a0, y0), min(a1, y1), max(b0, xa), min(b1, xb)
                     if ra < rb and ca < cb:
-                        crop[:, ra - y0 : rb - y0, ca - xa : cb - xa] = base_img[:, ra:rb, ca:cb]
-                    crops.append(crop)
-                out = self._prefix(np.ascontiguousarray(np.stack(crops)))
+                        crops[n, :, ra - y0 : rb - y0, ca - xa : cb - xa] = vals[idx][
+                            :, ra - a0 : rb - a0, ca - b0 : cb - b0
+                        ]
+                out = self._run_stage(st, crops)
                 self.passes += 1
                 for n, idx in enumerate(ids):
                     (u0, u1, y0, _), (v0, v1, xa, _) = spans[idx]
-                    oy, ox = u0 - y0 // gy.stride, v0 - xa // gx.stride
+                    oy, ox = u0 - y0 // st.gy.stride, v0 - xa // st.gx.stride
                     reg = out[n, :, oy : oy + u1 - u0 + 1, ox : ox + v1 - v0 + 1]
                     if reg.shape[1:] != (u1 - u0 + 1, v1 - v0 + 1):  # pragma: no cover - geometry guard
                         raise RuntimeError(f"incremental crop for window {idx} came out {reg.shape}")
-                    regions[idx] = reg
-                done += len(ids)
-                if progress is not None:
-                    progress(done / total_work, f"prefix {done}/{occ.n} windows")
+                    new_boxes[idx] = (u0, u1 + 1, v0, v1 + 1)
+                    new_vals[idx] = np.ascontiguousarray(reg)
+                tick(len(ids))
+        return new_boxes, new_vals
+
+    def _sweep_crop(self, x0: np.ndarray, occ: Occlusion, reduce: Reduce | None, progress: Any) -> Any:
+        x = np.ascontiguousarray(np.asarray(x0, np.float32).reshape(-1, *self.net.input_shape)[:1])
+        bases = []
+        cur = x
+        for st in self.stages:  # the unoccluded activation at every cut
+            bases.append(cur[0])
+            cur = self._run_stage(st, cur)
+            self.passes += 1
+        base_split = cur[0]
+        wh, ww = occ.window
+        base_img = _baseline(x[0], occ.baseline)
+        boxes = [(r, r + wh, c, c + ww) for r, c in occ.positions]
+        vals = [base_img[:, r : r + wh, c : c + ww] for r, c in occ.positions]
+        total_work = (len(self.stages) + 1) * occ.n
+        done = [0]
+
+        def tick(k: int) -> None:
+            done[0] += k
+            if progress is not None:
+                progress(done[0] / total_work, f"{done[0] % occ.n or occ.n}/{occ.n} windows")
+
+        for st, base in zip(self.stages, bases):
+            boxes, vals = self._crop_stage(st, base, boxes, vals, tick)
         pieces: list[Any] = []
         for i in range(0, occ.n, self.batch_size):
             stop = min(occ.n, i + self.batch_size)
             acts = np.repeat(base_split[None], stop - i, axis=0)
             for j, idx in enumerate(range(i, stop)):
-                (u0, u1, _, _), (v0, v1, _, _) = spans[idx]
-                acts[j, :, u0 : u1 + 1, v0 : v1 + 1] = regions[idx]
+                u0, u1, v0, v1 = boxes[idx]
+                acts[j, :, u0:u1, v0:v1] = vals[idx]
             outs_t = dict(zip(self.taps, self._tail(acts)))
             self.passes += 1
             pieces.append(reduce(outs_t) if reduce is not None else outs_t)
-            if progress is not None:
-                progress((occ.n + stop) / total_work, f"{stop}/{occ.n} windows")
+            tick(stop - i)
         if reduce is not None:
             return np.concatenate([np.asarray(p) for p in pieces])
         return {t: np.concatenate([p[t] for p in pieces]) for t in self.taps}
