@@ -220,6 +220,37 @@ def test_guided_backprop_handles_functional_and_inplace_rectifiers(chelsea):
     assert rel_err(r.extras["gradient"], ref) <= 1e-4
 
 
+def test_occlusion_engines_agree(lite0, chelsea, fashion, fashion_photo):
+    """incremental equals plain (exact); drill_down with refine=1 is the full map, with less it evaluates fewer
+    windows; auto picks incremental on a big backbone and plain where the chain of small graphs would not pay."""
+    net = lite0
+    kw = {"window": 48, "stride": 16, "baseline": "blur", "target": 281}
+    plain = accel.run("occlusion", net, chelsea, engine="plain", **kw)
+    inc = accel.run("occlusion", net, chelsea, engine="incremental", **kw)
+    auto = accel.run("occlusion", net, chelsea, **kw)
+    assert plain.meta["engine"] == "plain" and inc.meta["engine"] == "incremental"
+    assert auto.meta["engine"] == "incremental" and auto.meta["stages"] == inc.meta["stages"]
+    assert np.abs(inc.extras["grid"] - plain.extras["grid"]).max() < 1e-5
+    assert np.abs(inc.data - plain.data).max() < 1e-5
+    full = accel.run("occlusion", net, chelsea, engine="drill_down", refine=1.0, **kw)
+    assert np.abs(full.extras["grid"] - plain.extras["grid"]).max() < 1e-5
+    part = accel.run("occlusion", net, chelsea, engine="drill_down", refine=0.2, **kw)
+    assert part.meta["windows_evaluated"] < 0.6 * part.meta["windows"]
+    assert part.extras["refined"].sum() < part.meta["windows"]
+    top = np.argmax(
+        plain.extras["grid"]
+    )  # the strongest window is among the refined ones, with its exact value
+    assert part.extras["refined"].ravel()[top]
+    assert part.extras["grid"].ravel()[top] == pytest.approx(
+        float(plain.extras["grid"].ravel()[top]), abs=1e-5
+    )
+    assert accel.run("occlusion", fashion, fashion_photo, window=8, stride=4).meta["engine"] == "plain"
+    with pytest.raises(BadInput, match="engine='incremental' supports"):
+        accel.run("occlusion", get_net("resnet18"), chelsea, engine="incremental", window=64, stride=64)
+    with pytest.raises(BadInput, match="stride < window"):
+        accel.run("occlusion", net, chelsea, engine="drill_down", window=32, stride=32)
+
+
 def test_occlusion_per_pixel_matches_captum(lite0, chelsea, x_cat):
     from captum.attr import Occlusion
 

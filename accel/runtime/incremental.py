@@ -18,6 +18,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -199,6 +200,7 @@ class IncrementalOcclusion:
         batch_size: int = 32,
         mode: str = "crop",
         stages: Sequence[str] | None = None,
+        precision: str = "fp32",
     ) -> None:
         if mode not in ("crop", "layerwise"):
             raise BadInput(f"mode must be 'crop' or 'layerwise', got {mode!r}")
@@ -254,20 +256,29 @@ class IncrementalOcclusion:
         self._tail_sess = None
         self._prefix_sess = None
         self.stages = self._make_stages(feats, idx)
+        self.precision = precision
+        self.meta: dict[str, Any] = {"stages": list(cuts), "precision": precision}
+        if precision not in ("fp32", "int8"):
+            raise BadInput(f"precision must be 'fp32' or 'int8', got {precision!r}")
+        if precision == "int8" and (backend == "torch" or mode != "crop"):
+            raise BadInput("int8 incremental occlusion needs backend='onnxruntime' and mode='crop'")
         if backend in ("onnxruntime", "auto"):
             try:
-                self._tail_sess = self._export(self._tail_torch, "tail", li.out_shape, dynamic_hw=False)
-                for st in self.stages:
-                    single = st.lo == -1 and st.hi == self.k  # the whole prefix: keep its cache name
-                    st.sess = self._export(
-                        st.module,
-                        "prefix" if single else f"stage{st.lo}_{st.hi}",
-                        st.in_shape,
-                        dynamic_hw=True,
-                    )
-                    if single:
-                        self._prefix_sess = st.sess
+                tail_path = self._export(self._tail_torch, f"tail{self.k}", li.out_shape, dynamic_hw=False)
+                paths = [
+                    self._export(st.module, f"stage{st.lo}_{st.hi}", st.in_shape, dynamic_hw=True)
+                    for st in self.stages
+                ]
+                if precision == "int8":
+                    paths, tail_path = self._quantize(paths, tail_path)
+                self._tail_sess = self._session(tail_path)
+                for st, path in zip(self.stages, paths):
+                    st.sess = self._session(path)
+                if len(self.stages) == 1:
+                    self._prefix_sess = self.stages[0].sess
             except Exception as e:  # noqa: BLE001
+                if precision == "int8":
+                    raise
                 if backend == "onnxruntime":
                     raise
                 warnings.warn(
@@ -293,7 +304,15 @@ class IncrementalOcclusion:
 
     @staticmethod
     def choose_stages(net: Backbone, window: int = 32, overhead: float = STAGE_OVERHEAD) -> list[str]:
-        """Cuts for crop mode that minimise estimated work (dynamic programming over the chain).
+        """Cuts for crop mode that minimise estimated work (see `plan_stages`)."""
+        return IncrementalOcclusion.plan_stages(net, window, overhead)[0]
+
+    @staticmethod
+    def plan_stages(
+        net: Backbone, window: int = 32, overhead: float = STAGE_OVERHEAD
+    ) -> tuple[list[str], float]:
+        """Cuts for crop mode that minimise estimated work (dynamic programming over the chain), and the
+        estimated speed-up over the plain sweep.
 
         A stage from cut p to cut s runs on the stride-aligned crop of p's activation that the changed units of
         s need (the same geometry the sweep uses, averaged over window positions); its cost is that crop's
@@ -341,8 +360,8 @@ class IncrementalOcclusion:
                 c = best[p][0] + f * (cum[s_ + 1] - cum[p + 1]) + overhead * total
                 if s_ not in best or c < best[s_][0]:
                     best[s_] = (c, [*best[p][1], s_])
-        end = min((b[0] + cum[-1] - cum[s_ + 1], s_) for s_, b in best.items() if s_ >= 0)[1]
-        return [cost[i][0] for i in best[end][1]]
+        est, end = min((b[0] + cum[-1] - cum[s_ + 1], s_) for s_, b in best.items() if s_ >= 0)
+        return [cost[i][0] for i in best[end][1]], float(cum[-1] / max(est, 1e-9))
 
     def _make_stages(self, feats: list[tuple[str, nn.Module]], idx: list[int]) -> list[_Stage]:
         """One crop stage per cut: the chain elements after the previous cut, with their field relative to it."""
@@ -359,17 +378,17 @@ class IncrementalOcclusion:
             prev, prev_rf, in_shape = hi, li.rf, tuple(li.out_shape)
         return stages
 
-    def _export(self, module: nn.Module, part: str, shape: tuple[int, ...], dynamic_hw: bool) -> Any:
+    def _export(self, module: nn.Module, part: str, shape: tuple[int, ...], dynamic_hw: bool) -> Path:
+        """Export one piece of the chain (cached by weights, piece and taps); returns its .onnx path."""
         from .export import cache_dir
         from .graphopt import fold_pads
-        from .session import make_session
 
-        key = f"{self.net.name}-{self.net.weights_hash()[:16]}-{part}-{self.k}-{'_'.join(self.taps)}-v2"
-        path = cache_dir() / f"incr-{key}.onnx"
+        taps = "_".join(self.taps) if part.startswith("tail") else "act"
+        path = cache_dir() / f"incr-{self.net.name}-{self.net.weights_hash()[:16]}-{part}-{taps}-v3.onnx"
         if not path.exists():
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             axes = {0: "batch", 2: "h", 3: "w"} if dynamic_hw else {0: "batch"}
-            outs = [f"o{i}" for i in range(len(self.taps) if part == "tail" else 1)]
+            outs = [f"o{i}" for i in range(len(self.taps) if part.startswith("tail") else 1)]
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
@@ -384,8 +403,37 @@ class IncrementalOcclusion:
                 )
             fold_pads(tmp)
             os.replace(tmp, path)
+        return path
+
+    @staticmethod
+    def _session(path: Path) -> Any:
+        from .session import make_session
+
         sess, _, _ = make_session(path, ("CPUExecutionProvider",) if not torch.cuda.is_available() else None)
         return sess
+
+    def _quantize(self, paths: list[Path], tail_path: Path) -> tuple[list[Path], Path]:
+        """Static INT8 (QDQ) copies of every stage and the tail, each calibrated on the fp32 activations the
+        packaged photos produce at its input; the accuracy cost on held-out photos goes to meta."""
+        from .quantize import accuracy_cost, packaged_photo_batches, quantize_int8
+
+        calib, held = packaged_photo_batches(self.net)
+        q_paths = []
+        a = calib
+        for path in paths:
+            q_paths.append(quantize_int8(path, a))
+            a = self._session(path).run(None, {"input": a})[0]
+        q_tail = quantize_int8(tail_path, a)
+        h = held
+        for path in paths:
+            h = self._session(path).run(None, {"input": h})[0]
+        ref = self._session(tail_path).run(None, {"input": h})
+        g = held
+        for path in q_paths:
+            g = self._session(path).run(None, {"input": g})[0]
+        got = self._session(q_tail).run(None, {"input": g})
+        self.meta["accuracy_cost"] = {**accuracy_cost(ref, got, self.taps), "held_out_images": len(held)}
+        return q_paths, q_tail
 
     def _prefix(self, x: np.ndarray) -> np.ndarray:
         if self._prefix_sess is not None:
@@ -641,6 +689,7 @@ def drill_down(
     fine_stride: int,
     coarse_stride: int | None = None,
     refine: float = 0.25,
+    baseline: float | np.ndarray = 0.0,
 ) -> dict[str, Any]:
     """Coarse-to-fine occlusion: a coarse stride everywhere, the fine stride only around the top `refine` share.
 
@@ -650,7 +699,7 @@ def drill_down(
     if not 0 < refine <= 1:
         raise BadInput(f"refine must be in (0, 1], got {refine}")
     cs = coarse_stride or max(fine_stride, window)
-    coarse = Occlusion(height, width, (window, window), (cs, cs))
+    coarse = Occlusion(height, width, (window, window), (cs, cs), baseline=baseline)
     cvals = np.asarray(score(coarse), np.float64).reshape(coarse.grid)
     fine = Occlusion(height, width, (window, window), (fine_stride, fine_stride))
     # Each fine window takes the score of the coarse window whose centre is nearest (the coarse estimate).
@@ -665,7 +714,7 @@ def drill_down(
     # Refine the fine windows whose coarse estimate is among the top share: about `refine` of the fine grid.
     sel = top[ci, cj]
     positions = [fine.positions[i] for i in np.nonzero(sel)[0]]
-    sub = Occlusion(height, width, (window, window), (fine_stride, fine_stride))
+    sub = Occlusion(height, width, (window, window), (fine_stride, fine_stride), baseline=baseline)
     sub.positions = positions
     sub.n = len(positions)
     vals = est.copy()
@@ -678,3 +727,27 @@ def drill_down(
         "full_windows": fine.n,
         "coarse": cvals,
     }
+
+
+def net_macs(net: Backbone) -> float:
+    """Multiply-accumulates of the convolutions along the chain (what the incremental path can save)."""
+    return float(sum(c for _, c, _ in _chain_work(net)))
+
+
+_CACHE: dict[tuple, IncrementalOcclusion] = {}
+_CACHE_MAX = 8
+
+
+def incremental(
+    net: Backbone, taps: Sequence[str], window: int = 32, batch_size: int = 32, precision: str = "fp32"
+) -> IncrementalOcclusion:
+    """A shared IncrementalOcclusion with the stages planned for `window` (sessions are costly to start)."""
+    cuts = IncrementalOcclusion.choose_stages(net, window)
+    key = (id(net), net.weights_hash(), tuple(taps), tuple(cuts), batch_size, precision)
+    inc = _CACHE.get(key)
+    if inc is None:
+        inc = IncrementalOcclusion(net, taps, stages=cuts, batch_size=batch_size, precision=precision)
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = inc
+    return inc

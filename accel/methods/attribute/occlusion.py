@@ -13,6 +13,13 @@ from PIL import Image
 from ...errors import BadInput
 from ...registry import param, register
 from ...result import Result
+from ...runtime.incremental import (
+    IncrementalOcclusion,
+    drill_down,
+    incremental,
+    net_macs,
+    supports_incremental,
+)
 from ...runtime.runner import runner
 from ...runtime.sweep import Occlusion
 from ._base import (
@@ -83,10 +90,48 @@ class OcclusionParams:
         "upsampled between window centres",
         choices=("per_pixel", "grid"),
     )
+    engine: str = param(
+        "auto",
+        "auto: incremental when the backbone allows it and it is estimated faster, else plain; plain: every "
+        "occluded copy through the whole network; incremental: recompute only what each patch changes (exact, "
+        "after Krypton); drill_down: coarse windows everywhere, the fine stride only in the top-scoring share "
+        "(approximate, fewer windows)",
+        choices=("auto", "plain", "incremental", "drill_down"),
+    )
+    refine: float = param(
+        0.25, "drill_down: share of the coarse windows refined at the fine stride", min=0.01, max=1.0
+    )
     backend: str = param("auto", "forward-pass engine (auto prefers ONNX Runtime)", choices=BACKENDS)
     batch_size: int | None = param(
         None, "occluded copies per forward pass (default: from free memory)", min=1
     )
+
+
+def _incremental_engine(net: Backbone, p: OcclusionParams, backend: str) -> IncrementalOcclusion | None:
+    """The incremental engine when the parameters ask for it (or auto finds it worth it), else None."""
+    if p.engine == "plain" or backend != "onnxruntime" or net.module is None or not supports_incremental(net):
+        if p.engine == "incremental":
+            why = (
+                "needs the ONNX Runtime backend"
+                if backend != "onnxruntime"
+                else f"supports features/pool backbones and EfficientNet-Lite, not {net.name!r}"
+            )
+            raise BadInput(f"occlusion: engine='incremental' {why}; use engine='plain' or 'auto'")
+        return None
+    if p.engine == "drill_down" and p.stride >= p.window:
+        raise BadInput(
+            f"occlusion: engine='drill_down' needs stride < window (its coarse pass steps by the window, "
+            f"{p.window}); got stride {p.stride}"
+        )
+    if p.engine == "auto":
+        _, speedup = IncrementalOcclusion.plan_stages(net, p.window)
+        if speedup < AUTO_MIN_SPEEDUP or net_macs(net) < AUTO_MIN_MACS:
+            return None
+    return incremental(net, ["logits"], p.window, batch_size=p.batch_size or 32)
+
+
+AUTO_MIN_SPEEDUP = 1.3  # estimated; the incremental path pays for its extra graph calls below that
+AUTO_MIN_MACS = 1e8  # smaller networks (fashion_cnn: 28 px) run whole faster than a chain of small graphs
 
 
 @register(
@@ -120,10 +165,30 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress 
         return _softmax(z)[:, t] if p.score == "probability" else z[:, t].astype(np.float64)
 
     ref = float(value(logits)[0])
-    scores = r.sweep(
-        x.numpy(), occ, reduce=lambda o: value(o["logits"]), progress=progress_cb(progress, 0.0, 1.0)
-    )
-    drops = (ref - np.asarray(scores, np.float64)).astype(np.float32)
+    inc = _incremental_engine(net, p, r.backend)
+    sweeper = inc if inc is not None else r
+    passes1 = sweeper.passes
+    xs = x.numpy()
+    extra: dict = {}
+    if p.engine == "drill_down":
+        calls = [0]
+
+        def score(o: Occlusion) -> np.ndarray:
+            span = (0.0, 0.4) if calls[0] == 0 else (0.4, 1.0)
+            calls[0] += 1
+            vals = sweeper.sweep(
+                xs, o, reduce=lambda out: value(out["logits"]), progress=progress_cb(progress, *span)
+            )
+            return ref - np.asarray(vals, np.float64)
+
+        d = drill_down(score, h, w, p.window, p.stride, refine=p.refine, baseline=base)
+        drops = d["map"].ravel().astype(np.float32)
+        extra = {"windows_evaluated": d["windows"], "refined": d["refined"]}
+    else:
+        scores = sweeper.sweep(
+            xs, occ, reduce=lambda o: value(o["logits"]), progress=progress_cb(progress, 0.0, 1.0)
+        )
+        drops = (ref - np.asarray(scores, np.float64)).astype(np.float32)
     grid = drops.reshape(occ.grid)
     pix = per_pixel(occ, drops)
     gmap = grid_map(occ, grid)
@@ -133,10 +198,15 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress 
         pix if p.form == "per_pixel" else gmap,
         t0,
         target=target_meta(net, t, logits),
-        passes=r.passes - passes0,
+        passes=(r.passes - passes0) + (sweeper.passes - passes1 if inc is not None else 0),
         backend=r.backend,
-        extras={"grid": grid, "per_pixel": pix, "grid_map": gmap, "coverage": occ.coverage()},
+        extras={"grid": grid, "per_pixel": pix, "grid_map": gmap, "coverage": occ.coverage(), **extra},
         windows=occ.n,
+        engine="incremental"
+        if inc is not None and p.engine != "drill_down"
+        else p.engine.replace("auto", "plain"),
+        windows_evaluated=int(extra.get("windows_evaluated", occ.n)),
+        stages=list(inc.cuts) if inc is not None else None,
         grid_shape=occ.grid,
         reference_score=ref,
         score=p.score,
