@@ -247,8 +247,11 @@ def test_occlusion_engines_agree(lite0, chelsea, fashion, fashion_photo):
     assert accel.run("occlusion", fashion, fashion_photo, window=8, stride=4).meta["engine"] == "plain"
     with pytest.raises(BadInput, match="engine='incremental' supports"):
         accel.run("occlusion", get_net("resnet18"), chelsea, engine="incremental", window=64, stride=64)
-    with pytest.raises(BadInput, match="stride < window"):
-        accel.run("occlusion", net, chelsea, engine="drill_down", window=32, stride=32)
+    coarse = accel.run("occlusion", net, chelsea, engine="drill_down", window=48, stride=48, target=281)
+    assert coarse.meta["engine"] != "drill_down"  # nothing to refine when the stride is the window: full map
+    tinc = accel.run("occlusion", net, chelsea, engine="incremental", backend="torch", **kw)
+    assert tinc.meta["engine"] == "incremental" and tinc.meta["backend"] == "torch"
+    assert np.abs(tinc.extras["grid"] - plain.extras["grid"]).max() < 1e-5
 
 
 def test_occlusion_per_pixel_matches_captum(lite0, chelsea, x_cat):

@@ -228,7 +228,9 @@ def test_fold_pads_is_exact_and_leaves_unfoldable_pads(tmp_path):
     assert fold_pads(path) == 2
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("Pad") == 1 and ops.count("Conv") == 3
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[
+        0
+    ]
     with torch.no_grad():
         want = net(x).numpy()
     assert np.abs(got - want).max() < 1e-5

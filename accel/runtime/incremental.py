@@ -739,14 +739,21 @@ _CACHE_MAX = 8
 
 
 def incremental(
-    net: Backbone, taps: Sequence[str], window: int = 32, batch_size: int = 32, precision: str = "fp32"
+    net: Backbone,
+    taps: Sequence[str],
+    window: int = 32,
+    batch_size: int = 32,
+    precision: str = "fp32",
+    backend: str = "onnxruntime",
 ) -> IncrementalOcclusion:
     """A shared IncrementalOcclusion with the stages planned for `window` (sessions are costly to start)."""
     cuts = IncrementalOcclusion.choose_stages(net, window)
-    key = (id(net), net.weights_hash(), tuple(taps), tuple(cuts), batch_size, precision)
+    key = (id(net), net.weights_hash(), tuple(taps), tuple(cuts), batch_size, precision, backend)
     inc = _CACHE.get(key)
     if inc is None:
-        inc = IncrementalOcclusion(net, taps, stages=cuts, batch_size=batch_size, precision=precision)
+        inc = IncrementalOcclusion(
+            net, taps, stages=cuts, batch_size=batch_size, precision=precision, backend=backend
+        )
         if len(_CACHE) >= _CACHE_MAX:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = inc

@@ -109,25 +109,20 @@ class OcclusionParams:
 
 def _incremental_engine(net: Backbone, p: OcclusionParams, backend: str) -> IncrementalOcclusion | None:
     """The incremental engine when the parameters ask for it (or auto finds it worth it), else None."""
-    if p.engine == "plain" or backend != "onnxruntime" or net.module is None or not supports_incremental(net):
+    if p.engine == "plain" or net.module is None or not supports_incremental(net):
         if p.engine == "incremental":
-            why = (
-                "needs the ONNX Runtime backend"
-                if backend != "onnxruntime"
-                else f"supports features/pool backbones and EfficientNet-Lite, not {net.name!r}"
+            raise BadInput(
+                f"occlusion: engine='incremental' supports features/pool backbones and EfficientNet-Lite, not "
+                f"{net.name!r}; use engine='plain' or 'auto'"
             )
-            raise BadInput(f"occlusion: engine='incremental' {why}; use engine='plain' or 'auto'")
         return None
-    if p.engine == "drill_down" and p.stride >= p.window:
-        raise BadInput(
-            f"occlusion: engine='drill_down' needs stride < window (its coarse pass steps by the window, "
-            f"{p.window}); got stride {p.stride}"
-        )
     if p.engine == "auto":
+        if backend != "onnxruntime":
+            return None
         _, speedup = IncrementalOcclusion.plan_stages(net, p.window)
         if speedup < AUTO_MIN_SPEEDUP or net_macs(net) < AUTO_MIN_MACS:
             return None
-    return incremental(net, ["logits"], p.window, batch_size=p.batch_size or 32)
+    return incremental(net, ["logits"], p.window, batch_size=p.batch_size or 32, backend=backend)
 
 
 AUTO_MIN_SPEEDUP = 1.3  # estimated; the incremental path pays for its extra graph calls below that
@@ -170,7 +165,7 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress 
     passes1 = sweeper.passes
     xs = x.numpy()
     extra: dict = {}
-    if p.engine == "drill_down":
+    if p.engine == "drill_down" and p.stride < p.window:  # (at stride >= window there is nothing to refine)
         calls = [0]
 
         def score(o: Occlusion) -> np.ndarray:
@@ -190,6 +185,7 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress 
         )
         drops = (ref - np.asarray(scores, np.float64)).astype(np.float32)
     grid = drops.reshape(occ.grid)
+    engine_used = "drill_down" if extra else ("incremental" if inc is not None else "plain")
     pix = per_pixel(occ, drops)
     gmap = grid_map(occ, grid)
     return make_result(
@@ -202,9 +198,7 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress 
         backend=r.backend,
         extras={"grid": grid, "per_pixel": pix, "grid_map": gmap, "coverage": occ.coverage(), **extra},
         windows=occ.n,
-        engine="incremental"
-        if inc is not None and p.engine != "drill_down"
-        else p.engine.replace("auto", "plain"),
+        engine=engine_used,
         windows_evaluated=int(extra.get("windows_evaluated", occ.n)),
         stages=list(inc.cuts) if inc is not None else None,
         grid_shape=occ.grid,
