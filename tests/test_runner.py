@@ -165,3 +165,48 @@ def test_gpu_provider_failure_falls_back_to_cpu_and_is_recorded(tmp_path, monkey
         want = net.module(torch.from_numpy(x)).numpy()
     got = sess.run(None, {name: x})[0]
     assert np.abs(got - want).max() < 1e-4
+
+
+def test_io_binding_path_equals_plain_run(chelsea):
+    """The IO-binding forward (default on GPU providers) gives the same outputs as session.run; exercised here on
+    the CPU provider with host OrtValues."""
+    from accel.runtime.runner import OrtRunner
+
+    net = get_net("efficientnet_lite0")
+    x = net.preprocess_batch([chelsea, chelsea.rotate(90)]).numpy()
+    bound = OrtRunner(net, ["logits", "embedding"], io_binding=True)
+    plain = OrtRunner(net, ["logits", "embedding"])
+    assert bound.meta["io_binding"] and not plain.meta["io_binding"]  # CPU provider: off unless asked
+    a, b = bound.run(x), plain.run(x)
+    for t in ("logits", "embedding"):
+        assert a[t].shape == b[t].shape and np.array_equal(a[t], b[t])
+
+
+def test_fp16_copy_and_gpu_provider_options(tmp_path, monkeypatch):
+    """fp16 for GPU providers: the converted graph keeps float32 I/O and holds fp16 weights; TensorRT options
+    cache engines under the convlens cache and follow the fp16 switch. fp16 on the CPU provider is refused."""
+    import onnx
+
+    from accel.runtime.quantize import to_fp16
+    from accel.runtime.session import provider_options
+
+    monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path))
+    net = get_net("fashion_cnn")
+    src = export_mod.export_backbone(net, ["logits"])
+    half = to_fp16(src)
+    m = onnx.load(str(half))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    kinds = {i.data_type for i in m.graph.initializer if len(i.dims) == 4}  # conv kernels
+    assert kinds == {onnx.TensorProto.FLOAT16}
+    assert to_fp16(src) == half  # cached
+    trt = provider_options("TensorrtExecutionProvider", fp16=True)
+    assert trt["trt_fp16_enable"] == "True" and trt["trt_engine_cache_enable"] == "True"
+    assert trt["trt_engine_cache_path"].startswith(str(tmp_path))
+    assert provider_options("TensorrtExecutionProvider")["trt_fp16_enable"] == "False"
+    assert provider_options("CUDAExecutionProvider")["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert provider_options("CPUExecutionProvider") == {}
+    with pytest.raises(BadInput, match="fp16 is offered on GPU providers only"):
+        accel.runner(
+            net, ["logits"], backend="onnxruntime", precision="fp16", providers=("CPUExecutionProvider",)
+        )

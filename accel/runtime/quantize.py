@@ -83,3 +83,21 @@ def accuracy_cost(
         if t == "logits":
             cost["top1_agreement"] = float((r.argmax(1) == g.argmax(1)).mean())
     return cost
+
+
+def to_fp16(src: Path) -> Path:
+    """Write (or reuse) an fp16 copy of the ONNX model `src` for GPU providers, float32 inputs and outputs kept."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    src = Path(src)
+    out = src.with_name(f"{src.stem}-fp16.onnx")
+    if out.exists():
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.onnx")
+    onnx.save(m, str(tmp))
+    os.replace(tmp, out)
+    return out

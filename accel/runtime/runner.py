@@ -230,6 +230,7 @@ class OrtRunner(Runner):
         providers: tuple[str, ...] | None = None,
         check_parity: bool = True,
         precision: str = "fp32",
+        io_binding: bool | None = None,
     ) -> None:
         super().__init__(net, taps, batch_size)
         from .session import make_session
@@ -259,12 +260,19 @@ class OrtRunner(Runner):
             path = self._int8(path)
             check_parity = False
         self.path = path
-        self.session, self.provider, failures = make_session(path, providers)
-        if precision == "fp16" and self.provider == "CPUExecutionProvider":
-            raise BadInput(
-                "fp16 is offered on GPU providers only: on the CPU provider it is slower than fp32"
-            )
+        self.session, self.provider, failures = make_session(path, providers, fp16=precision == "fp16")
+        if precision == "fp16":
+            if self.provider == "CPUExecutionProvider":
+                raise BadInput(
+                    "fp16 is offered on GPU providers only: on the CPU provider it is slower than fp32"
+                )
+            self._fp16(path, providers)
+            check_parity = False
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        # IO binding (inputs from pinned host memory, outputs bound on the device) on GPU providers by default
+        self.io_binding = self.provider != "CPUExecutionProvider" if io_binding is None else bool(io_binding)
+        self.meta["io_binding"] = self.io_binding
         self.meta.update(
             provider=self.provider,
             provider_failures=failures,
@@ -288,8 +296,45 @@ class OrtRunner(Runner):
         self.meta["precision"] = "int8"
         return q
 
+    def _fp16(self, fp32_path: Any, providers: tuple[str, ...] | None) -> None:
+        """fp16 on a GPU provider: TensorRT builds fp16 engines from the fp32 graph (trt_fp16_enable); CUDA runs
+        an fp16 copy of the graph (float32 inputs and outputs kept). The accuracy cost against fp32 goes to meta."""
+        from .quantize import accuracy_cost, packaged_photo_batches, to_fp16
+        from .session import make_session
+
+        if self.provider == "CUDAExecutionProvider":
+            self.session, self.provider, _ = make_session(to_fp16(fp32_path), providers)
+        _, held_out = packaged_photo_batches(self.net)
+        ref_sess, _, _ = make_session(fp32_path, ("CPUExecutionProvider",))
+        ref = ref_sess.run(None, {"input": held_out})
+        got = self.session.run(None, {self.session.get_inputs()[0].name: held_out})
+        self.meta["accuracy_cost"] = accuracy_cost(ref, got, self.taps) | {"held_out_images": len(held_out)}
+        self.meta["precision"] = "fp16"
+
+    def _forward_bound(self, x: np.ndarray) -> list[np.ndarray]:
+        """One batch through IO binding: on CUDA the input goes from pinned host memory to the device
+        asynchronously (torch) and outputs stay on the device until one copy back; elsewhere host OrtValues."""
+        import onnxruntime as ort
+
+        b = self.session.io_binding()
+        on_gpu = self.provider != "CPUExecutionProvider" and torch.cuda.is_available()
+        if on_gpu:
+            xt = torch.from_numpy(x).pin_memory().to("cuda", non_blocking=True)
+            b.bind_input(self.input_name, "cuda", 0, np.float32, list(xt.shape), xt.data_ptr())
+            torch.cuda.current_stream().synchronize()
+        else:
+            b.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x))
+        for name in self.output_names:
+            b.bind_output(name, "cuda" if on_gpu else "cpu")
+        self.session.run_with_iobinding(b)
+        return b.copy_outputs_to_cpu()
+
     def _forward(self, x: np.ndarray) -> list[np.ndarray]:
-        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.io_binding:
+            outs = self._forward_bound(x)
+        else:
+            outs = self.session.run(None, {self.input_name: x})
         if self._parity_pending:
             self._parity_pending = False
             self._check(x[:2], outs)

@@ -89,11 +89,33 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def provider_options(provider: str, fp16: bool = False) -> dict[str, Any]:
+    """Options per GPU provider: TensorRT caches its engines (and timing) next to the ONNX cache, so a model is
+    built once per machine, and runs fp16 when asked; CUDA searches conv algorithms exhaustively (batched
+    sweeps reuse one shape) and copies in the default stream."""
+    if provider == "TensorrtExecutionProvider":
+        from .export import cache_dir
+
+        d = cache_dir().parent / "trt"
+        d.mkdir(parents=True, exist_ok=True)
+        return {
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(d),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(d),
+            "trt_fp16_enable": "True" if fp16 else "False",
+        }
+    if provider == "CUDAExecutionProvider":
+        return {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": "True"}
+    return {}
+
+
 def make_session(
     path: str | os.PathLike[str],
     providers: tuple[str, ...] | None = None,
     threads: int | None = None,
     optimized_path: str | os.PathLike[str] | None = None,
+    fp16: bool = False,
 ) -> tuple[Any, str, list[str]]:
     """Start an InferenceSession on the best provider that really starts; returns (session, provider, failures)."""
     import onnxruntime as ort
@@ -121,7 +143,11 @@ def make_session(
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if optimized_path is not None and prov == "CPUExecutionProvider":
             so.optimized_model_filepath = str(optimized_path)
-        plist: list[Any] = [prov] if prov == "CPUExecutionProvider" else [prov, "CPUExecutionProvider"]
+        plist: list[Any] = (
+            [prov]
+            if prov == "CPUExecutionProvider"
+            else [(prov, provider_options(prov, fp16)), "CPUExecutionProvider"]
+        )
         try:
             sess = ort.InferenceSession(str(path), sess_options=so, providers=plist)
         except Exception as e:  # noqa: BLE001
