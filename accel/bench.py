@@ -255,8 +255,8 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
         e = np.exp(z)
         return (e / e.sum(1, keepdims=True))[:, target]
 
-    tr = TorchRunner(net, ["logits"], batch_size=64)
-    orr = OrtRunner(net, ["logits"], batch_size=64)
+    tr = TorchRunner(net, ["logits"])  # the automatic batch, as users get it
+    orr = OrtRunner(net, ["logits"])
     maps: dict[str, np.ndarray] = {}
 
     def run_torch() -> None:
@@ -297,7 +297,7 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
         pass
     q = None
     if int8:
-        q = OrtRunner(net, ["logits"], batch_size=64, precision="int8")
+        q = OrtRunner(net, ["logits"], precision="int8")
 
         def run_int8() -> None:
             maps["int8"] = to_pixels(base - q.sweep(x, occ, reduce=prob))  # type: ignore[union-attr]
@@ -312,6 +312,15 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
         maps["drill_windows"] = np.array([d["windows"], d["full_windows"]])
 
     fns["ort_drill_down"] = run_drill
+
+    def run_drill_15() -> None:
+        d = drill_down(
+            lambda o: base - orr.sweep(x, o, reduce=prob), s, s, 32, stride, coarse_stride=32, refine=0.15
+        )
+        maps["drill_15"] = d["map"]
+        maps["drill_15_windows"] = np.array([d["windows"], d["full_windows"]])
+
+    fns["ort_drill_down_refine15"] = run_drill_15
     inc_lite = IncrementalOcclusion(net, ["logits"], batch_size=32)
 
     def run_incremental() -> None:
@@ -372,6 +381,17 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
         "top10_overlap": float(
             len(
                 set(np.argsort(-maps["drill"].ravel())[:10].tolist())
+                & set(np.argsort(-fine_grid.ravel())[:10].tolist())
+            )
+            / 10
+        ),
+    }
+    out["drill_down_refine15"] = {
+        "windows": int(maps["drill_15_windows"][0]),
+        "spearman_vs_full": float(spearmanr(maps["drill_15"].ravel(), fine_grid.ravel())[0]),
+        "top10_overlap": float(
+            len(
+                set(np.argsort(-maps["drill_15"].ravel())[:10].tolist())
                 & set(np.argsort(-fine_grid.ravel())[:10].tolist())
             )
             / 10
@@ -597,6 +617,70 @@ def bench_dashboard(repeats: int = 3, timeout: float = 1200) -> dict[str, Any]:
     return json.loads(cp.stdout.strip().splitlines()[-1])
 
 
+def bench_gpu(models: list[str], batches: list[int], repeats: int) -> dict[str, Any]:
+    """(GPU) images/s of torch eager fp32 and fp16 autocast against ONNX Runtime CUDA (fp32, fp16) and TensorRT
+    (fp32, fp16), alternating in one process; reduced-precision rows carry their accuracy cost."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device on this machine"}
+    import onnxruntime as ort
+
+    from .runtime.runner import OrtRunner
+    from .zoo import load
+
+    avail = set(ort.get_available_providers())
+    rows: list[dict] = []
+    for name in models:
+        net = load(name)
+        import copy
+
+        dev_mod = copy.deepcopy(net.module).to("cuda").eval()  # the CPU module stays for the parity checks
+        for bs in batches:
+            x = _photos(net, bs)
+            xt = torch.from_numpy(x).to("cuda")
+
+            def torch_fp32(xt: torch.Tensor = xt, m: Any = dev_mod) -> None:
+                with torch.no_grad():
+                    m(xt)
+                torch.cuda.synchronize()
+
+            def torch_fp16(xt: torch.Tensor = xt, m: Any = dev_mod) -> None:
+                with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+                    m(xt)
+                torch.cuda.synchronize()
+
+            fns: dict[str, Callable[[], Any]] = {"torch_fp32": torch_fp32, "torch_autocast_fp16": torch_fp16}
+            metas: dict[str, dict] = {}
+            for prov, label in (
+                ("CUDAExecutionProvider", "ort_cuda"),
+                ("TensorrtExecutionProvider", "ort_trt"),
+            ):
+                if prov not in avail:
+                    continue
+                for prec in ("fp32", "fp16"):
+                    try:
+                        r = OrtRunner(net, ["embedding"], batch_size=bs, providers=(prov,), precision=prec)
+                    except Exception as e:  # noqa: BLE001 - a provider that cannot start is reported, not fatal
+                        metas[f"{label}_{prec}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+                        continue
+                    if r.provider != prov:
+                        metas[f"{label}_{prec}"] = {"error": f"fell back to {r.provider}"}
+                        continue
+                    fns[f"{label}_{prec}"] = lambda r=r, x=x: r.run(x)
+                    metas[f"{label}_{prec}"] = {k: r.meta.get(k) for k in ("accuracy_cost", "io_binding")}
+            res = compare(fns, repeats, warmup=3)
+            for eng, st in res.items():
+                rows.append(
+                    {"model": name, "batch": bs, "engine": eng, "images_per_s": bs / st["median_s"], **st}
+                    | metas.get(eng, {})
+                )
+            rows.extend(
+                {"model": name, "batch": bs, "engine": k, **v} for k, v in metas.items() if "error" in v
+            )
+        del dev_mod
+        torch.cuda.empty_cache()
+    return {"device": torch.cuda.get_device_name(0), "rows": rows}
+
+
 def run_bench(
     quick: bool = False,
     out_dir: str | os.PathLike[str] | None = None,
@@ -638,6 +722,13 @@ def run_bench(
     if not quick:
         say(0.9, "dataset-scale inspect (max patches, t-SNE)")
         report["inspect"] = bench_inspect()
+    if torch.cuda.is_available():
+        say(0.93, "GPU: torch eager vs ONNX Runtime CUDA / TensorRT")
+        report["gpu"] = bench_gpu(
+            ["efficientnet_lite0", "vgg16"] if quick else ["efficientnet_lite0", "alexnet", "vgg16"],
+            [32] if quick else [1, 32, 64],
+            rep,
+        )
     if dashboard:
         say(0.95, "dashboard (page switch, Compare, reopen)")
         report["dashboard"] = bench_dashboard(1 if quick else 3)
@@ -712,6 +803,14 @@ def to_markdown(r: dict[str, Any]) -> str:
         f"{oc['engines']['ort_sweep']['median_s'] / oc['engines']['ort_drill_down']['median_s']:.2f}x the plain "
         "ONNX Runtime sweep at the same finest stride.",
     ]
+    if "drill_down_refine15" in oc:
+        d15 = oc["drill_down_refine15"]
+        lines.append(
+            f"- Drill-down refining the top 15%: {d15['windows']} windows, Spearman vs full map "
+            f"{d15['spearman_vs_full']:.3f}, top-10 overlap {d15['top10_overlap']:.0%}; "
+            f"{oc['engines']['ort_sweep']['median_s'] / oc['engines']['ort_drill_down_refine15']['median_s']:.2f}x "
+            "the plain ONNX Runtime sweep."
+        )
     if "ort_int8_sweep" in oc["engines"]:
         lines.append(
             f"- INT8 sweep: {oc['engines']['ort_sweep']['median_s'] / oc['engines']['ort_int8_sweep']['median_s']:.2f}x "
@@ -741,6 +840,23 @@ def to_markdown(r: dict[str, Any]) -> str:
         lines.append(f"- Best overall: {b}, {sp[b]:.1f}x Captum's default.")
     if "peak_rss_mb" in oc:
         lines.append(f"- Peak RSS of the {oc['masks']}-mask sweep process: {oc['peak_rss_mb']:.0f} MiB.")
+    g = r.get("gpu")
+    if g and "rows" in g:
+        lines += [
+            "",
+            f"GPU ({g['device']}), images/s:",
+            "",
+            "| model | batch | engine | img/s | accuracy cost |",
+        ]
+        lines.append("|---|---:|---|---:|---|")
+        for row in g["rows"]:
+            cost = row.get("accuracy_cost") or {}
+            note = row.get("error") or (
+                f"top-1 {cost['top1_agreement']:.0%}" if "top1_agreement" in cost else ""
+            )
+            ips = f"{row['images_per_s']:.1f}" if "images_per_s" in row else "-"
+            lines.append(f"| {row['model']} | {row['batch']} | {row['engine']} | {ips} | {note} |")
+        lines.append("")
     ps = r["patch_scan"]
     lines.append(
         f"- Max-patch scan (alexnet {ps[0]['layer']}, {ps[0]['images']} JPEGs, decode included): "

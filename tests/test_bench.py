@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from accel import bench
 
@@ -43,3 +44,28 @@ def test_tiny_bench_report(tmp_path, monkeypatch):
     }
     md = bench.to_markdown(report)
     assert "| alexnet | 2 |" in md and "Occlusion sweep" in md and np.isfinite(peak)
+    assert "Best exact path: ort_incremental" in md or "Best exact path: ort_sweep" in md
+    # GPU rows render (they are only measured where CUDA exists; here the workload says why it skipped)
+    if not torch.cuda.is_available():
+        assert bench.bench_gpu(["fashion_cnn"], [1], 1) == {"skipped": "no CUDA device on this machine"}
+    report["gpu"] = {
+        "device": "NVIDIA H100",
+        "rows": [
+            {
+                "model": "vgg16",
+                "batch": 32,
+                "engine": "ort_cuda_fp16",
+                "images_per_s": 2000.0,
+                "accuracy_cost": {"top1_agreement": 0.95},
+            },
+            {
+                "model": "vgg16",
+                "batch": 32,
+                "engine": "ort_trt_fp32",
+                "error": "fell back to CPUExecutionProvider",
+            },
+        ],
+    }
+    md = bench.to_markdown(report)
+    assert "GPU (NVIDIA H100)" in md and "| vgg16 | 32 | ort_cuda_fp16 | 2000.0 | top-1 95% |" in md
+    assert "| vgg16 | 32 | ort_trt_fp32 | - | fell back to CPUExecutionProvider |" in md

@@ -713,13 +713,22 @@ def drill_down(
     top.flat[np.argsort(-cvals.ravel(), kind="stable")[:k]] = True
     # Refine the fine windows whose coarse estimate is among the top share: about `refine` of the fine grid.
     sel = top[ci, cj]
-    positions = [fine.positions[i] for i in np.nonzero(sel)[0]]
+    vals = est.copy()
+    # A fine window at a coarse window's position already has its exact score: reuse it.
+    known = {pos: float(v) for pos, v in zip(coarse.positions, cvals.ravel())}
+    todo = []
+    for i in np.nonzero(sel)[0]:
+        pos = fine.positions[i]
+        if pos in known:
+            vals[i] = known[pos]
+        else:
+            todo.append(i)
+    positions = [fine.positions[i] for i in todo]
     sub = Occlusion(height, width, (window, window), (fine_stride, fine_stride), baseline=baseline)
     sub.positions = positions
     sub.n = len(positions)
-    vals = est.copy()
     if positions:
-        vals[sel] = np.asarray(score(sub), np.float64)
+        vals[todo] = np.asarray(score(sub), np.float64)
     return {
         "map": vals.reshape(fine.grid),
         "refined": sel.reshape(fine.grid),

@@ -93,11 +93,12 @@ def auto_batch_size(net: Backbone, budget_bytes: int | None = None) -> int:
 
 
 def max_auto_batch() -> int:
-    """The largest automatic batch: 32 on CPU, where throughput plateaus by batch 8-32 (efficientnet_lite0 on
-    ONNX Runtime: 105-120 img/s for every batch from 1 to 64) and bigger batches only cost memory; 64 with a GPU."""
+    """The largest automatic batch: 16 on CPU, where throughput is flat from batch 8 up (alexnet, vgg16) or falls
+    (efficientnet_lite0's 625-window sweep: 2.99 s at 16, 3.06 s at 32, 3.16 s at 64; measured) and bigger
+    batches only cost memory; 64 with a GPU."""
     from .session import gpu_driver_present
 
-    return 64 if gpu_driver_present() else 32
+    return 64 if gpu_driver_present() else 16
 
 
 class Runner:
