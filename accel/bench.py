@@ -259,13 +259,18 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
     orr = OrtRunner(net, ["logits"])
     maps: dict[str, np.ndarray] = {}
 
-    def run_torch() -> None:
-        maps["torch"] = to_pixels(base - tr.sweep(x, occ, reduce=prob))
+    def full(sweeper: Any, key: str) -> Callable[[], None]:
+        def go() -> None:
+            maps[key] = to_pixels(base - sweeper.sweep(x, occ, reduce=prob))
+
+        return go
 
     def run_ort() -> None:
-        maps["onnxruntime"] = to_pixels(base - orr.sweep(x, occ, reduce=prob))
+        drops = base - orr.sweep(x, occ, reduce=prob)
+        maps["ort_grid"] = drops.reshape(occ.grid)  # the full fine-grid map drill-down is compared with
+        maps["onnxruntime"] = to_pixels(drops)
 
-    fns: dict[str, Callable[[], Any]] = {"torch_sweep": run_torch, "ort_sweep": run_ort}
+    fns: dict[str, Callable[[], Any]] = {"torch_sweep": full(tr, "torch"), "ort_sweep": run_ort}
     try:
         from captum.attr import Occlusion as CaptumOcclusion
 
@@ -299,68 +304,33 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
     if int8:
         q = OrtRunner(net, ["logits"], precision="int8")
 
-        def run_int8() -> None:
-            maps["int8"] = to_pixels(base - q.sweep(x, occ, reduce=prob))  # type: ignore[union-attr]
-
-        fns["ort_int8_sweep"] = run_int8
-
-    def run_drill() -> None:
-        d = drill_down(
-            lambda o: base - orr.sweep(x, o, reduce=prob), s, s, 32, stride, coarse_stride=32, refine=0.25
-        )
-        maps["drill"] = d["map"]
-        maps["drill_windows"] = np.array([d["windows"], d["full_windows"]])
-
-    fns["ort_drill_down"] = run_drill
-
-    def run_drill_15() -> None:
-        d = drill_down(
-            lambda o: base - orr.sweep(x, o, reduce=prob), s, s, 32, stride, coarse_stride=32, refine=0.15
-        )
-        maps["drill_15"] = d["map"]
-        maps["drill_15_windows"] = np.array([d["windows"], d["full_windows"]])
-
-    fns["ort_drill_down_refine15"] = run_drill_15
-    inc_lite = IncrementalOcclusion(net, ["logits"], batch_size=32)
-
-    def run_incremental() -> None:
-        maps["incremental"] = to_pixels(base - inc_lite.sweep(x, occ, reduce=prob))
-
-    fns["ort_incremental"] = run_incremental
-
-    def run_drill_incremental() -> None:
-        d = drill_down(
-            lambda o: base - inc_lite.sweep(x, o, reduce=prob),
-            s,
-            s,
-            32,
-            stride,
-            coarse_stride=32,
-            refine=0.25,
-        )
-        maps["drill_incremental"] = d["map"]
-
-    fns["ort_drill_down_incremental"] = run_drill_incremental
-    if int8:
-        inc_q = IncrementalOcclusion(net, ["logits"], batch_size=32, precision="int8")
-
-        def run_int8_incremental() -> None:
-            maps["int8_incremental"] = to_pixels(base - inc_q.sweep(x, occ, reduce=prob))
-
-        def run_int8_drill_incremental() -> None:
+    def drill(sweeper: Any, key: str, refine: float = 0.25) -> Callable[[], None]:
+        def go() -> None:
             d = drill_down(
-                lambda o: base - inc_q.sweep(x, o, reduce=prob),
+                lambda o: base - sweeper.sweep(x, o, reduce=prob),
                 s,
                 s,
                 32,
                 stride,
                 coarse_stride=32,
-                refine=0.25,
+                refine=refine,
             )
-            maps["int8_drill_incremental"] = d["map"]
+            maps[key] = d["map"]
+            maps[key + "_windows"] = np.array([d["windows"], d["full_windows"]])
 
-        fns["ort_int8_incremental"] = run_int8_incremental
-        fns["ort_int8_drill_down_incremental"] = run_int8_drill_incremental
+        return go
+
+    if q is not None:
+        fns["ort_int8_sweep"] = full(q, "int8")
+    inc_lite = IncrementalOcclusion(net, ["logits"], batch_size=32)
+    fns["ort_drill_down"] = drill(orr, "drill")
+    fns["ort_drill_down_refine15"] = drill(orr, "drill_15", refine=0.15)
+    fns["ort_incremental"] = full(inc_lite, "incremental")
+    fns["ort_drill_down_incremental"] = drill(inc_lite, "drill_incremental")
+    if int8:
+        inc_q = IncrementalOcclusion(net, ["logits"], batch_size=32, precision="int8")
+        fns["ort_int8_incremental"] = full(inc_q, "int8_incremental")
+        fns["ort_int8_drill_down_incremental"] = drill(inc_q, "int8_drill_incremental")
     res = compare(fns, repeats, warmup=0)
     ref_key = (
         "captum_ppe1" if "captum_ppe1" in maps else ("captum_ppe64" if "captum_ppe64" in maps else "torch")
@@ -372,31 +342,23 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
         for k in ("torch", "onnxruntime", "captum_ppe64", "incremental")
         if k in maps
     }
-    fine_grid = (base - orr.sweep(x, occ, reduce=prob)).reshape(occ.grid)
-    out["drill_down"] = {
-        "windows": int(maps["drill_windows"][0]),
-        "full_windows": int(maps["drill_windows"][1]),
-        "spearman_vs_full": float(spearmanr(maps["drill"].ravel(), fine_grid.ravel())[0]),
-        "incremental_max_abs_diff": float(np.abs(maps["drill_incremental"] - maps["drill"]).max()),
-        "top10_overlap": float(
-            len(
-                set(np.argsort(-maps["drill"].ravel())[:10].tolist())
-                & set(np.argsort(-fine_grid.ravel())[:10].tolist())
-            )
-            / 10
-        ),
+    fine_grid = maps["ort_grid"]
+
+    def agreement(key: str) -> dict[str, float]:
+        """How a drill-down map agrees with the full fine-grid map: rank correlation and top-10 overlap."""
+        m = maps[key].ravel()
+        top = set(np.argsort(-m)[:10].tolist()) & set(np.argsort(-fine_grid.ravel())[:10].tolist())
+        return {
+            "windows": int(maps[key + "_windows"][0]),
+            "full_windows": int(maps[key + "_windows"][1]),
+            "spearman_vs_full": float(spearmanr(m, fine_grid.ravel())[0]),
+            "top10_overlap": len(top) / 10,
+        }
+
+    out["drill_down"] = agreement("drill") | {
+        "incremental_max_abs_diff": float(np.abs(maps["drill_incremental"] - maps["drill"]).max())
     }
-    out["drill_down_refine15"] = {
-        "windows": int(maps["drill_15_windows"][0]),
-        "spearman_vs_full": float(spearmanr(maps["drill_15"].ravel(), fine_grid.ravel())[0]),
-        "top10_overlap": float(
-            len(
-                set(np.argsort(-maps["drill_15"].ravel())[:10].tolist())
-                & set(np.argsort(-fine_grid.ravel())[:10].tolist())
-            )
-            / 10
-        ),
-    }
+    out["drill_down_refine15"] = agreement("drill_15")
     if q is not None:
         out["int8"] = {
             "spearman_vs_fp32": float(spearmanr(maps["int8"].ravel(), maps["onnxruntime"].ravel())[0]),

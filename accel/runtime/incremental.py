@@ -240,11 +240,6 @@ class IncrementalOcclusion:
         self.k = names.index(self.split)
         self.prefix = nn.Sequential(*[m for _, m in feats[: self.k + 1]]).eval()
         li = net.layer(self.split)
-        if li.rf is None or li.rf.global_:
-            raise BadInput(f"no local receptive field for {self.split!r}")
-        _, hs, ws = li.out_shape
-        self.gy = _Geom(int(li.rf.start[0]), int(li.rf.stride[0]), int(li.rf.size[0]), hs)
-        self.gx = _Geom(int(li.rf.start[1]), int(li.rf.stride[1]), int(li.rf.size[1]), ws)
         self.batch_size = batch_size
         self.backend = backend
         self.mode = mode
@@ -252,9 +247,7 @@ class IncrementalOcclusion:
         self._tail_torch = (
             _LiteTail(net, self.k, self.taps) if lite else _Tail(net, self.k, self.taps)
         ).eval()
-        self.align = int(max(self.gy.stride, self.gx.stride))  # crops: multiples of the split's stride
         self._tail_sess = None
-        self._prefix_sess = None
         self.stages = self._make_stages(feats, idx)
         self.precision = precision
         self.meta: dict[str, Any] = {"stages": list(cuts), "precision": precision}
@@ -270,12 +263,20 @@ class IncrementalOcclusion:
                     for st in self.stages
                 ]
                 if precision == "int8":
-                    paths, tail_path = self._quantize(paths, tail_path)
+                    paths, tail_path, held, ref = self._quantize(paths, tail_path)
                 self._tail_sess = self._session(tail_path)
                 for st, path in zip(self.stages, paths):
                     st.sess = self._session(path)
-                if len(self.stages) == 1:
-                    self._prefix_sess = self.stages[0].sess
+                if precision == "int8":
+                    from .quantize import accuracy_cost
+
+                    h = held
+                    for st in self.stages:
+                        h = self._run_stage(st, h)
+                    self.meta["accuracy_cost"] = {
+                        **accuracy_cost(ref, self._tail(h), self.taps),
+                        "held_out_images": len(held),
+                    }
             except Exception as e:  # noqa: BLE001
                 if precision == "int8":
                     raise
@@ -412,34 +413,21 @@ class IncrementalOcclusion:
         sess, _, _ = make_session(path, ("CPUExecutionProvider",) if not torch.cuda.is_available() else None)
         return sess
 
-    def _quantize(self, paths: list[Path], tail_path: Path) -> tuple[list[Path], Path]:
+    def _quantize(self, paths: list[Path], tail_path: Path) -> tuple[list[Path], Path, np.ndarray, list]:
         """Static INT8 (QDQ) copies of every stage and the tail, each calibrated on the fp32 activations the
-        packaged photos produce at its input; the accuracy cost on held-out photos goes to meta."""
-        from .quantize import accuracy_cost, packaged_photo_batches, quantize_int8
+        packaged photos produce at its input; also returns the held-out photos and their fp32 outputs."""
+        from .quantize import packaged_photo_batches, quantize_int8
 
         calib, held = packaged_photo_batches(self.net)
+        n = len(calib)
+        a = np.concatenate([calib, held])  # one fp32 pass per piece serves calibration and the reference
         q_paths = []
-        a = calib
         for path in paths:
-            q_paths.append(quantize_int8(path, a))
+            q_paths.append(quantize_int8(path, a[:n]))
             a = self._session(path).run(None, {"input": a})[0]
-        q_tail = quantize_int8(tail_path, a)
-        h = held
-        for path in paths:
-            h = self._session(path).run(None, {"input": h})[0]
-        ref = self._session(tail_path).run(None, {"input": h})
-        g = held
-        for path in q_paths:
-            g = self._session(path).run(None, {"input": g})[0]
-        got = self._session(q_tail).run(None, {"input": g})
-        self.meta["accuracy_cost"] = {**accuracy_cost(ref, got, self.taps), "held_out_images": len(held)}
-        return q_paths, q_tail
-
-    def _prefix(self, x: np.ndarray) -> np.ndarray:
-        if self._prefix_sess is not None:
-            return self._prefix_sess.run(None, {"input": x})[0]
-        with torch.no_grad():
-            return self.prefix(torch.from_numpy(x)).numpy()
+        q_tail = quantize_int8(tail_path, a[:n])
+        ref = self._session(tail_path).run(None, {"input": a[n:]})
+        return q_paths, q_tail, held, ref
 
     def _tail(self, a: np.ndarray) -> list[np.ndarray]:
         if self._tail_sess is not None:

@@ -257,9 +257,13 @@ class OrtRunner(Runner):
                 if t not in ("logits", "embedding"):
                     net.layer(t.partition(":")[0])
             path = export_backbone(net, self.taps)
-        if precision == "int8":
-            path = self._int8(path)
-            check_parity = False
+        fp32_path = path
+        if precision != "fp32":
+            from .quantize import packaged_photo_batches, quantize_int8
+
+            calib, held_out = packaged_photo_batches(net)
+            if precision == "int8":
+                path = quantize_int8(path, calib)
         self.path = path
         self.session, self.provider, failures = make_session(path, providers, fp16=precision == "fp16")
         if precision == "fp16":
@@ -267,7 +271,12 @@ class OrtRunner(Runner):
                 raise BadInput(
                     "fp16 is offered on GPU providers only: on the CPU provider it is slower than fp32"
                 )
-            self._fp16(path, providers)
+            if self.provider == "CUDAExecutionProvider":  # TensorRT builds fp16 engines from the fp32 graph
+                from .quantize import to_fp16
+
+                self.session, self.provider, _ = make_session(to_fp16(fp32_path), providers)
+        if precision != "fp32":
+            self._record_cost(fp32_path, held_out)
             check_parity = False
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -282,35 +291,16 @@ class OrtRunner(Runner):
         )
         self._parity_pending = check_parity
 
-    def _int8(self, fp32_path: Any) -> Any:
-        """Quantize the export (cached) and record its accuracy cost against fp32 on the calibration photos."""
-        from .quantize import accuracy_cost, packaged_photo_batches, quantize_int8
+    def _record_cost(self, fp32_path: Any, held_out: np.ndarray) -> None:
+        """Accuracy cost of a reduced-precision session against the fp32 graph on held-out packaged photos."""
+        from .quantize import accuracy_cost
         from .session import make_session
 
-        calib, held_out = packaged_photo_batches(self.net)
-        q = quantize_int8(fp32_path, calib)
-        ref_sess, _, _ = make_session(fp32_path, ("CPUExecutionProvider",))
-        q_sess, _, _ = make_session(q, ("CPUExecutionProvider",))
-        ref = ref_sess.run(None, {"input": held_out})
-        got = q_sess.run(None, {"input": held_out})
-        self.meta["accuracy_cost"] = accuracy_cost(ref, got, self.taps) | {"held_out_images": len(held_out)}
-        self.meta["precision"] = "int8"
-        return q
-
-    def _fp16(self, fp32_path: Any, providers: tuple[str, ...] | None) -> None:
-        """fp16 on a GPU provider: TensorRT builds fp16 engines from the fp32 graph (trt_fp16_enable); CUDA runs
-        an fp16 copy of the graph (float32 inputs and outputs kept). The accuracy cost against fp32 goes to meta."""
-        from .quantize import accuracy_cost, packaged_photo_batches, to_fp16
-        from .session import make_session
-
-        if self.provider == "CUDAExecutionProvider":
-            self.session, self.provider, _ = make_session(to_fp16(fp32_path), providers)
-        _, held_out = packaged_photo_batches(self.net)
         ref_sess, _, _ = make_session(fp32_path, ("CPUExecutionProvider",))
         ref = ref_sess.run(None, {"input": held_out})
         got = self.session.run(None, {self.session.get_inputs()[0].name: held_out})
         self.meta["accuracy_cost"] = accuracy_cost(ref, got, self.taps) | {"held_out_images": len(held_out)}
-        self.meta["precision"] = "fp16"
+        self.meta["precision"] = self.precision
 
     def _forward_bound(self, x: np.ndarray) -> list[np.ndarray]:
         """One batch through IO binding: on CUDA the input goes from pinned host memory to the device
