@@ -228,7 +228,7 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
     from scipy.stats import spearmanr
 
     from .images import sample_image
-    from .runtime.incremental import IncrementalOcclusion, drill_down
+    from .runtime.incremental import DRILL_REFINE, IncrementalOcclusion, drill_down
     from .runtime.runner import OrtRunner, TorchRunner
     from .runtime.sweep import Occlusion
     from .zoo import load
@@ -304,17 +304,9 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
     if int8:
         q = OrtRunner(net, ["logits"], precision="int8")
 
-    def drill(sweeper: Any, key: str, refine: float = 0.25) -> Callable[[], None]:
+    def drill(sweeper: Any, key: str, refine: float = DRILL_REFINE) -> Callable[[], None]:
         def go() -> None:
-            d = drill_down(
-                lambda o: base - sweeper.sweep(x, o, reduce=prob),
-                s,
-                s,
-                32,
-                stride,
-                coarse_stride=32,
-                refine=refine,
-            )
+            d = drill_down(lambda o: base - sweeper.sweep(x, o, reduce=prob), s, s, 32, stride, refine=refine)
             maps[key] = d["map"]
             maps[key + "_windows"] = np.array([d["windows"], d["full_windows"]])
 
@@ -324,7 +316,7 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
         fns["ort_int8_sweep"] = full(q, "int8")
     inc_lite = IncrementalOcclusion(net, ["logits"], batch_size=32)
     fns["ort_drill_down"] = drill(orr, "drill")
-    fns["ort_drill_down_refine15"] = drill(orr, "drill_15", refine=0.15)
+    fns["ort_drill_down_refine20"] = drill(orr, "drill_20", refine=0.2)
     fns["ort_incremental"] = full(inc_lite, "incremental")
     fns["ort_drill_down_incremental"] = drill(inc_lite, "drill_incremental")
     if int8:
@@ -358,7 +350,8 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
     out["drill_down"] = agreement("drill") | {
         "incremental_max_abs_diff": float(np.abs(maps["drill_incremental"] - maps["drill"]).max())
     }
-    out["drill_down_refine15"] = agreement("drill_15")
+    out["drill_down"]["refine"] = DRILL_REFINE
+    out["drill_down_refine20"] = agreement("drill_20") | {"refine": 0.2}
     if q is not None:
         out["int8"] = {
             "spearman_vs_fp32": float(spearmanr(maps["int8"].ravel(), maps["onnxruntime"].ravel())[0]),
@@ -759,18 +752,19 @@ def to_markdown(r: dict[str, Any]) -> str:
         + ".",
         f"- Incremental occlusion on vgg16 (crop stages cut at {', '.join(inc.get('stages', [inc['split']]))}): "
         f"{inc['speedup']:.2f}x the plain ONNX Runtime sweep, max abs diff {inc['max_abs_diff']:.1e}.",
-        f"- Drill-down (coarse stride 32, refine the top 25%): {oc['drill_down']['windows']} of "
+        f"- Adaptive drill-down (coarse stride 32, then stride 16 and 8 where it scores; "
+        f"{oc['drill_down'].get('refine', 0.3):.0%} of the fine windows): {oc['drill_down']['windows']} of "
         f"{oc['drill_down']['full_windows']} windows, Spearman vs full map {oc['drill_down']['spearman_vs_full']:.3f}, "
         f"top-10 overlap {oc['drill_down']['top10_overlap']:.0%}; "
         f"{oc['engines']['ort_sweep']['median_s'] / oc['engines']['ort_drill_down']['median_s']:.2f}x the plain "
         "ONNX Runtime sweep at the same finest stride.",
     ]
-    if "drill_down_refine15" in oc:
-        d15 = oc["drill_down_refine15"]
+    if "drill_down_refine20" in oc:
+        d20 = oc["drill_down_refine20"]
         lines.append(
-            f"- Drill-down refining the top 15%: {d15['windows']} windows, Spearman vs full map "
-            f"{d15['spearman_vs_full']:.3f}, top-10 overlap {d15['top10_overlap']:.0%}; "
-            f"{oc['engines']['ort_sweep']['median_s'] / oc['engines']['ort_drill_down_refine15']['median_s']:.2f}x "
+            f"- Drill-down at 20%: {d20['windows']} windows, Spearman vs full map "
+            f"{d20['spearman_vs_full']:.3f}, top-10 overlap {d20['top10_overlap']:.0%}; "
+            f"{oc['engines']['ort_sweep']['median_s'] / oc['engines']['ort_drill_down_refine20']['median_s']:.2f}x "
             "the plain ONNX Runtime sweep."
         )
     if "ort_int8_sweep" in oc["engines"]:

@@ -155,14 +155,42 @@ def test_drill_down_with_full_refinement_is_the_full_map(alex_x):
 
     full = score(Occlusion(224, 224, (48, 48), (32, 32))).reshape(6, 6)
     d = drill_down(score, 224, 224, 48, 32, coarse_stride=64, refine=1.0)
-    assert np.abs(d["map"] - full).max() < 1e-5
-    part = drill_down(score, 224, 224, 48, 32, coarse_stride=64, refine=0.25)
-    assert part["windows"] < part["full_windows"] + 9
-    assert part["refined"].sum() < full.size
+    assert np.abs(d["map"] - full).max() < 1e-5 and d["windows"] == 36
+    part = drill_down(score, 224, 224, 48, 32, coarse_stride=64, refine=0.5)
+    assert part["windows"] == 18  # the budget: half of the fine grid (the coarse windows are fine ones here)
     sel = part["refined"]
-    assert np.abs(part["map"][sel] - full[sel]).max() < 1e-5
+    assert sel.sum() == 18 and np.abs(part["map"][sel] - full[sel]).max() < 1e-5
+    assert sel.ravel()[full.argmax()]  # the adaptive rounds find the strongest window
     with pytest.raises(BadInput):
         drill_down(score, 224, 224, 48, 32, refine=0.0)
+
+
+def test_drill_down_is_adaptive_and_interpolates():
+    """On a known smooth map with one peak, drill-down spends its budget around the peak, finds it exactly,
+    interpolates the rest between evaluated windows, and reports progress up to 1."""
+    fine = Occlusion(224, 224, (32, 32), (8, 8))
+    rr, cc = np.meshgrid(np.arange(25) * 8.0, np.arange(25) * 8.0, indexing="ij")
+    truth = np.exp(-((rr - 136) ** 2 + (cc - 56) ** 2) / (2 * 30.0**2)) + 0.001 * rr  # peak at window (17, 7)
+    calls: list[int] = []
+
+    def score(occ: Occlusion) -> np.ndarray:
+        calls.append(occ.n)
+        return np.array([truth[r // 8, c // 8] for r, c in occ.positions])
+
+    seen: list[float] = []
+    d = drill_down(score, 224, 224, 32, 8, refine=0.2, progress=lambda f, msg: seen.append(f))
+    assert d["full_windows"] == fine.n == 625
+    assert d["windows"] == sum(calls) == 125 and d["refined"].sum() == 125
+    assert calls[0] == 49 and len(calls) >= 3  # the coarse 7x7 grid first, then adaptive rounds
+    assert d["refined"][17, 7] and d["map"][17, 7] == truth[17, 7]
+    assert np.array_equal(d["coarse"], truth[::4, ::4])
+    # evaluated windows cluster around the peak: the refined share near it is far above the share far from it
+    near = (np.abs(np.arange(25)[:, None] - 17) <= 4) & (np.abs(np.arange(25)[None] - 7) <= 4)
+    assert d["refined"][near].mean() > 3 * d["refined"][~near].mean()
+    # unevaluated windows carry a linear interpolation of their neighbours, not a blocky copy
+    assert d["map"][2, 2] == pytest.approx(truth[2, 2], abs=0.02)
+    assert np.abs(d["map"] - truth).max() < 0.1
+    assert seen and seen[-1] == 1.0 and seen == sorted(seen)
 
 
 def test_batch_halving_on_allocation_failure(alex_x, monkeypatch):

@@ -14,6 +14,7 @@ from ...errors import BadInput
 from ...registry import param, register
 from ...result import Result
 from ...runtime.incremental import (
+    DRILL_REFINE,
     IncrementalOcclusion,
     drill_down,
     incremental,
@@ -94,12 +95,15 @@ class OcclusionParams:
         "auto",
         "auto: incremental when the backbone allows it and it is estimated faster, else plain; plain: every "
         "occluded copy through the whole network; incremental: recompute only what each patch changes (exact, "
-        "after Krypton); drill_down: coarse windows everywhere, the fine stride only in the top-scoring share "
-        "(approximate, fewer windows)",
+        "after Krypton); drill_down: coarse windows everywhere, finer strides only where the map scores highest "
+        "(approximate: about `refine` of the windows, chosen adaptively where the map scores highest)",
         choices=("auto", "plain", "incremental", "drill_down"),
     )
     refine: float = param(
-        0.25, "drill_down: share of the coarse windows refined at the fine stride", min=0.01, max=1.0
+        DRILL_REFINE,
+        "drill_down: share of the fine grid's windows evaluated (the rest is interpolated); 1 = the full map",
+        min=0.01,
+        max=1.0,
     )
     backend: str = param("auto", "forward-pass engine (auto prefers ONNX Runtime)", choices=BACKENDS)
     batch_size: int | None = param(
@@ -166,17 +170,13 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress 
     xs = x.numpy()
     extra: dict = {}
     if p.engine == "drill_down" and p.stride < p.window:  # (at stride >= window there is nothing to refine)
-        calls = [0]
 
         def score(o: Occlusion) -> np.ndarray:
-            span = (0.0, 0.4) if calls[0] == 0 else (0.4, 1.0)
-            calls[0] += 1
-            vals = sweeper.sweep(
-                xs, o, reduce=lambda out: value(out["logits"]), progress=progress_cb(progress, *span)
-            )
-            return ref - np.asarray(vals, np.float64)
+            return ref - np.asarray(sweeper.sweep(xs, o, reduce=lambda out: value(out["logits"])), np.float64)
 
-        d = drill_down(score, h, w, p.window, p.stride, refine=p.refine, baseline=base)
+        d = drill_down(
+            score, h, w, p.window, p.stride, refine=p.refine, baseline=base, progress=progress_cb(progress)
+        )
         drops = d["map"].ravel().astype(np.float32)
         extra = {"windows_evaluated": d["windows"], "refined": d["refined"]}
     else:
