@@ -308,7 +308,7 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
         def go() -> None:
             d = drill_down(lambda o: base - sweeper.sweep(x, o, reduce=prob), s, s, 32, stride, refine=refine)
             maps[key] = d["map"]
-            maps[key + "_windows"] = np.array([d["windows"], d["full_windows"]])
+            maps[key + "_windows"] = np.array([d["windows"], d["full_windows"], d["coarse_stride"]])
 
         return go
 
@@ -343,6 +343,7 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
         return {
             "windows": int(maps[key + "_windows"][0]),
             "full_windows": int(maps[key + "_windows"][1]),
+            "coarse_stride": int(maps[key + "_windows"][2]),
             "spearman_vs_full": float(spearmanr(m, fine_grid.ravel())[0]),
             "top10_overlap": len(top) / 10,
         }
@@ -752,8 +753,9 @@ def to_markdown(r: dict[str, Any]) -> str:
         + ".",
         f"- Incremental occlusion on vgg16 (crop stages cut at {', '.join(inc.get('stages', [inc['split']]))}): "
         f"{inc['speedup']:.2f}x the plain ONNX Runtime sweep, max abs diff {inc['max_abs_diff']:.1e}.",
-        f"- Adaptive drill-down (coarse stride 32, then stride 16 and 8 where it scores; "
-        f"{oc['drill_down'].get('refine', 0.3):.0%} of the fine windows): {oc['drill_down']['windows']} of "
+        f"- Adaptive drill-down (coarse stride {oc['drill_down'].get('coarse_stride', 32)}, then halved strides down "
+        f"to {oc['stride']} where the map scores; {oc['drill_down'].get('refine', 0.3):.0%} of the fine windows): "
+        f"{oc['drill_down']['windows']} of "
         f"{oc['drill_down']['full_windows']} windows, Spearman vs full map {oc['drill_down']['spearman_vs_full']:.3f}, "
         f"top-10 overlap {oc['drill_down']['top10_overlap']:.0%}; "
         f"{oc['engines']['ort_sweep']['median_s'] / oc['engines']['ort_drill_down']['median_s']:.2f}x the plain "

@@ -731,6 +731,7 @@ def drill_down(
             "windows": fine.n,
             "full_windows": fine.n,
             "coarse": vals.reshape(fine.grid),
+            "coarse_stride": fine_stride,
         }
     # The coarse stride: the smallest multiple of the fine stride that is >= the window (windows then tile the image
     # and every coarse window is also a fine one).
@@ -783,6 +784,7 @@ def drill_down(
         "windows": len(known),
         "full_windows": fine.n,
         "coarse": cvals,
+        "coarse_stride": cs,
     }
 
 
