@@ -314,13 +314,13 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
 
     if q is not None:
         fns["ort_int8_sweep"] = full(q, "int8")
-    inc_lite = IncrementalOcclusion(net, ["logits"], batch_size=32)
+    inc_lite = IncrementalOcclusion(net, ["logits"])  # default batch, as the product runs it
     fns["ort_drill_down"] = drill(orr, "drill")
     fns["ort_drill_down_refine20"] = drill(orr, "drill_20", refine=0.2)
     fns["ort_incremental"] = full(inc_lite, "incremental")
     fns["ort_drill_down_incremental"] = drill(inc_lite, "drill_incremental")
     if int8:
-        inc_q = IncrementalOcclusion(net, ["logits"], batch_size=32, precision="int8")
+        inc_q = IncrementalOcclusion(net, ["logits"], precision="int8")
         fns["ort_int8_incremental"] = full(inc_q, "int8_incremental")
         fns["ort_int8_drill_down_incremental"] = drill(inc_q, "int8_drill_incremental")
     res = compare(fns, repeats, warmup=0)
@@ -372,22 +372,23 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
     # Incremental occlusion: vgg16 (a features/pool backbone), same window and stride, score = one embedding unit.
     vgg = load("vgg16")
     xv = vgg.preprocess(img).numpy()
-    ov = OrtRunner(vgg, ["embedding"], batch_size=32)
-    inc = IncrementalOcclusion(vgg, ["embedding"], batch_size=32)
+    ov = OrtRunner(vgg, ["embedding"])  # the automatic batch
+    inc = IncrementalOcclusion(vgg, ["embedding"])
     unit = int(np.argmax(ov.run(xv)["embedding"][0]))
     vm: dict[str, np.ndarray] = {}
-    rv = compare(
-        {
-            "vgg16_ort_sweep": lambda: vm.__setitem__(
-                "plain", ov.sweep(xv, occ, reduce=lambda o: o["embedding"][:, unit])
-            ),
-            "vgg16_incremental": lambda: vm.__setitem__(
-                "inc", inc.sweep(xv, occ, reduce=lambda o: o["embedding"][:, unit])
-            ),
-        },
-        repeats,
-        warmup=0,
-    )
+
+    def vgg_sweep(sweeper: Any, key: str) -> Callable[[], None]:
+        return lambda: vm.__setitem__(key, sweeper.sweep(xv, occ, reduce=lambda o: o["embedding"][:, unit]))
+
+    vfns = {"vgg16_ort_sweep": vgg_sweep(ov, "plain"), "vgg16_incremental": vgg_sweep(inc, "inc")}
+    if int8:  # a dense-convolution network: where INT8 (VNNI) pays most
+        ovq = OrtRunner(vgg, ["embedding"], precision="int8")
+        incq = IncrementalOcclusion(vgg, ["embedding"], precision="int8")
+        vfns |= {
+            "vgg16_int8_sweep": vgg_sweep(ovq, "int8"),
+            "vgg16_int8_incremental": vgg_sweep(incq, "int8_inc"),
+        }
+    rv = compare(vfns, repeats, warmup=0)
     out["vgg16_incremental"] = {
         "split": inc.split,
         "stages": inc.cuts,
@@ -395,6 +396,20 @@ def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool)
         "speedup": rv["vgg16_ort_sweep"]["median_s"] / rv["vgg16_incremental"]["median_s"],
         "max_abs_diff": float(np.abs(vm["plain"] - vm["inc"]).max()),
     }
+    if int8:
+        out["vgg16_int8"] = {
+            "unit": unit,
+            "speedup_sweep": rv["vgg16_ort_sweep"]["median_s"] / rv["vgg16_int8_sweep"]["median_s"],
+            "speedup_incremental": rv["vgg16_incremental"]["median_s"]
+            / rv["vgg16_int8_incremental"]["median_s"],
+            "spearman_vs_fp32": float(
+                spearmanr(to_pixels(vm["int8"]).ravel(), to_pixels(vm["plain"]).ravel())[0]
+            ),
+            "incremental_spearman_vs_fp32": float(
+                spearmanr(to_pixels(vm["int8_inc"]).ravel(), to_pixels(vm["plain"]).ravel())[0]
+            ),
+            **ovq.meta.get("accuracy_cost", {}),
+        }
     e = res
     cap_key = "captum_ppe1" if "captum_ppe1" in e else None
     if cap_key:
@@ -445,6 +460,73 @@ def sweep_peak_rss_mb(stride: int = 8) -> float:
     p.start()
     p.join(600)
     return float(q.get(timeout=5)) if p.exitcode == 0 else float("nan")
+
+
+def _alloc_child(tuned: bool, q: Any) -> None:
+    """Torch eager efficientnet_lite0 throughput in a fresh process, with or without the C-heap tuning."""
+    from .images import sample_image
+    from .runtime.alloc import tune_allocator
+    from .runtime.session import default_threads
+    from .zoo import load
+
+    state = tune_allocator() if tuned else {"applied": False, "reason": "default glibc heap"}
+    torch.set_num_threads(default_threads())
+    net = load("efficientnet_lite0")
+    x = net.preprocess(sample_image("chelsea"))
+    out: dict[str, Any] = {"allocator": state}
+    for name, b, grad in (("forward_b1", 1, False), ("forward_b16", 16, False), ("gradient_b8", 8, True)):
+        xb = x.repeat(b, 1, 1, 1)
+
+        def step(xb: torch.Tensor = xb, grad: bool = grad) -> None:
+            if grad:
+                xi = xb.clone().requires_grad_(True)
+                net.module(xi)[:, 0].sum().backward()
+            else:
+                with torch.no_grad():
+                    net.module(xb)
+
+        step()
+        n, t0, c0 = 0, time.perf_counter(), os.times()
+        while n < 96:
+            step()
+            n += b
+        wall, c1 = time.perf_counter() - t0, os.times()
+        out[name] = {"img_s": n / wall, "sys_share": (c1.system - c0.system) / max(1e-9, c1.user - c0.user)}
+    q.put(out)
+
+
+def bench_allocator(repeats: int) -> dict[str, Any]:
+    """(e) torch eager with glibc's default heap vs convlens's tuning (`accel.runtime.alloc`), each in a fresh
+    process, alternated; the other workloads measure torch with the default heap, as a user's own code runs."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    runs: dict[str, list[dict]] = {"default": [], "tuned": []}
+    for rep in range(max(1, repeats)):
+        for mode in ("default", "tuned") if rep % 2 == 0 else ("tuned", "default"):
+            q = ctx.Queue()
+            p = ctx.Process(target=_alloc_child, args=(mode == "tuned", q))
+            p.start()
+            p.join(600)
+            if p.exitcode == 0:
+                runs[mode].append(q.get(timeout=5))
+    out: dict[str, Any] = {}
+    for mode, rs in runs.items():
+        if not rs:
+            continue
+        out[mode] = {
+            k: {
+                "img_s": statistics.median(r[k]["img_s"] for r in rs),
+                "sys_share": statistics.median(r[k]["sys_share"] for r in rs),
+            }
+            for k in ("forward_b1", "forward_b16", "gradient_b8")
+        } | {"allocator": rs[0]["allocator"], "repeats": len(rs)}
+    if "default" in out and "tuned" in out:
+        out["speedup"] = {
+            k: out["tuned"][k]["img_s"] / out["default"][k]["img_s"]
+            for k in ("forward_b1", "forward_b16", "gradient_b8")
+        }
+    return out
 
 
 def bench_patch_scan(n_images: int, repeats: int) -> list[dict]:
@@ -652,7 +734,13 @@ def run_bench(
     say = progress or (lambda f, m: None)
     rep = 1 if quick else 3
     dashboard = (not quick) if dashboard is None else dashboard
+    from .runtime.alloc import allocator_state
+
     report: dict[str, Any] = {"quick": quick, "machine": machine_info()}
+    report["machine"]["heap"] = allocator_state() or {
+        "applied": False,
+        "reason": "default glibc heap: torch rows measure eager PyTorch as a user's own code runs it",
+    }
     say(0.02, "measuring matmul peak")
     peak = sgemm_peak()
     report["sgemm_peak_gflops"] = peak
@@ -673,6 +761,8 @@ def run_bench(
     if not quick:
         say(0.8, "sweep memory")
         report["occlusion"]["peak_rss_mb"] = sweep_peak_rss_mb(8)
+    say(0.83, "torch eager: default heap vs tuned")
+    report["allocator"] = bench_allocator(rep)
     say(0.85, "patch scan")
     report["patch_scan"] = bench_patch_scan(32 if quick else 128, rep)
     if not quick:
@@ -788,6 +878,13 @@ def to_markdown(r: dict[str, Any]) -> str:
             f"map; top-1 agreement {q.get('top1_agreement', float('nan')):.0%} on {q.get('held_out_images', '?')} "
             "held-out photos."
         )
+    if "vgg16_int8" in oc:
+        q = oc["vgg16_int8"]
+        lines.append(
+            f"- INT8 on vgg16 (same windows, score = embedding unit {q['unit']}): sweep {q['speedup_sweep']:.2f}x "
+            f"the fp32 sweep, incremental {q['speedup_incremental']:.2f}x the fp32 incremental; map Spearman vs "
+            f"fp32 {q['spearman_vs_fp32']:.3f} (incremental {q['incremental_spearman_vs_fp32']:.3f})."
+        )
     if "speedups_vs_captum_default" in oc:
         sp = oc["speedups_vs_captum_default"]
         exact = [k for k in ("ort_sweep", "ort_incremental") if k in sp]
@@ -820,6 +917,20 @@ def to_markdown(r: dict[str, Any]) -> str:
         f"- Max-patch scan (alexnet {ps[0]['layer']}, {ps[0]['images']} JPEGs, decode included): "
         + ", ".join(f"{p['engine']} {p['images_per_s']:.1f} img/s" for p in ps)
     )
+    al = r.get("allocator", {})
+    if "speedup" in al:
+        dflt, tuned = al["default"], al["tuned"]
+        lines.append(
+            "- Torch eager efficientnet_lite0, glibc's default heap vs convlens's tuning (fresh processes; the CLI "
+            "and dashboard tune, the rows above use the default heap as a user's own code does): "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {dflt[k]['img_s']:.0f} -> {tuned[k]['img_s']:.0f} img/s "
+                f"({al['speedup'][k]:.2f}x; system time {dflt[k]['sys_share']:.0%} -> {tuned[k]['sys_share']:.0%} "
+                "of user)"
+                for k in ("forward_b1", "forward_b16", "gradient_b8")
+            )
+            + "."
+        )
     ins = r.get("inspect", {})
     if "max_patches" in ins and "wall_s" in ins["max_patches"]:
         mp_ = ins["max_patches"]

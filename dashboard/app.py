@@ -14,9 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from accel.runtime.alloc import tune_allocator  # noqa: E402
 from dashboard.common import sidebar  # noqa: E402
 from dashboard.runview import show_shared_run  # noqa: E402
 
+tune_allocator()  # torch eager (gradients, synthesis) without a page fault per activation; once per process
 st.set_page_config(page_title="convlens", page_icon=":material/visibility:", layout="wide")
 P = ROOT / "dashboard" / "views"  # not "pages/": Streamlit would serve that folder itself on deep links
 PAGES = {

@@ -197,7 +197,7 @@ class IncrementalOcclusion:
         taps: Sequence[str],
         split: str | None = None,
         backend: str = "onnxruntime",
-        batch_size: int = 32,
+        batch_size: int = 16,
         mode: str = "crop",
         stages: Sequence[str] | None = None,
         precision: str = "fp32",
@@ -801,7 +801,7 @@ def incremental(
     net: Backbone,
     taps: Sequence[str],
     window: int = 32,
-    batch_size: int = 32,
+    batch_size: int = 16,
     precision: str = "fp32",
     backend: str = "onnxruntime",
 ) -> IncrementalOcclusion:

@@ -93,12 +93,12 @@ def auto_batch_size(net: Backbone, budget_bytes: int | None = None) -> int:
 
 
 def max_auto_batch() -> int:
-    """The largest automatic batch: 16 on CPU, where throughput is flat from batch 8 up (alexnet, vgg16) or falls
-    (efficientnet_lite0's 625-window sweep: 2.99 s at 16, 3.06 s at 32, 3.16 s at 64; measured) and bigger
-    batches only cost memory; 64 with a GPU."""
+    """The largest automatic batch: 8 on CPU, where ONNX Runtime throughput peaks there or is flat (alexnet,
+    vgg16) and larger batches only cost memory and cache (efficientnet_lite0's 625-window sweep, medians of 5
+    alternating runs: 1.89 s at 8, 2.03 s at 16, 2.15 s at 32; INT8 0.81 / 0.85 / 0.94 s); 64 with a GPU."""
     from .session import gpu_driver_present
 
-    return 64 if gpu_driver_present() else 16
+    return 64 if gpu_driver_present() else 8
 
 
 class Runner:

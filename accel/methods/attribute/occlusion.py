@@ -126,7 +126,7 @@ def _incremental_engine(net: Backbone, p: OcclusionParams, backend: str) -> Incr
         _, speedup = IncrementalOcclusion.plan_stages(net, p.window)
         if speedup < AUTO_MIN_SPEEDUP or net_macs(net) < AUTO_MIN_MACS:
             return None
-    return incremental(net, ["logits"], p.window, batch_size=p.batch_size or 32, backend=backend)
+    return incremental(net, ["logits"], p.window, batch_size=p.batch_size or 16, backend=backend)
 
 
 AUTO_MIN_SPEEDUP = 1.3  # estimated; the incremental path pays for its extra graph calls below that
