@@ -200,6 +200,15 @@ def test_fp16_copy_and_gpu_provider_options(tmp_path, monkeypatch):
     kinds = {i.data_type for i in m.graph.initializer if len(i.dims) == 4}  # conv kernels
     assert kinds == {onnx.TensorProto.FLOAT16}
     assert to_fp16(src) == half  # cached
+    # The fp16 copy really runs (the CPU provider executes it, slowly) and its cost is what the runner reports.
+    from accel.runtime.quantize import accuracy_cost
+    from accel.runtime.session import make_session
+
+    x = np.random.default_rng(0).random((8, *net.input_shape), dtype=np.float32)
+    ref = make_session(src, ("CPUExecutionProvider",))[0].run(None, {"input": x})
+    got = make_session(half, ("CPUExecutionProvider",))[0].run(None, {"input": x})
+    cost = accuracy_cost(ref, got, ["logits"])
+    assert 0 < cost["max_abs_diff"]["logits"] < 5e-2 and cost["top1_agreement"] == 1.0
     trt = provider_options("TensorrtExecutionProvider", fp16=True)
     assert trt["trt_fp16_enable"] == "True" and trt["trt_engine_cache_enable"] == "True"
     assert trt["trt_engine_cache_path"].startswith(str(tmp_path))
