@@ -462,6 +462,11 @@ def sweep_peak_rss_mb(stride: int = 8) -> float:
     return float(q.get(timeout=5)) if p.exitcode == 0 else float("nan")
 
 
+# (name, batch, with backward): what the heap workload measures
+ALLOC_STEPS = (("forward_b1", 1, False), ("forward_b16", 16, False), ("gradient_b8", 8, True))
+ALLOC_WORKLOADS = tuple(name for name, _, _ in ALLOC_STEPS)
+
+
 def _alloc_child(tuned: bool, q: Any) -> None:
     """Torch eager efficientnet_lite0 throughput in a fresh process, with or without the C-heap tuning."""
     from .images import sample_image
@@ -474,7 +479,7 @@ def _alloc_child(tuned: bool, q: Any) -> None:
     net = load("efficientnet_lite0")
     x = net.preprocess(sample_image("chelsea"))
     out: dict[str, Any] = {"allocator": state}
-    for name, b, grad in (("forward_b1", 1, False), ("forward_b16", 16, False), ("gradient_b8", 8, True)):
+    for name, b, grad in ALLOC_STEPS:
         xb = x.repeat(b, 1, 1, 1)
 
         def step(xb: torch.Tensor = xb, grad: bool = grad) -> None:
@@ -519,13 +524,10 @@ def bench_allocator(repeats: int) -> dict[str, Any]:
                 "img_s": statistics.median(r[k]["img_s"] for r in rs),
                 "sys_share": statistics.median(r[k]["sys_share"] for r in rs),
             }
-            for k in ("forward_b1", "forward_b16", "gradient_b8")
+            for k in ALLOC_WORKLOADS
         } | {"allocator": rs[0]["allocator"], "repeats": len(rs)}
     if "default" in out and "tuned" in out:
-        out["speedup"] = {
-            k: out["tuned"][k]["img_s"] / out["default"][k]["img_s"]
-            for k in ("forward_b1", "forward_b16", "gradient_b8")
-        }
+        out["speedup"] = {k: out["tuned"][k]["img_s"] / out["default"][k]["img_s"] for k in ALLOC_WORKLOADS}
     return out
 
 
@@ -728,14 +730,13 @@ def run_bench(
     dashboard: bool | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark suite; write JSON + Markdown to `out_dir` and the run store; return the report."""
+    from .runtime.alloc import allocator_state
     from .runtime.session import default_threads
 
     torch.set_num_threads(default_threads())
     say = progress or (lambda f, m: None)
     rep = 1 if quick else 3
     dashboard = (not quick) if dashboard is None else dashboard
-    from .runtime.alloc import allocator_state
-
     report: dict[str, Any] = {"quick": quick, "machine": machine_info()}
     report["machine"]["heap"] = allocator_state() or {
         "applied": False,
@@ -927,7 +928,7 @@ def to_markdown(r: dict[str, Any]) -> str:
                 f"{k.replace('_', ' ')} {dflt[k]['img_s']:.0f} -> {tuned[k]['img_s']:.0f} img/s "
                 f"({al['speedup'][k]:.2f}x; system time {dflt[k]['sys_share']:.0%} -> {tuned[k]['sys_share']:.0%} "
                 "of user)"
-                for k in ("forward_b1", "forward_b16", "gradient_b8")
+                for k in ALLOC_WORKLOADS
             )
             + "."
         )

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 Reduce = Callable[[dict[str, np.ndarray]], Any]
 
 
+INCREMENTAL_BATCH = (
+    16  # windows per crop-stage call (lite0 625 windows: 1.07 s at 16, 1.12 s at 32; measured)
+)
+
+
 def supports_incremental(net: Backbone) -> bool:
     """Whether the backbone has a shape the incremental path knows: features -> pool -> (fc), or EfficientNet-Lite
     (stem -> blocks -> head; crop mode only)."""
@@ -197,7 +202,7 @@ class IncrementalOcclusion:
         taps: Sequence[str],
         split: str | None = None,
         backend: str = "onnxruntime",
-        batch_size: int = 16,
+        batch_size: int = INCREMENTAL_BATCH,
         mode: str = "crop",
         stages: Sequence[str] | None = None,
         precision: str = "fp32",
@@ -801,7 +806,7 @@ def incremental(
     net: Backbone,
     taps: Sequence[str],
     window: int = 32,
-    batch_size: int = 16,
+    batch_size: int = INCREMENTAL_BATCH,
     precision: str = "fp32",
     backend: str = "onnxruntime",
 ) -> IncrementalOcclusion:

@@ -15,6 +15,7 @@ from ...registry import param, register
 from ...result import Result
 from ...runtime.incremental import (
     DRILL_REFINE,
+    INCREMENTAL_BATCH,
     IncrementalOcclusion,
     drill_down,
     incremental,
@@ -126,7 +127,9 @@ def _incremental_engine(net: Backbone, p: OcclusionParams, backend: str) -> Incr
         _, speedup = IncrementalOcclusion.plan_stages(net, p.window)
         if speedup < AUTO_MIN_SPEEDUP or net_macs(net) < AUTO_MIN_MACS:
             return None
-    return incremental(net, ["logits"], p.window, batch_size=p.batch_size or 16, backend=backend)
+    return incremental(
+        net, ["logits"], p.window, batch_size=p.batch_size or INCREMENTAL_BATCH, backend=backend
+    )
 
 
 AUTO_MIN_SPEEDUP = 1.3  # estimated; the incremental path pays for its extra graph calls below that
