@@ -68,6 +68,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         for key, value in getattr(rep, "user_properties", ())
         if key == "summary_line"
     ]
+    import sys
+
+    fuzzkit = sys.modules.get("tests.fuzzkit")
+    if fuzzkit is not None and fuzzkit.REPORTS:  # byte-level fuzzing: one line per domain and the total
+        reps = list(fuzzkit.REPORTS.values())
+        lines += [r.line() for r in reps]
+        tried, escapes = sum(r.tried for r in reps), sum(len(r.escapes) for r in reps)
+        secs = sum(r.seconds for r in reps)
+        lines.append(f"byte fuzzing: {tried} generated inputs, {escapes} escapes, {secs:.1f} s")
     if lines:
         terminalreporter.section("summary")
         for line in lines:
