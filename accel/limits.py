@@ -6,9 +6,9 @@ raise a limit deliberately instead of discovering it by a frozen server.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
+from . import settings
 from .errors import ResourceLimit
 
 
@@ -37,6 +37,12 @@ CAPS: dict[str, Cap] = {
         Cap("synth_mb", "CONVLENS_SYNTH_MAX_MB", 8192, "memory in MiB a synthesis run may plan for"),
     )
 }
+_MIB_CAPS = ("upload_mb", "synth_mb")  # sizes in MiB may be fractional
+for _c in CAPS.values():
+    if _c.kind in _MIB_CAPS:
+        settings.declare(_c.env, "float", _c.default, f"cap: {_c.what}", 1e-6)
+    else:
+        settings.declare(_c.env, "int", _c.default, f"cap: {_c.what}", 1)
 
 # Declared parameter names that are capped, by kind (a method may also name its cap with param(limit=...)).
 PARAM_CAPS: dict[str, str] = {
@@ -55,17 +61,15 @@ PARAM_CAPS: dict[str, str] = {
 
 
 def cap(kind: str) -> int:
-    """The current value of cap `kind`: its environment variable if set to a positive integer, else the default."""
-    c = CAPS[kind]
-    raw = os.environ.get(c.env, "").strip()
-    if raw:
-        try:
-            v = int(float(raw))
-        except ValueError:
-            raise ResourceLimit(f"{c.env}={raw!r} is not a number; set it to a positive integer") from None
-        if v > 0:
-            return v
-    return c.default
+    """The current value of cap `kind`: its environment variable (a positive whole number) if set, else the default.
+
+    A malformed value raises `settings.SettingError` naming the variable."""
+    return int(settings.get(CAPS[kind].env))
+
+
+def cap_float(kind: str) -> float:
+    """Cap `kind` as a float (the MiB caps may be fractional)."""
+    return float(settings.get(CAPS[kind].env))
 
 
 def check(kind: str, value: float, where: str) -> None:

@@ -1,0 +1,176 @@
+"""Every CONVLENS_* environment variable in one place: name, type, default and meaning, parsed with clear errors.
+
+Nothing else in convlens reads or writes these variables: code asks `settings.get(NAME)` (typed, validated) and
+`convlens config` prints `table()`. A malformed value raises `SettingError` (a `BadInput`) naming the variable,
+what it holds and what it should hold, so a typo in a deployment gives one clear line instead of a traceback.
+Values are read from the environment at call time (cheap), so tests and `CONVLENS_*=... convlens` both work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInput
+
+
+class SettingError(BadInput):
+    """A CONVLENS_* environment variable holds a value convlens cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Var:
+    """One environment variable: its type (int, float, bool, path, paths, str), default and meaning."""
+
+    name: str
+    kind: str
+    default: Any
+    meaning: str
+    minimum: float | None = None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse(var: Var, raw: str) -> Any:
+    text = raw.strip()
+    what = f"{var.name}={raw!r}"
+    if var.kind in ("int", "float"):
+        try:
+            num = float(text.replace("_", "").replace(",", ""))
+        except ValueError:
+            raise SettingError(f"{what} is not a number; set it to {_expect(var)} ({var.meaning})") from None
+        if num != num or num in (float("inf"), float("-inf")):
+            raise SettingError(f"{what} is not a finite number; set it to {_expect(var)}")
+        if var.kind == "int":
+            if num != int(num):
+                raise SettingError(f"{what} is not a whole number; set it to {_expect(var)}")
+            num = int(num)
+        if var.minimum is not None and num < var.minimum:
+            raise SettingError(f"{what} is below {var.minimum:g}; set it to {_expect(var)} ({var.meaning})")
+        return num
+    if var.kind == "bool":
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise SettingError(f"{what} is not a yes/no value; use 1 or 0 ({var.meaning})")
+    if var.kind == "path":
+        if "\x00" in text:
+            raise SettingError(f"{var.name} holds a NUL character; set it to a folder path")
+        return Path(text).expanduser() if text else None
+    if var.kind == "paths":
+        parts = [p for p in text.split(os.pathsep) if p.strip()]
+        if any("\x00" in p for p in parts):
+            raise SettingError(f"{var.name} holds a NUL character; set it to folder paths joined by ':'")
+        return [Path(p.strip()).expanduser() for p in parts]
+    return text
+
+
+def _expect(var: Var) -> str:
+    kind = "a whole number" if var.kind == "int" else "a number"
+    return f"{kind} >= {var.minimum:g}" if var.minimum is not None else kind
+
+
+VARS: dict[str, Var] = {}
+
+
+def declare(name: str, kind: str, default: Any, meaning: str, minimum: float | None = None) -> Var:
+    """Add a variable to the table (module import time only); returns its declaration."""
+    if not name.startswith("CONVLENS_"):
+        raise ValueError(f"setting names start with CONVLENS_, got {name!r}")
+    var = Var(name, kind, default, meaning, minimum)
+    VARS[name] = var
+    return var
+
+
+# Paths and environment
+declare(
+    "CONVLENS_CACHE", "path", None, "cache folder for ONNX exports and engines (default: the user cache dir)"
+)
+declare("CONVLENS_STORE", "path", None, "run store folder (default: the user data dir's convlens/store)")
+declare(
+    "CONVLENS_MODELS_DIR", "path", None, "folder of model cards and project checkpoints (default: models/)"
+)
+declare("CONVLENS_FASHION_MNIST", "path", None, "folder with the four Fashion-MNIST idx files")
+declare("CONVLENS_OFFLINE", "bool", False, "never try to download torchvision weights")
+# Execution
+declare("CONVLENS_THREADS", "int", None, "intra-op threads per session (default: the usable cores)", 1)
+declare("CONVLENS_MEMORY_BUDGET_MB", "float", None, "memory the automatic batch size plans for", 1)
+declare("CONVLENS_ORT_SPIN", "bool", False, "let ONNX Runtime threads busy-wait between ops")
+declare("CONVLENS_FORCE_GPU_PROBE", "bool", False, "try GPU providers even without a visible NVIDIA driver")
+declare("CONVLENS_TUNE_MALLOC", "bool", True, "raise glibc's mmap/trim thresholds in convlens processes")
+declare("CONVLENS_TSNE_JOBS", "int", None, "threads for openTSNE (default: cores - 1)", 1)
+
+
+def get(name: str) -> Any:
+    """The typed value of variable `name`: parsed from the environment if set (non-empty), else its default."""
+    var = VARS.get(name)
+    if var is None:
+        _load_caps()
+        var = VARS.get(name)
+    if var is None:
+        raise KeyError(f"{name} is not a declared convlens setting")
+    raw = os.environ.get(name)
+    if raw is None or (raw.strip() == "" and var.kind != "bool"):
+        return var.default
+    return _parse(var, raw)
+
+
+def is_set(name: str) -> bool:
+    """Whether the environment sets `name` to a non-empty value."""
+    return bool(os.environ.get(name, "").strip())
+
+
+def check_all() -> list[str]:
+    """Parse every declared variable now; the messages of those that are malformed (empty list: all fine)."""
+    _load_caps()
+    bad = []
+    for name in VARS:
+        try:
+            get(name)
+        except SettingError as e:
+            bad.append(str(e))
+    return bad
+
+
+def table() -> list[dict[str, Any]]:
+    """Every variable with its kind, default, current value (or the error it gives) and meaning."""
+    _load_caps()
+    rows = []
+    for var in sorted(VARS.values(), key=lambda v: v.name):
+        try:
+            current: Any = get(var.name)
+        except SettingError as e:
+            current = f"INVALID: {e}"
+        rows.append(
+            {
+                "name": var.name,
+                "kind": var.kind,
+                "default": var.default,
+                "current": str(current) if isinstance(current, Path) else current,
+                "set": is_set(var.name),
+                "meaning": var.meaning,
+            }
+        )
+    return rows
+
+
+_CAPS_LOADED: list[bool] = []
+
+
+def _load_caps() -> None:
+    """Resource caps declare themselves in accel.limits; import it so the table is whole."""
+    if not _CAPS_LOADED:
+        _CAPS_LOADED.append(True)
+        from . import limits  # noqa: F401
+
+
+def lazy(name: str) -> Callable[[], Any]:
+    """A zero-argument reader of `name`, for defaults evaluated at use time."""
+    return lambda: get(name)
