@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import pkgutil
 import reprlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
@@ -19,6 +21,26 @@ from .errors import BadInput
 from .result import Result
 
 FAMILIES = ("inspect", "attribute", "synthesize")
+
+log = logging.getLogger("convlens.registry")
+
+# What a parameter IS, so front ends pick a control (and a trust rule) from the kind, never from the name.
+KINDS: dict[str, str] = {
+    "layer": "a layer name from net.layers()",
+    "class": "a class index of the network's head",
+    "backend": "the forward-pass engine",
+    "dataset": "a dataset: packaged photos, Fashion-MNIST, or a folder of images",
+    "image": "one image: a packaged or procedural name, or an image file",
+    "images": "several images, comma-separated: packaged or procedural names, or image files",
+    "checkpoint": "a weights file (.safetensors) a method loads",
+    "file": "any other file a method reads",
+}
+# Kinds whose values name files or folders: a shared dashboard offers only packaged values, uploads and files under
+# the configured data roots for them (accel.dataroots); the CLI and the Python API (a local, trusted user) accept
+# any path.
+PATH_KINDS = frozenset({"dataset", "image", "images", "checkpoint", "file"})
+# Shared parameters not yet declared with a kind get theirs from this one table (declared once, not per front end).
+_DEFAULT_KINDS = {"layer": "layer", "target": "class", "target_class": "class", "backend": "backend"}
 
 
 def param(
@@ -30,12 +52,27 @@ def param(
     choices: tuple[Any, ...] | None = None,
     widget: str | None = None,
     limit: str | None = None,
+    kind: str | None = None,
+    presets: tuple[str, ...] | Callable[[], Sequence[str]] | None = None,
 ) -> Any:
     """Declare one method parameter: its default, bounds or choices, and the help text shown in CLI and UI.
 
     `limit` names a configurable resource cap (accel.limits.CAPS) the value must also respect; common names
-    (steps, size, batch_size, samples, limit...) get theirs automatically, "" opts out."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "widget": widget, "limit": limit}
+    (steps, size, batch_size, samples, limit...) get theirs automatically, "" opts out. `kind` says what the value
+    is (a key of KINDS: "dataset", "image", "checkpoint", ...), so front ends choose controls by meaning; `presets`
+    are the named values a path-like parameter accepts besides files (a tuple, or a function listing them)."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown parameter kind {kind!r}; known: {sorted(KINDS)}")
+    meta = {
+        "help": help,
+        "min": min,
+        "max": max,
+        "choices": choices,
+        "widget": widget,
+        "limit": limit,
+        "kind": kind,
+        "presets": presets,
+    }
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -54,6 +91,13 @@ class ParamInfo:
     choices: tuple[Any, ...] | None
     widget: str | None
     limit: str | None = None
+    kind: str | None = None
+    presets: tuple[str, ...] = ()
+
+    @property
+    def is_path(self) -> bool:
+        """Whether the value names a file or folder (a shared dashboard restricts where it may point)."""
+        return self.kind in PATH_KINDS
 
 
 def param_infos(params_cls: type) -> list[ParamInfo]:
@@ -74,9 +118,18 @@ def param_infos(params_cls: type) -> list[ParamInfo]:
                 m.get("choices"),
                 m.get("widget"),
                 _limit_kind(f.name, m.get("limit")),
+                m.get("kind") or _DEFAULT_KINDS.get(f.name),
+                _presets(m.get("presets")),
             )
         )
     return out
+
+
+def _presets(declared: Any) -> tuple[str, ...]:
+    if declared is None:
+        return ()
+    values = declared() if callable(declared) else declared
+    return tuple(str(v) for v in values)
 
 
 def _limit_kind(name: str, declared: str | None) -> str | None:
@@ -180,9 +233,19 @@ class MethodSpec:
     summary: str = ""
     needs_image: bool = True
     needs_grad: bool = False
+    declared_heavy: bool | None = None
 
     def param_infos(self) -> list[ParamInfo]:
+        """The declared parameters, in declaration order."""
         return param_infos(self.params)
+
+    @property
+    def heavy(self) -> bool:
+        """Whether one run is heavy work that a shared server queues (one at a time per user): optimisation-based
+        synthesis and dataset-scale methods (a parameter of kind "dataset"), unless the registration says."""
+        if self.declared_heavy is not None:
+            return self.declared_heavy
+        return self.family == "synthesize" or any(i.kind == "dataset" for i in self.param_infos())
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -197,8 +260,11 @@ def register(
     summary: str = "",
     needs_image: bool = True,
     needs_grad: bool = False,
+    heavy: bool | None = None,
 ) -> Callable[[RunFn], RunFn]:
-    """Decorator: register `fn(net, img, p) -> Result` as technique `name` with parameter dataclass `params`."""
+    """Decorator: register `fn(net, img, p) -> Result` as technique `name` with parameter dataclass `params`.
+
+    `heavy` overrides the default rule of MethodSpec.heavy (synthesis and dataset-scale methods are heavy)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}")
 
@@ -212,6 +278,7 @@ def register(
             summary or (fn.__doc__ or "").strip().split("\n")[0],
             needs_image,
             needs_grad,
+            heavy,
         )
         return fn
 
@@ -219,21 +286,47 @@ def register(
 
 
 _loaded = False
+_loading = False
+_load_lock = threading.RLock()
+_BROKEN: dict[str, str] = {}
 
 
 def _load_all() -> None:
-    global _loaded
+    """Import every technique module once per process. Thread-safe: the registry counts as loaded only after every
+    import has finished, so threads racing on a cold process all wait for the whole list (they used to see a
+    half-filled registry and "unknown method"). A module that fails to import is recorded (broken_modules), not
+    fatal for the others."""
+    global _loaded, _loading
     if _loaded:
         return
-    _loaded = True
-    for fam in FAMILIES:
+    with _load_lock:
+        if _loaded or _loading:  # _loading: a technique module asked the registry while it is being imported
+            return
+        _loading = True
         try:
-            sub = importlib.import_module(f"{__package__}.methods.{fam}")
-        except ModuleNotFoundError:
-            continue
-        for m in pkgutil.iter_modules(sub.__path__):
-            if not m.name.startswith("_"):
-                importlib.import_module(f"{sub.__name__}.{m.name}")
+            for fam in FAMILIES:
+                try:
+                    sub = importlib.import_module(f"{__package__}.methods.{fam}")
+                except ModuleNotFoundError:
+                    continue
+                for m in pkgutil.iter_modules(sub.__path__):
+                    if m.name.startswith("_"):
+                        continue
+                    name = f"{sub.__name__}.{m.name}"
+                    try:
+                        importlib.import_module(name)
+                    except Exception as e:  # noqa: BLE001 - one broken technique must not hide the others
+                        _BROKEN[name] = f"{type(e).__name__}: {e}"
+                        log.error("cannot import technique module %s: %s", name, e)
+            _loaded = True
+        finally:
+            _loading = False
+
+
+def broken_modules() -> dict[str, str]:
+    """Technique modules that failed to import, with the error (empty when every technique loaded)."""
+    _load_all()
+    return dict(_BROKEN)
 
 
 def methods(family: str | None = None) -> list[MethodSpec]:
@@ -247,7 +340,12 @@ def get(name: str) -> MethodSpec:
     """The spec for technique `name`, or BadInput listing the known names."""
     _load_all()
     if name not in _REGISTRY:
-        raise BadInput(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
+        broken = (
+            f" ({len(_BROKEN)} technique module(s) failed to import: {', '.join(sorted(_BROKEN))})"
+            if _BROKEN
+            else ""
+        )
+        raise BadInput(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}{broken}")
     return _REGISTRY[name]
 
 

@@ -42,6 +42,7 @@ class ScouterParams:
         "",
         "a SCOUTER head .safetensors trained by accel.training.scouter (default: the packaged head for the "
         "backbone and sign, models/scouter_<data>_<sign>.safetensors)",
+        kind="checkpoint",
     )
 
 

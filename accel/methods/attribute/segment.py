@@ -114,7 +114,9 @@ class SaliencyGrabCutParams:
     iterations: int = param(5, "GrabCut iterations", min=1, max=50)
     saliency_sigma: float = param(6.0, "Gaussian blur (pixels) of the saliency seed map", min=0.1, max=100.0)
     gt_mask: Any = param(
-        None, "optional ground-truth mask (path or HxW array); its IoU with the cut goes in meta"
+        None,
+        "optional ground-truth mask (path or HxW array); its IoU with the cut goes in meta",
+        kind="image",
     )
 
 

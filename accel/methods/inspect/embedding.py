@@ -47,6 +47,7 @@ class EmbeddingParams:
     dataset: str = param(
         "auto",
         "dataset spec: fashion_mnist[:train|test], foolbox:imagenet, samples, or a folder ('auto' = the model's)",
+        kind="dataset",
     )
     limit: int = param(2000, "embed the first N images of the dataset (0 = all)", min=0, max=100_000)
     tap: str = param("embedding", "feature vector: 'embedding', 'logits', or a layer (spatially averaged)")

@@ -52,6 +52,7 @@ class MaxPatchesParams:
     dataset: str = param(
         "auto",
         "dataset spec: fashion_mnist[:train|test], foolbox:imagenet, samples, or a folder path ('auto' = the model's)",
+        kind="dataset",
     )
     limit: int = param(2000, "stream at most this many images (0 = the whole dataset)", min=0, max=100_000)
     batch_size: int = param(128, "images per streamed batch", min=1, max=4096)

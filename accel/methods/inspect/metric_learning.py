@@ -39,6 +39,7 @@ class MetricLearningParams:
     dataset: str = param(
         "auto",
         "labelled dataset: fashion_mnist[:train|test], foolbox:cifar10, a class-folder path ('auto' = the model's)",
+        kind="dataset",
     )
     limit: int = param(6000, "use the first N images (0 = all)", min=0, max=100_000)
     tap: str = param(

@@ -157,6 +157,7 @@ class NeighborsParams:
     dataset: str = param(
         "auto",
         "gallery dataset: fashion_mnist[:train|test], foolbox:imagenet, samples, or a folder ('auto' = the model's)",
+        kind="dataset",
     )
     limit: int = param(2000, "gallery size: the first N images of the dataset (0 = all)", min=0, max=100_000)
     k: int = param(8, "neighbours to show in each space", min=1, max=64)

@@ -23,6 +23,13 @@ from ...result import Result
 from . import _opt
 
 
+def _style_presets() -> tuple[str, ...]:
+    """The style names `style` accepts besides image files: the procedural styles and the packaged sample photos."""
+    from ...images import sample_images
+
+    return (*_opt.PROCEDURAL_STYLES, *sample_images())
+
+
 @dataclass
 class StyleTransferParams:
     """Parameters of style_transfer: style image(s), loss weights, layers, optimiser, size, colour."""
@@ -30,6 +37,8 @@ class StyleTransferParams:
     style: str = param(
         "strokes",
         "style image: procedural (mosaic, strokes), a sample photo name, or a file path; comma-separate to blend",
+        kind="images",
+        presets=lambda: _style_presets(),
     )
     style_blend: str = param("", "comma-separated weight per style image (empty = equal)")
     content_weight: float = param(1.0, "weight of the content loss (alpha)", min=0.0, max=1e9)
