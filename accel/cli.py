@@ -19,10 +19,89 @@ from .errors import BadInput
 FAMILY_VERBS = {"explain": "attribute", "inspect": "inspect", "synthesize": "synthesize"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with convlens's error convention: one line on stderr, exit code 2 (no usage block)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        hint = f" (see `{self.prog} --help`)"
+        print(f"convlens: error: {' '.join(message.split())}{hint}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (`--top 0` is refused, not silently taken as 1)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def check_out_file(path: str | os.PathLike[str], suffixes: Sequence[str], what: str) -> Path:
+    """Validate an output file path before any work starts: a known suffix, not a folder, and a folder that
+    exists (or can be made) and takes a new file. Returns the path; BadInput saying what to change otherwise."""
+    text = os.fspath(path)
+    if not text or "\x00" in text:
+        raise BadInput(f"{what}: the output path is empty or holds a NUL character")
+    out = Path(text).expanduser()
+    if out.is_dir():
+        raise BadInput(
+            f"{what}: {text!r} is a folder; give a file name such as {Path(text) / ('out' + suffixes[0])}"
+        )
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise BadInput(f"{what}: {out.name!r} has an unsupported extension; use one of {', '.join(suffixes)}")
+    _check_writable_dir(out.parent, what)
+    if out.exists() and not os.access(out, os.W_OK):
+        raise BadInput(f"{what}: {text!r} exists and is not writable")
+    return out
+
+
+def check_out_dir(path: str | os.PathLike[str], what: str) -> Path:
+    """Validate an output folder before any work starts: it exists or can be made, and takes new files."""
+    out = Path(os.fspath(path)).expanduser()
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"{what}: {str(out)!r} exists and is not a folder")
+    _check_writable_dir(out, what)
+    return out
+
+
+def _check_writable_dir(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"{what}: cannot create the folder {str(folder)!r} ({e.strerror or e})") from None
+    probe = folder / f".convlens-write-test-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"x")
+    except OSError as e:
+        raise BadInput(f"{what}: cannot write into {str(folder)!r} ({e.strerror or e})") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _save_output(write: Any, out: Path, what: str) -> None:
+    """Run `write(tmp)` into a temporary name beside `out`, then move it in place: a full disk or a killed
+    process never leaves half a file under the user's name; OSError becomes one clear line."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise BadInput(f"{what}: could not write {str(out)!r} ({e.strerror or e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _progress_bar(desc: str) -> Any:
     from tqdm import tqdm
 
-    bar = tqdm(total=100, desc=desc, unit="%", leave=False, file=sys.stderr)
+    bar = tqdm(total=100, desc=desc, unit="%", leave=False, file=sys.stderr, disable=None)  # terminals only
 
     def cb(frac: float, msg: str = "") -> None:
         bar.n = int(round(100 * max(0.0, min(1.0, frac))))
@@ -61,8 +140,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .images import open_image
 
-    net = _load(args)
     img = open_image(args.image)
+    net = _load(args)
     preds = net.predict(img, top=args.top)
     if args.json:
         print(json.dumps([{"label": lab, "probability": p} for lab, p in preds], indent=2))
@@ -76,9 +155,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .runtime.export import export_backbone
     from .runtime.runner import OrtRunner
 
+    out = check_out_file(args.out, (".onnx",), "--out")
     net = _load(args)
     taps = args.taps or (["logits"] if net.has_head else ["embedding"])
-    out = Path(args.out)
     path = export_backbone(net, taps, opset=args.opset, out=out)
     r = OrtRunner(net, taps)
     from .runtime.runner import _parity_checked
@@ -92,6 +171,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
+    if args.out is not None:
+        check_out_dir(args.out, "--out")
     bar = _progress_bar("bench")
     try:
         rep = run_bench(quick=args.quick, out_dir=args.out, int8=True if args.int8 else None, progress=bar)
@@ -122,7 +203,7 @@ def _method_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespac
     spec = registry.get(args.method)
     if spec.family != args.family:
         raise BadInput(f"{spec.name} is a {spec.family} method; use `convlens {_verb(spec.family)}`")
-    mp = argparse.ArgumentParser(
+    mp = _Parser(
         prog=f"convlens {_verb(spec.family)} --method {spec.name}",
         description=f"{spec.summary} (Also: --model, --arch, --trust, --out; see `convlens {_verb(spec.family)} -h`.)",
     )
@@ -141,6 +222,14 @@ def _method_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespac
     return args
 
 
+def _pil_format(out: Path) -> str:
+    """PIL's format name for an output suffix (the temporary name hides it)."""
+    from PIL import Image
+
+    Image.init()
+    return Image.EXTENSION[out.suffix.lower()]
+
+
 def _verb(family: str) -> str:
     return next(v for v, f in FAMILY_VERBS.items() if f == family)
 
@@ -150,21 +239,21 @@ def cmd_method(args: argparse.Namespace) -> int:
     from .images import open_image
 
     spec = registry.get(args.method)
-    net = _load(args)
     if spec.needs_image and not args.image:
         raise BadInput(
             f"{spec.name} needs an input image: convlens {_verb(spec.family)} IMAGE --method {spec.name}"
         )
+    out = check_out_file(args.out, IMAGE_SUFFIXES, "--out")
     img = open_image(args.image) if args.image else None
+    net = _load(args)
     params = {k[2:]: v for k, v in vars(args).items() if k.startswith("p_") and v is not None}
     bar = _progress_bar(spec.name)
     try:
         res = registry.run(spec.name, net, img, progress=bar, **params)
     finally:
         bar.close()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    (res.overlay() if res.kind == "map" else res.to_image()).save(out)
+    picture = res.overlay() if res.kind == "map" else res.to_image()
+    _save_output(lambda tmp: picture.save(tmp, format=_pil_format(out)), out, "--out")
     summary = {k: v for k, v in res.meta.items() if isinstance(v, (int, float, str, bool))}
     print(f"wrote {out}  {json.dumps(summary)}")
     return 0
@@ -174,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (technique subcommands generated from the registry)."""
     from . import registry
 
-    ap = argparse.ArgumentParser(prog="convlens", description="See inside convolutional networks.")
+    ap = _Parser(prog="convlens", description="See inside convolutional networks.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
@@ -193,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k classes for an image")
     p.add_argument("image")
     model_args(p)
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=_positive_int, default=5, help="how many classes to print (>= 1)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_predict)
 
@@ -229,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("limits", help="the resource caps, their environment variables and current values")
     p.set_defaults(fn=cmd_limits)
 
+    p = sub.add_parser("config", help="every CONVLENS_* setting: default, current value and meaning")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_config)
+
     from .distributed import add_job_parser
 
     add_job_parser(sub)
@@ -262,10 +355,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_limits(args: argparse.Namespace) -> int:
     """Print every resource cap (accel.limits) with its variable, default and current value."""
-    from .limits import table
+    from .limits import CAPS
+    from .settings import SettingError, get
 
-    for row in table():
-        print(f"{row['env']:<26} {row['current']:>12,}  (default {row['default']:,}): {row['what']}")
+    bad = []
+    for c in CAPS.values():
+        try:
+            current = f"{get(c.env):>12,}"
+        except SettingError as e:
+            current, _ = f"{'INVALID':>12}", bad.append(str(e))
+        print(f"{c.env:<26} {current}  (default {c.default:,}): {c.what}")
+    if bad:
+        raise BadInput(bad[0])
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print every CONVLENS_* setting (accel.settings) with its kind, default, current value and meaning."""
+    from .settings import table
+
+    rows = table()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        w = max(len(r["name"]) for r in rows)
+        for r in rows:
+            mark = "*" if r["set"] else " "
+            print(f"{r['name']:<{w}} {mark} {r['current']!s:<14} (default {r['default']}) {r['meaning']}")
+        print("\n* set in this environment")
+    bad = [r for r in rows if isinstance(r["current"], str) and r["current"].startswith("INVALID")]
+    if bad:
+        raise BadInput(str(bad[0]["current"]).removeprefix("INVALID: "))
     return 0
 
 
@@ -283,25 +403,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if method_help:  # `convlens explain --method gradcam --help`: the method's own flags (second phase)
         argv = [a for a in argv if a not in helps]
-    args, rest = ap.parse_known_args(argv)
-    if method_help:
-        rest = [*rest, "--help"]
-    if getattr(args, "fn", None) is not cmd_bench:  # the bench measures torch as users run it (default heap)
-        from .runtime.alloc import tune_allocator
-
-        tune_allocator()
     try:
+        args, rest = ap.parse_known_args(argv)
+        if method_help:
+            rest = [*rest, "--help"]
+        if (
+            getattr(args, "fn", None) is not cmd_bench
+        ):  # the bench measures torch as users run it (default heap)
+            from .runtime.alloc import tune_allocator
+
+            tune_allocator()
         if getattr(args, "family", None):
             args = _method_args(args, rest)
         elif rest:
             ap.error(f"unrecognized arguments: {' '.join(rest)}")
         return int(args.fn(args) or 0)
     except BadInput as e:
-        print(f"convlens: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
+        _error_line(str(e))
+        return 2
+    except OSError as e:  # the environment (disk full, permissions, an unusable cache folder), not a bug
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        _error_line(f"{e.strerror or e}{where}; check free space and permissions (or CONVLENS_CACHE / --out)")
+        return 2
+    except MemoryError:
+        _error_line("out of memory; use a smaller input, batch or parameter")
         return 2
     except KeyboardInterrupt:
         print("convlens: interrupted", file=sys.stderr)
         return 130
+
+
+def _error_line(msg: str) -> None:
+    """The one stderr line every convlens error becomes (after any progress bar has been closed)."""
+    sys.stderr.flush()
+    print(f"convlens: error: {' '.join(msg.split())}", file=sys.stderr)
 
 
 if __name__ == "__main__":

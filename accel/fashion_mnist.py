@@ -59,9 +59,11 @@ def _complete(folder: Path) -> bool:
 
 def find_fashion_mnist() -> Path | None:
     """The folder holding the four Fashion-MNIST idx files ($CONVLENS_FASHION_MNIST, then Debian's), or None."""
-    override = os.environ.get(ENV_VAR)
+    from .settings import get
+
+    override = get(ENV_VAR)
     if override:
-        folder = Path(override).expanduser()
+        folder = Path(override)
         if _complete(folder):
             return folder
     if _complete(DEBIAN_DIR):
@@ -144,9 +146,11 @@ def _torchvision_fallback(split: str) -> tuple[np.ndarray, np.ndarray]:
 def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 28, 28) uint8 and labels (N,) int64 of the 'train' (60k) or 'test' (10k) split."""
     _split_files(split)  # validates the split name before any I/O
-    override = os.environ.get(ENV_VAR)
-    if override and not _complete(Path(override).expanduser()):
-        raise BadInput(f"${ENV_VAR}={override!r} does not hold the four Fashion-MNIST idx(.gz) files")
+    from .settings import get
+
+    override = get(ENV_VAR)
+    if override and not _complete(Path(override)):
+        raise BadInput(f"${ENV_VAR}={str(override)!r} does not hold the four Fashion-MNIST idx(.gz) files")
     folder = find_fashion_mnist()
     if folder is not None:
         return _load_idx_split(folder, split)

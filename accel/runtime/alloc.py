@@ -10,7 +10,6 @@ is unaffected. Processes convlens owns (the CLI and the dashboard) call `tune_al
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
 from typing import Any
 
@@ -31,7 +30,9 @@ def tune_allocator(
     """
     if _STATE:
         return dict(_STATE)
-    if os.environ.get("CONVLENS_TUNE_MALLOC", "1") == "0":
+    from ..settings import get
+
+    if not get("CONVLENS_TUNE_MALLOC"):
         _STATE.update(applied=False, reason="CONVLENS_TUNE_MALLOC=0")
         return dict(_STATE)
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":

@@ -85,9 +85,11 @@ def pca(x: np.ndarray, dims: int) -> np.ndarray:
 
 def _n_jobs() -> int:
     """Threads for openTSNE: all cores but one (on a 2-core machine one thread is faster than two fighting)."""
-    env = os.environ.get("CONVLENS_TSNE_JOBS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    from ...settings import get
+
+    jobs = get("CONVLENS_TSNE_JOBS")
+    if jobs:
+        return int(jobs)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(8, cpus - 1))
 

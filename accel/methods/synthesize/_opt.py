@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,12 +41,9 @@ MAX_SIDE = 4096
 
 def memory_budget_bytes() -> int:
     """Memory a synthesis run may plan for: $CONVLENS_SYNTH_MAX_MB (default 8192 MB)."""
-    env = os.environ.get(ENV_MAX_MB, "").strip()
-    try:
-        mb = float(env) if env else DEFAULT_MAX_MB
-    except ValueError:
-        raise BadInput(f"{ENV_MAX_MB}={env!r} is not a number of megabytes") from None
-    return int(mb * 2**20)
+    from ...limits import cap_float
+
+    return int(cap_float("synth_mb") * 2**20)
 
 
 def estimate_bytes(net: Any, h: int, w: int, batch: int = 1) -> int:
