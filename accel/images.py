@@ -1,8 +1,11 @@
 """Safe image opening and small image helpers (arrays, preprocessing crops, overlays, grids, sample photos).
 
-Everything that turns user-supplied bytes into pixels goes through `open_image`, which refuses bad input with
-`BadInput` and a message saying what was wrong, checks a pixel budget from the header before decoding anything,
-and never changes PIL's global settings (so it is safe to call from several threads at once).
+Everything that turns user-supplied bytes into pixels goes through `open_image`, the one boundary for image bytes:
+Pillow identifies the file (restricted to SUPPORTED_FORMATS) and decodes it inside a guard that turns *every*
+exception of Pillow and the libraries underneath into `BadInput` (`ResourceLimit` for size and memory) with a message
+saying what was wrong and what to do. A pixel budget is checked from the header before anything is decoded, TIFF
+variants Pillow has no pixel mode for (float or signed RGB, planar 16-bit, ...) are decoded with tifffile, and PIL's
+global settings are never changed (so it is safe to call from several threads at once).
 """
 
 from __future__ import annotations
@@ -10,19 +13,22 @@ from __future__ import annotations
 import codecs
 import importlib.util
 import io
+import logging
 import math
 import os
 import re
 import threading
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
+from . import settings
 from .errors import BadInput, ResourceLimit
 from .limits import CAPS
 
@@ -32,6 +38,8 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "FOOLBOX_KINDS",
     "open_image",
+    "image_extensions",
+    "decodable_formats",
     "to_array",
     "from_array",
     "resize_center_crop",
@@ -66,8 +74,43 @@ FOOLBOX_KINDS: tuple[str, ...] = ("imagenet", "cifar10", "cifar100", "mnist", "f
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | Image.Image
 
 _SNIFF_BYTES = 4096
-# Python's warnings filters are process-global; this lock keeps our rare, temporary filter consistent.
+# Python's warnings filters are process-global; this lock keeps our temporary filter consistent across threads.
 _WARN_LOCK = threading.Lock()
+_MAX_NAME = 200  # characters of a caller-supplied name shown in messages
+
+
+# --------------------------------------------------------------------------------------------- formats
+
+
+_FORMATS: list[tuple[str, ...]] = []
+_EXTENSIONS: list[frozenset[str]] = []
+
+
+def decodable_formats() -> tuple[str, ...]:
+    """The SUPPORTED_FORMATS this Pillow build registers and can decode (AVIF only where Pillow has libavif)."""
+    if not _FORMATS:
+        registered = set(Image.registered_extensions().values())
+        _FORMATS.append(
+            tuple(
+                f
+                for f in SUPPORTED_FORMATS
+                if f in registered
+                and (f != "AVIF" or features.check("avif"))
+                and (f != "WEBP" or features.check("webp"))
+            )
+        )
+    return _FORMATS[0]
+
+
+def image_extensions() -> frozenset[str]:
+    """File extensions (lower case, with the dot) of every format `open_image` decodes, from Pillow's registry.
+
+    Dataset folders and job inputs use this one list, so no decodable format is skipped by its file name."""
+    if not _EXTENSIONS:
+        formats = set(decodable_formats())
+        exts = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in formats}
+        _EXTENSIONS.append(frozenset(exts))
+    return _EXTENSIONS[0]
 
 
 # --------------------------------------------------------------------------------------------- open_image
@@ -78,59 +121,78 @@ def open_image(
     *,
     max_pixels: int | None = None,
     background: tuple[int, int, int] = (255, 255, 255),
+    name: str | None = None,
 ) -> Image.Image:
     """A path, bytes or binary file as a fully loaded, upright RGB image, or `BadInput` saying what is wrong.
 
-    Images over `max_pixels` (default: env CONVLENS_MAX_PIXELS, else 50 M) are refused from the header alone."""
+    Images over `max_pixels` (default: CONVLENS_MAX_PIXELS, else 50 M) are refused from the header alone. `name`
+    is what messages call the input (e.g. the user's original file name instead of a server-side storage path)."""
     limit = _pixel_limit(max_pixels)
     bg = _check_background(background)
+    shown = _shown_name(name)
     if isinstance(src, Image.Image):
-        _check_size(src.size, limit, "image")
-        return _to_rgb(src, bg).copy()
+        label = shown or "image"
+        _guarded(lambda: _check_size(src.size, limit, label), label, "image", limit)
+        return _guarded(lambda: _to_rgb(src, bg).copy(), label, "image", limit)
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
+        label = shown or "image bytes"
         if not data:
-            raise BadInput("image bytes: the input is empty (0 bytes)")
-        return _decode(io.BytesIO(data), "image bytes", "", limit, bg)
+            raise BadInput(f"{label}: the input is empty (0 bytes)")
+        return _decode(io.BytesIO(data), label, limit, bg)
     if isinstance(src, (str, os.PathLike)):
-        path = _check_path(src)
-        label = repr(str(src))
+        label = shown or _path_label(src)
+        path = _check_path(src, label)
         try:
             fp = open(path, "rb")  # noqa: SIM115 - closed below, after decoding
         except OSError as e:
-            raise BadInput(f"{label}: cannot be read ({e.strerror or e})") from e
+            raise BadInput(f"{label}: cannot be read ({e.strerror or type(e).__name__})") from None
         with fp:
-            return _decode(fp, label, str(path), limit, bg)
+            return _decode(fp, label, limit, bg)
     if hasattr(src, "read"):
-        name = getattr(src, "name", None)
-        label = repr(name) if isinstance(name, str) else "image stream"
+        stream_name = getattr(src, "name", None)
+        label = shown or (repr(stream_name[:_MAX_NAME]) if isinstance(stream_name, str) else "image stream")
         try:
             data = src.read()
-        except (OSError, ValueError) as e:
-            raise BadInput(f"{label}: cannot be read ({e})") from e
+        except Exception as e:  # noqa: BLE001 - a caller's stream may raise anything; it is their input
+            raise BadInput(f"{label}: cannot be read ({_why(e)})") from None
         if isinstance(data, str):
             raise BadInput(f"{label}: is a text stream; open the file in binary mode ('rb')")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise BadInput(f"{label}: read() returned {type(data).__name__}, not bytes")
         if not data:
             raise BadInput(f"{label}: the input is empty (0 bytes)")
-        return _decode(io.BytesIO(bytes(data)), label, "", limit, bg)
+        return _decode(io.BytesIO(bytes(data)), label, limit, bg)
     raise BadInput(
         f"cannot open an image from a {type(src).__name__}; pass a file path, bytes, or a binary file object"
     )
 
 
+def _shown_name(name: str | None) -> str | None:
+    """The caller's name for the input, quoted and shortened for messages (None: describe the input itself)."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise BadInput(
+            f"name must be a string (the file name to show in messages), got {type(name).__name__}"
+        )
+    text = name.strip() or "(unnamed file)"
+    if len(text) > _MAX_NAME:
+        text = text[: _MAX_NAME - 3] + "..."
+    return repr(text)
+
+
+def _path_label(src: str | os.PathLike[str]) -> str:
+    text = os.fspath(src)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    return repr(text if len(text) <= 2 * _MAX_NAME else "..." + text[-2 * _MAX_NAME :])
+
+
 def _pixel_limit(max_pixels: int | None) -> int:
-    """The pixel budget: the argument, else the CONVLENS_MAX_PIXELS environment variable, else the default."""
+    """The pixel budget: the argument, else the CONVLENS_MAX_PIXELS setting (SettingError if malformed)."""
     if max_pixels is None:
-        env = os.environ.get(ENV_MAX_PIXELS, "").strip()
-        if not env:
-            return DEFAULT_MAX_PIXELS
-        try:
-            max_pixels = int(env.replace("_", "").replace(",", ""))
-        except ValueError:
-            try:
-                max_pixels = int(float(env))
-            except ValueError:
-                raise BadInput(f"{ENV_MAX_PIXELS}={env!r} is not a whole number of pixels") from None
+        max_pixels = settings.get(ENV_MAX_PIXELS)
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels <= 0:
         raise BadInput(f"max_pixels must be a positive whole number, got {max_pixels!r}")
     return int(max_pixels)
@@ -146,22 +208,21 @@ def _check_background(background: Sequence[int]) -> tuple[int, int, int]:
     return bg  # type: ignore[return-value]
 
 
-def _check_path(src: str | os.PathLike[str]) -> Path:
+def _check_path(src: str | os.PathLike[str], label: str) -> Path:
     text = os.fspath(src)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
     if re.match(r"^(https?|ftp)://", text, re.IGNORECASE):
-        raise BadInput(f"{text!r}: is a URL; download the image first and pass the file or its bytes")
+        raise BadInput(f"{label}: is a URL; download the image first and pass the file or its bytes")
     if text.lower().startswith("data:"):
         raise BadInput("the input is a data: URL (text); decode its base64 payload and pass the bytes")
-    path = Path(text).expanduser()
-    label = repr(text)
     try:
+        path = Path(text).expanduser()
         st = path.stat()
     except FileNotFoundError:
         raise BadInput(f"{label}: file not found (no such file)") from None
-    except (OSError, ValueError) as e:
-        raise BadInput(f"{label}: cannot be accessed ({e})") from None
+    except (OSError, ValueError, RuntimeError) as e:  # permissions, NUL bytes, names too long, ~nosuchuser
+        raise BadInput(f"{label}: cannot be accessed ({getattr(e, 'strerror', None) or _why(e)})") from None
     if path.is_dir():
         raise BadInput(f"{label}: is a directory, not an image file")
     if st.st_size == 0:
@@ -169,79 +230,173 @@ def _check_path(src: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _decode(fp: IO[bytes], label: str, filename: str, limit: int, bg: tuple[int, int, int]) -> Image.Image:
-    """Identify, size-check, decode and convert one image from a seekable binary stream."""
-    im = _identify(fp, label, filename)
-    fmt = im.format or "image"
-    _check_size(im.size, limit, label)
-    # PIL re-checks its own (global) bomb limit while decoding TIFF and GIF; only reachable past ~89 Mpx.
-    pil_limit = Image.MAX_IMAGE_PIXELS
-    loud = pil_limit is not None and im.size[0] * im.size[1] > pil_limit
+# --------------------------------------------------------------------------------------------- the guard
+
+
+def _why(e: BaseException) -> str:
+    """A library's exception as a short clause for a message, with any quoted file bytes blanked out."""
+    text = str(e).strip() or type(e).__name__
+    text = re.sub(r"""b(['"]).*?(?<!\\)\1""", "b'...'", text)  # bytes literals may quote the file's contents
+    text = re.sub(r"\b(?:0x)?[0-9a-fA-F]{2}(?: [0-9a-fA-F]{2}){3,}\b", "...", text)  # hex dumps
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _memory_error(label: str) -> ResourceLimit:
+    return ResourceLimit(
+        f"{label}: ran out of memory while decoding the image; use a smaller image, or lower max_pixels / "
+        f"{ENV_MAX_PIXELS} so that images this large are refused from their header"
+    )
+
+
+def _guarded(step: Callable[[], Any], label: str, fmt: str, limit: int) -> Any:
+    """Run one decoding step; every exception from Pillow or below becomes a BadInput subclass."""
     try:
-        with _quiet_bomb_warning(loud):
-            im.load()
+        return step()
+    except BadInput:
+        raise
     except Image.DecompressionBombError as e:
-        raise ResourceLimit(
-            f"{label}: PIL refuses to decode an image this large ({e}); raise PIL.Image.MAX_IMAGE_PIXELS "
-            "as well as max_pixels / CONVLENS_MAX_PIXELS to open it"
-        ) from None
-    except (OSError, SyntaxError, EOFError, ValueError, IndexError, TypeError) as e:
+        raise ResourceLimit(_bomb_message(e, label, limit)) from None
+    except MemoryError:
+        raise _memory_error(label) from None
+    except Exception as e:  # noqa: BLE001 - the boundary: nothing from the decoders may pass as anything else
         raise BadInput(
-            f"{label}: the {fmt} data is truncated or corrupt ({e}); the file may be incomplete "
+            f"{label}: the {fmt} data is truncated or corrupt ({_why(e)}); the file may be incomplete "
             "(an interrupted download or copy?)"
         ) from None
-    try:
-        upright = ImageOps.exif_transpose(im)
-    except Exception:  # malformed EXIF must not make a readable picture unreadable; keep it unrotated
-        upright = im.copy()
-    _check_size(upright.size, limit, label)
-    return _to_rgb(upright, bg)
 
 
-def _identify(fp: IO[bytes], label: str, filename: str) -> ImageFile.ImageFile:
-    """Pick the decoder from the magic bytes (like Image.open, restricted to SUPPORTED_FORMATS, no bomb check)."""
-    head = fp.read(_SNIFF_BYTES)
-    if not head:
-        raise BadInput(f"{label}: the input is empty (0 bytes)")
-    prefix = head[:16]
-    if any(f not in Image.OPEN for f in SUPPORTED_FORMATS):
-        Image.init()
-    failures: list[tuple[str, BaseException]] = []
-    for fmt in SUPPORTED_FORMATS:
-        entry = Image.OPEN.get(fmt)
-        if entry is None:
-            continue
-        factory, accept = entry
-        ok = accept(prefix) if accept is not None else True
-        if not ok or isinstance(ok, str):
-            continue
-        fp.seek(0)
-        try:
-            with _quiet_bomb_warning(fmt == "GIF"):  # a GIF frame may declare a size beyond its screen
-                return factory(fp, filename)
-        except Image.DecompressionBombError as e:
-            what = "a frame far larger than its canvas" if fmt == "GIF" else "an image"
-            raise ResourceLimit(
-                f"{label}: the {fmt} declares {what} beyond PIL's hard limit ({e}); refused as a "
-                "decompression bomb"
-            ) from None
-        except Exception as e:  # a decoder that recognised the magic but could not parse the header
-            failures.append((fmt, e))
-    if failures:
-        fmt, err = failures[0]
-        raise BadInput(f"{label}: looks like a {fmt} file but its header is truncated or corrupt ({err})")
-    raise BadInput(f"{label}: {_describe_non_image(head)}")
+def _bomb_message(e: Image.DecompressionBombError, label: str, limit: int) -> str:
+    """ResourceLimit text for PIL's own hard limit, with the declared size when the traceback holds the image."""
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    pixels = int(m.group(1)) if m else None
+    size = _declared_size(e, pixels)
+    if size is not None:
+        what = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels"
+    elif pixels is not None:
+        what = f"{pixels:,} pixels"
+    else:
+        what = f"more than {_pil_hard_limit()}"
+    if pixels is None or pixels > limit:
+        return (
+            f"{label}: the image is {what}, over the limit of {limit:,} pixels (a guard against decompression "
+            "bombs; refused from the header). If the image is genuine, raise the limit with "
+            f"open_image(..., max_pixels=N) or the environment variable {ENV_MAX_PIXELS}=N"
+        )
+    return (
+        f"{label}: the image is {what}, beyond PIL's own hard limit of {_pil_hard_limit()}; refused as a "
+        "decompression bomb. If the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS as well as "
+        f"max_pixels / {ENV_MAX_PIXELS}"
+    )
+
+
+def _pil_hard_limit() -> str:
+    limit = Image.MAX_IMAGE_PIXELS
+    return f"{2 * limit:,} pixels" if limit else "its pixel count"
+
+
+def _declared_size(e: BaseException, pixels: int | None) -> tuple[int, int] | None:
+    """The (w, h) PIL refused, read from the refusing frames' image objects (only for the message)."""
+    tb = e.__traceback__
+    found = None
+    while tb is not None:
+        for key in ("size", "im", "self"):
+            v = tb.tb_frame.f_locals.get(key)
+            size = v.size if isinstance(v, Image.Image) else v
+            if (
+                isinstance(size, tuple)
+                and len(size) == 2
+                and all(isinstance(s, int) for s in size)
+                and (pixels is None or size[0] * size[1] == pixels)
+            ):
+                found = (int(size[0]), int(size[1]))
+        tb = tb.tb_next
+    return found
 
 
 @contextmanager
-def _quiet_bomb_warning(active: bool) -> Iterator[None]:
-    """Silence PIL's DecompressionBombWarning (we enforce our own limit); a no-op unless `active`."""
-    if not active:
-        yield
-        return
+def _quiet_pil_warnings() -> Iterator[None]:
+    """Silence PIL's DecompressionBombWarning (we enforce our own limit) and its "could not identify" notes."""
     with _WARN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         yield
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+
+def _decode(fp: IO[bytes], label: str, limit: int, bg: tuple[int, int, int]) -> Image.Image:
+    """Identify, size-check, decode and convert one image from a seekable binary stream."""
+    try:
+        head = fp.read(_SNIFF_BYTES)
+        fp.seek(0)
+    except OSError as e:
+        raise BadInput(f"{label}: cannot be read ({e.strerror or type(e).__name__})") from None
+    if not head:
+        raise BadInput(f"{label}: the input is empty (0 bytes)")
+    try:
+        return _decode_pillow(fp, label, limit, bg, head)
+    except ResourceLimit:
+        raise
+    except BadInput:
+        if not head.startswith(_TIFF_MAGIC):
+            raise
+        # Pillow has no pixel mode for some valid TIFFs (float or signed RGB, 16-bit planar, odd bit depths)
+        better = _decode_tiff(fp, label, limit, bg)
+        if better is None:  # tifffile cannot parse it either: Pillow's message stands
+            raise
+        return better
+
+
+def _decode_pillow(
+    fp: IO[bytes], label: str, limit: int, bg: tuple[int, int, int], head: bytes
+) -> Image.Image:
+    im = _identify(fp, label, head, limit)  # not closed here: that would close the caller's file
+    fmt = im.format or "image"
+    _check_size(im.size, limit, label)
+    _guarded(lambda: _load(im), label, fmt, limit)
+    upright = _guarded(lambda: _exif_upright(im), label, fmt, limit)
+    _check_size(upright.size, limit, label)
+    return _guarded(lambda: _to_rgb(upright, bg), label, fmt, limit)
+
+
+def _load(im: Image.Image) -> None:
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if pil_limit is not None and im.size[0] * im.size[1] > pil_limit:  # PIL re-checks while decoding TIFF/GIF
+        with _quiet_pil_warnings():
+            im.load()
+    else:
+        im.load()
+
+
+def _exif_upright(im: Image.Image) -> Image.Image:
+    """The image turned upright by its EXIF orientation; malformed EXIF keeps a readable picture unrotated."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001
+        return im.copy()
+
+
+def _identify(fp: IO[bytes], label: str, head: bytes, limit: int) -> ImageFile.ImageFile:
+    """Let Pillow identify the file among the decodable formats (header only, nothing decoded yet)."""
+    formats = decodable_formats()
+    try:
+        with _quiet_pil_warnings():
+            return Image.open(fp, formats=formats)
+    except Image.DecompressionBombError as e:
+        raise ResourceLimit(_bomb_message(e, label, limit)) from None
+    except MemoryError:
+        raise _memory_error(label) from None
+    except UnidentifiedImageError:
+        raise BadInput(f"{label}: {_describe_unidentified(head)}") from None
+    except Exception as e:  # noqa: BLE001 - a decoder that recognised the magic but could not parse the header
+        fmt = _magic_format(head) or "image"
+        raise BadInput(
+            f"{label}: looks like a {fmt} file but its header is truncated or corrupt ({_why(e)})"
+        ) from None
 
 
 def _check_size(size: tuple[int, int], limit: int, label: str) -> None:
@@ -255,6 +410,59 @@ def _check_size(size: tuple[int, int], limit: int, label: str) -> None:
             "(a guard against decompression bombs). If the image is genuine, raise the limit with "
             f"open_image(..., max_pixels=N) or the environment variable {ENV_MAX_PIXELS}=N"
         )
+
+
+# --------------------------------------------------------------------------------------------- describing
+
+
+# Our own reading of the first bytes, only to word messages (Pillow alone decides what it decodes).
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"WEBP", 8, "WEBP"),
+    (b"BM", 0, "BMP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"II+\x00", 0, "TIFF"),
+    (b"MM\x00+", 0, "TIFF"),
+    (b"qoif", 0, "QOI"),
+)
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_HEIF_BRANDS = ("heic", "heix", "heim", "heis", "hevc", "hevx")
+_AVIF_BRANDS = ("avif", "avis", "mif1", "msf1")
+
+
+def _magic_format(head: bytes) -> str | None:
+    """The image format the first bytes announce (PNG, JPEG, ...), or None."""
+    for magic, at, fmt in _MAGIC:
+        if head[at : at + len(magic)] == magic and (fmt != "WEBP" or head.startswith(b"RIFF")):
+            return fmt
+    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"1234567fF" and head[2:3].isspace():
+        return "PPM/PGM/PBM"
+    if head[4:8] == b"ftyp" and head[8:12].decode("ascii", "replace") in _AVIF_BRANDS:
+        return "AVIF"
+    return None
+
+
+def _describe_unidentified(head: bytes) -> str:
+    """Why Pillow could not identify the input, in words (never the input's bytes)."""
+    n = len(head)
+    if n <= 3:
+        return (
+            f"is only {n} byte{'s' if n != 1 else ''} long, too short to be an image of any format "
+            "(an interrupted download or copy?)"
+        )
+    fmt = _magic_format(head)
+    if fmt == "AVIF" and "AVIF" not in decodable_formats():
+        return "is an AVIF image, which this installation cannot decode (Pillow without AVIF); convert it to PNG or JPEG"
+    if fmt is not None:
+        return (
+            f"looks like a {fmt} file but its header is truncated or corrupt (Pillow cannot read it); the file may "
+            "be incomplete (an interrupted download or copy?)"
+        )
+    return _describe_non_image(head)
 
 
 _BINARY_SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -279,17 +487,18 @@ _BINARY_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"8BPS", "a Photoshop document (not accepted; export it as PNG or JPEG)"),
     (b"\x80\x02", "a Python pickle"),
     (b"\x80\x04", "a Python pickle"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image (not accepted; convert it to PNG or JPEG)"),
 )
 
 
 def _describe_non_image(head: bytes) -> str:
-    """A human-readable guess at what a non-image input is, for the error message."""
+    """A human-readable guess at what a non-image input is, for the error message (never its bytes)."""
     for magic, what in _BINARY_SIGNATURES:
         if head.startswith(magic):
             return f"looks like {what}, not an image"
     if head[4:8] == b"ftyp":
         brand = head[8:12].decode("ascii", "replace").strip()
-        if brand in ("heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1", "avif", "avis"):
+        if brand in _HEIF_BRANDS or brand in _AVIF_BRANDS:
             return f"is a HEIF/AVIF image ({brand}), which this installation cannot decode; convert it to PNG or JPEG"
         return "looks like an MP4/MOV video, not an image"
     if head.startswith(b"RIFF") and head[8:12] in (b"WAVE", b"AVI "):
@@ -297,7 +506,10 @@ def _describe_non_image(head: bytes) -> str:
     text = _as_text(head)
     if text is not None:
         return f"looks like {_describe_text(text)}, not an image"
-    return f"is not a recognised image format (first bytes {head[:8].hex(' ')}; supported: {', '.join(SUPPORTED_FORMATS)})"
+    return (
+        "is not a recognised image format (binary data without the header of any image format); "
+        f"supported: {', '.join(decodable_formats())}"
+    )
 
 
 def _as_text(head: bytes) -> str | None:
@@ -339,6 +551,251 @@ def _describe_text(text: str) -> str:
     return "plain text"
 
 
+# --------------------------------------------------------------------------------------------- TIFF variants
+
+_TIFF_PHOTOMETRIC = {0: "min-is-white gray", 1: "gray", 2: "RGB", 3: "palette"}
+_TIFF_OTHER_PHOTOMETRIC = {
+    4: "transparency mask",
+    5: "CMYK (separated)",
+    6: "YCbCr",
+    8: "CIE L*a*b*",
+    9: "ICC L*a*b*",
+    10: "ITU L*a*b*",
+    32803: "colour filter array (raw)",
+    32844: "LogL",
+    32845: "LogLuv",
+    34892: "linear raw",
+}
+_TIFF_INFLATE = {8: "Deflate", 32946: "Deflate"}
+_TIFF_COMPRESSION_NAMES = {
+    1: "no",
+    2: "CCITT RLE",
+    3: "CCITT Group 3",
+    4: "CCITT Group 4",
+    5: "LZW",
+    6: "old-style JPEG",
+    7: "JPEG",
+    8: "Deflate",
+    32773: "PackBits",
+    32946: "Deflate",
+    34712: "JPEG 2000",
+    34925: "LZMA",
+    50000: "Zstandard",
+    50001: "WebP",
+}
+_TIFF_CONVERT = "re-save it as an uncompressed or Deflate (ZIP) TIFF, or as a 8/16-bit PNG"
+_TIFF_LOGGER: list[bool] = []
+
+
+def _decode_tiff(fp: IO[bytes], label: str, limit: int, bg: tuple[int, int, int]) -> Image.Image | None:
+    """A TIFF Pillow could not read, decoded with tifffile when it is a valid variant we support; None when
+    tifffile cannot parse it either (then it is corrupt, and the caller's message stands)."""
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    if not _TIFF_LOGGER:  # tifffile logs odd tags; a library logger without handlers would print to stderr
+        logging.getLogger("tifffile").addHandler(logging.NullHandler())
+        _TIFF_LOGGER.append(True)
+    try:
+        fp.seek(0)
+        data = fp.read()
+    except OSError:
+        return None
+    try:
+        tif = tifffile.TiffFile(io.BytesIO(data))
+    except MemoryError:
+        raise _memory_error(label) from None
+    except Exception:  # noqa: BLE001 - not parseable by tifffile either
+        return None
+    with tif:
+        try:
+            page = tif.pages.first
+            facts = _tiff_facts(page)
+        except MemoryError:
+            raise _memory_error(label) from None
+        except Exception:  # noqa: BLE001
+            return None
+        variant = _tiff_variant(facts)
+        _check_tiff_supported(facts, variant, label, limit)
+        _check_inflate(data, page, facts, label)
+        try:
+            arr = page.asarray(maxworkers=1)
+            pixels = _tiff_pixels(np.asarray(arr), page, facts, bg)
+            return _tiff_orient(Image.fromarray(pixels), facts["orientation"])
+        except BadInput:
+            raise
+        except MemoryError:
+            raise _memory_error(label) from None
+        except Exception as e:  # noqa: BLE001
+            raise BadInput(
+                f"{label}: the TIFF ({variant}) data is truncated or corrupt ({_why(e)}); the file may be "
+                "incomplete (an interrupted download or copy?)"
+            ) from None
+
+
+def _tiff_facts(page: Any) -> dict[str, Any]:
+    """The header fields of one TIFF page that decide whether and how we decode it."""
+    dtype = np.dtype(page.dtype) if page.dtype is not None else None
+    chunk = math.prod(int(c) for c in page.chunks) if page.chunks else 0
+    return {
+        "width": int(page.imagewidth),
+        "height": int(page.imagelength),
+        "depth": int(page.imagedepth),
+        "samples": int(page.samplesperpixel),
+        "bits": int(page.bitspersample),
+        "dtype": dtype,
+        "photometric": int(page.photometric),
+        "compression": int(page.compression),
+        "predictor": int(page.predictor),
+        "planar": int(page.planarconfig),
+        "extrasamples": tuple(int(x) for x in page.extrasamples),
+        "orientation": int(page.tags.valueof(274, 1) or 1),
+        "chunk_bytes": chunk * (dtype.itemsize if dtype is not None else 1),
+        "segments": len(page.dataoffsets),
+        "nbytes": int(page.nbytes),
+    }
+
+
+def _tiff_variant(f: dict[str, Any]) -> str:
+    """The variant in words, e.g. "32-bit float RGB, Deflate compression, planar"."""
+    dt = f["dtype"]
+    kind = {"f": "float", "i": "signed", "u": "unsigned", "b": "bilevel", "c": "complex"}.get(
+        dt.kind if dt is not None else "", "unknown sample type"
+    )
+    colour = _TIFF_PHOTOMETRIC.get(f["photometric"]) or _TIFF_OTHER_PHOTOMETRIC.get(
+        f["photometric"], f"photometric {f['photometric']}"
+    )
+    extra = f", {f['samples']} samples" if f["samples"] not in (1, 3) else ""
+    comp = _TIFF_COMPRESSION_NAMES.get(f["compression"], f"compression {f['compression']}")
+    planar = ", planar" if f["planar"] == 2 and f["samples"] > 1 else ""
+    return f"{f['bits']}-bit {kind} {colour}{extra}, {comp} compression{planar}"
+
+
+def _check_tiff_supported(f: dict[str, Any], variant: str, label: str, limit: int) -> None:
+    """BadInput naming the exact variant (and how to convert it) for what the tifffile path does not decode."""
+
+    def refuse(why: str) -> BadInput:
+        return BadInput(
+            f"{label}: this TIFF ({variant}) is a variant convlens cannot decode: {why}; {_TIFF_CONVERT}"
+        )
+
+    _check_size((f["width"], f["height"]), limit, label)
+    if f["depth"] > 1:
+        raise refuse(f"it is a 3-D volume ({f['depth']} slices)")
+    if f["photometric"] not in _TIFF_PHOTOMETRIC:
+        raise refuse(f"{_TIFF_OTHER_PHOTOMETRIC.get(f['photometric'], 'this colour space')} is not supported")
+    if f["dtype"] is None or f["dtype"].kind not in "uifb":
+        raise refuse("its sample type is not supported")
+    if f["compression"] != 1 and f["compression"] not in _TIFF_INFLATE:
+        raise refuse(
+            f"{_TIFF_COMPRESSION_NAMES.get(f['compression'], 'this')} compression is not supported here"
+        )
+    if f["predictor"] not in (1, 2) or (f["predictor"] == 2 and f["dtype"].kind == "f"):
+        raise refuse("its predictor is not supported")
+    need = 3 if f["photometric"] == 2 else 1
+    if f["samples"] < need:
+        raise refuse(f"{f['samples']} sample(s) per pixel for {_TIFF_PHOTOMETRIC[f['photometric']]}")
+    budget = limit * 32  # bytes: up to 4 samples of 8 bytes per pixel
+    if f["nbytes"] > budget or f["chunk_bytes"] > max(4 * f["nbytes"], 1 << 24):
+        raise ResourceLimit(
+            f"{label}: this TIFF ({variant}) declares {f['nbytes']:,} bytes of samples (or strips/tiles far "
+            f"larger than the image), over what {limit:,} pixels may hold; refused from the header. Raise "
+            f"max_pixels / {ENV_MAX_PIXELS} if the image is genuine"
+        )
+
+
+def _check_inflate(data: bytes, page: Any, f: dict[str, Any], label: str) -> None:
+    """Refuse Deflate strips/tiles that expand beyond their declared size (a decompression bomb), before tifffile
+    inflates them without a bound."""
+    if f["compression"] not in _TIFF_INFLATE:
+        return
+    cap = f["chunk_bytes"] + 1024
+    for offset, count in zip(page.dataoffsets, page.databytecounts):
+        if not count:
+            continue
+        seg = data[int(offset) : int(offset) + int(count)]
+        d = zlib.decompressobj()
+        try:
+            out = d.decompress(seg, cap + 1)
+        except zlib.error:
+            return  # corrupt: tifffile's decode reports it
+        if len(out) > cap:
+            raise ResourceLimit(
+                f"{label}: a Deflate strip of this TIFF expands beyond its declared size (more than {cap:,} bytes); "
+                "refused as a decompression bomb"
+            )
+
+
+def _tiff_pixels(arr: np.ndarray, page: Any, f: dict[str, Any], bg: tuple[int, int, int]) -> np.ndarray:
+    """tifffile's samples as HxWx3 uint8: scaled by bit depth or value range, palette applied, alpha composited."""
+    shaped = tuple(int(s) for s in page.shaped)  # (separate samples, depth, length, width, contig samples)
+    a = arr.reshape(shaped)[:, 0]
+    h, w = a.shape[1], a.shape[2]
+    a = a.transpose(1, 2, 0, 3).reshape(h, w, -1)
+    photometric = f["photometric"]
+    ncolour = 3 if photometric == 2 else 1
+    colour = a[..., :ncolour]
+    alpha = None
+    if f["extrasamples"] and f["extrasamples"][0] in (1, 2) and a.shape[2] > ncolour:
+        alpha = _samples_to_uint8(a[..., ncolour], f["bits"]).astype(np.float32) / 255.0
+    if photometric == 3:
+        cmap = getattr(page, "colormap", None)
+        if cmap is None:
+            raise BadInput("a palette TIFF without its colour map")
+        cmap = np.asarray(cmap)
+        idx = np.clip(colour[..., 0].astype(np.int64), 0, cmap.shape[-1] - 1)
+        rgb = np.rint(cmap[:, idx].transpose(1, 2, 0).astype(np.float32) / 257.0).astype(np.uint8)
+    else:
+        rgb = _samples_to_uint8(colour, f["bits"])
+        if photometric == 0:
+            rgb = 255 - rgb
+        if ncolour == 1:
+            rgb = np.repeat(rgb.reshape(h, w, 1), 3, axis=2)
+    if alpha is None:
+        return np.ascontiguousarray(rgb)
+    a3 = alpha[..., None]
+    base = np.asarray(bg, dtype=np.float32) * (1.0 - a3)
+    if f["extrasamples"][0] == 1:  # associated (premultiplied) alpha
+        out = rgb.astype(np.float32) + base
+    else:
+        out = rgb.astype(np.float32) * a3 + base
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _samples_to_uint8(x: np.ndarray, bits: int) -> np.ndarray:
+    """Samples of any type as 0..255: unsigned by their bit depth, signed and float by their value range."""
+    kind = x.dtype.kind
+    if kind == "b":
+        return x.astype(np.uint8) * np.uint8(255)
+    if kind == "u":
+        top = float(2 ** max(1, min(bits, x.dtype.itemsize * 8)) - 1)
+        if top == 255.0:
+            return x.astype(np.uint8)
+        return np.clip(np.rint(x.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+    return _scale_to_uint8(x, "F" if kind == "f" else "I")
+
+
+_ORIENT = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+
+
+def _tiff_orient(im: Image.Image, orientation: int) -> Image.Image:
+    for op in _ORIENT.get(orientation, ()):
+        im = im.transpose(op)
+    return im
+
+
+# --------------------------------------------------------------------------------------------- modes
+
+
 def _to_rgb(im: Image.Image, bg: tuple[int, int, int]) -> Image.Image:
     """Any PIL mode -> 8-bit RGB: transparency composited on `bg`, high-bit-depth data scaled, not clipped."""
     mode = im.mode
@@ -353,14 +810,14 @@ def _to_rgb(im: Image.Image, bg: tuple[int, int, int]) -> Image.Image:
         try:
             rgba = im.convert("RGBA")
         except ValueError as e:
-            raise BadInput(f"unsupported image mode {mode!r} with transparency ({e})") from None
+            raise BadInput(f"unsupported image mode {mode!r} with transparency ({_why(e)})") from None
         out = Image.new("RGB", rgba.size, bg)
         out.paste(rgba, mask=rgba.getchannel("A"))
         return out
     try:
         return im.convert("RGB")
     except ValueError as e:
-        raise BadInput(f"unsupported image mode {mode!r}; cannot convert it to RGB ({e})") from None
+        raise BadInput(f"unsupported image mode {mode!r}; cannot convert it to RGB ({_why(e)})") from None
 
 
 def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
