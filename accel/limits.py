@@ -35,9 +35,27 @@ CAPS: dict[str, Cap] = {
         Cap("passes", "CONVLENS_MAX_PASSES", 1024, "forward/backward passes per image (samples, IG steps)"),
         Cap("dataset", "CONVLENS_MAX_DATASET", 100_000, "images streamed from one dataset"),
         Cap("synth_mb", "CONVLENS_SYNTH_MAX_MB", 8192, "memory in MiB a synthesis run may plan for"),
+        Cap(
+            "checkpoint_mb",
+            "CONVLENS_MAX_CHECKPOINT_MB",
+            2048,
+            "MiB a checkpoint's tensors take once decompressed (declared sizes, checked before reading)",
+        ),
+        Cap(
+            "checkpoint_tensors",
+            "CONVLENS_MAX_CHECKPOINT_TENSORS",
+            100_000,
+            "tensors (zip records) in a checkpoint",
+        ),
+        Cap(
+            "checkpoint_ratio",
+            "CONVLENS_MAX_CHECKPOINT_RATIO",
+            100,
+            "compression ratio of a zipped checkpoint over 64 MiB (decompressed / file bytes)",
+        ),
     )
 }
-_MIB_CAPS = ("upload_mb", "synth_mb")  # sizes in MiB may be fractional
+_MIB_CAPS = ("upload_mb", "synth_mb", "checkpoint_mb")  # sizes in MiB may be fractional
 for _c in CAPS.values():
     if _c.kind in _MIB_CAPS:
         settings.declare(_c.env, "float", _c.default, f"cap: {_c.what}", 1e-6)

@@ -231,9 +231,11 @@ class Backbone:
         return layers[-1].out_shape if layers else ()
 
     def predict(self, img: Image.Image, top: int = 5) -> list[tuple[str, float]]:
-        """Top-k (label, probability) for one image."""
+        """Top-k (label, probability) for one image; NaN or infinite class scores are a BadInput, never `nan%`."""
         if not self.has_head:
             raise BadInput(f"{self.name!r} has no classifier head, so it cannot predict classes")
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+            raise BadInput(f"top={top!r} asks for no classes; pass a whole number of at least 1")
         x = self.preprocess(img)
         if self.module is not None:
             with torch.no_grad():
@@ -241,9 +243,14 @@ class Backbone:
         else:
             from .runtime.runner import runner
 
-            logits = torch.from_numpy(runner(self, ["logits"]).run(x.numpy())["logits"])
+            logits = torch.from_numpy(runner(self, ["logits"]).run(x.numpy())["logits"]).float()
+        if not bool(torch.isfinite(logits).all()):
+            raise BadInput(
+                f"{self.name!r} gives NaN or infinite class scores for this image, so there are no probabilities "
+                "to show: its weights are damaged or overflow on this input; check the checkpoint or model file"
+            )
         p = logits.softmax(-1)[0]
-        k = max(1, min(int(top), p.numel()))
+        k = min(int(top), p.numel())
         vals, idx = p.topk(k)
         names = self.labels or [str(i) for i in range(p.numel())]
         return [(names[i], float(v)) for v, i in zip(vals.tolist(), idx.tolist())]
@@ -689,60 +696,369 @@ def _sniff_checkpoint(path: Path) -> str:
     return "unknown"
 
 
-def _what_it_looks_like(path: Path) -> str:
-    from .images import _as_text, _describe_text
+# Formats people upload by mistake, recognised by their magic bytes (the message names the format, never the bytes).
+_NOT_CHECKPOINTS: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG", "a PNG image"),
+    (0, b"\xff\xd8\xff", "a JPEG image"),
+    (0, b"GIF8", "a GIF image"),
+    (0, b"\x1f\x8b", "a gzip file (decompress it first)"),
+    (0, b"\x89HDF", "an HDF5 file (a Keras/TensorFlow .h5 model, not PyTorch)"),
+    (0, b"\x93NUMPY", "a NumPy .npy array"),
+    (0, b"GGUF", "a GGUF file (llama.cpp)"),
+    (4, b"TFL3", "a TensorFlow Lite model"),
+    (0, b"%PDF", "a PDF document"),
+    (257, b"ustar", "a tar archive"),
+)
 
+
+def _what_it_looks_like(path: Path) -> str:
+    """A phrase naming what a non-checkpoint file seems to be (text, an image, another framework's model...)."""
     with open(path, "rb") as f:
         head = f.read(512)
-    text = _as_text(head)
-    if text is not None:
-        return f"it looks like {_describe_text(text)}"
-    return f"its first bytes are {head[:8].hex(' ')}"
+    for offset, magic, what in _NOT_CHECKPOINTS:
+        if head[offset : offset + len(magic)] == magic:
+            return f"it looks like {what}"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = head[:-3].decode("utf-8", errors="replace") if len(head) == 512 else None
+    if (
+        text
+        and "\x00" not in text
+        and sum(ord(c) < 32 and c not in "\t\n\r" for c in text) <= len(text) // 50
+    ):
+        low = text.lstrip().lower()
+        if low.startswith(("<!doctype html", "<html")) or "<body" in low or "<head" in low:
+            return "it looks like HTML text (perhaps an error page saved instead of the file)"
+        if low.startswith(("{", "[")):
+            return "it looks like JSON text"
+        return "it looks like plain text"
+    return "it is binary data in no format convlens knows"
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _label(path: Path, label: str | None) -> str:
+    """How messages name a checkpoint: the user's own file name when the caller knows it, else the path's name."""
+    return label or path.name
+
+
+def _key(k: object) -> str:
+    """A tensor name from a file, quoted and shortened for a one-line message."""
+    s = str(k)
+    return repr(s if len(s) <= 60 else s[:57] + "...")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_FLOATS_TEXT = "float16, bfloat16, float32 or float64"
+# safetensors dtype codes: bits per element, and the name messages use (torch's where it has one)
+_ST_DTYPES: dict[str, tuple[int, str]] = {
+    "F64": (64, "float64"),
+    "F32": (32, "float32"),
+    "F16": (16, "float16"),
+    "BF16": (16, "bfloat16"),
+    "I64": (64, "int64"),
+    "I32": (32, "int32"),
+    "I16": (16, "int16"),
+    "I8": (8, "int8"),
+    "U8": (8, "uint8"),
+    "BOOL": (8, "bool"),
+    "U16": (16, "uint16"),
+    "U32": (32, "uint32"),
+    "U64": (64, "uint64"),
+    "C64": (64, "complex64"),
+    "F8_E4M3": (8, "float8_e4m3fn"),
+    "F8_E4M3FNUZ": (8, "float8_e4m3fnuz"),
+    "F8_E5M2": (8, "float8_e5m2"),
+    "F8_E5M2FNUZ": (8, "float8_e5m2fnuz"),
+    "F8_E8M0": (8, "float8_e8m0fnu"),
+    "F6_E2M3": (6, "float6_e2m3"),
+    "F6_E3M2": (6, "float6_e3m2"),
+    "F4": (4, "float4_e2m1"),
+}
+_ST_USABLE = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
+# a real header takes ~150 bytes per tensor; JSON this size parses in well under 1 GB
+_ST_HEADER_MAX = 16 << 20
+_ZIP_DIRECTORY_MAX = 64 << 20  # a zip's central directory is ~100 bytes per record
+_RATIO_FLOOR = 64 << 20  # compression ratios are only judged past this many decompressed bytes
+
+
+def _unusable_dtype(label: str, key: object, name: str) -> BadInput:
+    return BadInput(
+        f"{label}: tensor {_key(key)} is {name}, which convlens cannot load; float weights ({_FLOATS_TEXT}) "
+        "are needed (and integer counters like BatchNorm's num_batches_tracked)"
+    )
+
+
+def _over_cap(label: str, kind: str, value: float, said: str) -> None:
+    """Raise ResourceLimit if `value` is over cap `kind`; `said` states the value in words for the message."""
+    import math
+
+    from .errors import ResourceLimit
+    from .limits import CAPS, cap_float
+
+    limit = cap_float(kind)
+    if value > limit:
+        c = CAPS[kind]
+        raise ResourceLimit(
+            f"{label}: {said}, over the cap of {limit:,g} ({c.what}), so it was refused before reading it. "
+            f"If the file is genuine, raise the cap with the environment variable {c.env}={math.ceil(value)}"
+        )
+
+
+def _zip_end_record(path: Path, size: int, label: str) -> tuple[int, int]:
+    """(number of records, central directory bytes) from a zip's end records, before the directory is read."""
+    import struct
+
+    corrupt = BadInput(
+        f"{label}: not a readable PyTorch checkpoint, truncated or corrupt (its zip directory is missing or "
+        "damaged); save it again with torch.save"
+    )
+    span = min(size, 22 + 0xFFFF)
+    with open(path, "rb") as f:
+        f.seek(size - span)
+        tail = f.read(span)
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            raise corrupt
+        records, cd_size, cd_offset = struct.unpack("<6xHLL", tail[at + 4 : at + 20])
+        if records == 0xFFFF or 0xFFFFFFFF in (cd_size, cd_offset):  # zip64: the sizes live elsewhere
+            loc = size - span + at - 20
+            if loc < 0:
+                raise corrupt
+            f.seek(loc)
+            locator = f.read(20)
+            if len(locator) < 20 or locator[:4] != b"PK\x06\x07":
+                raise corrupt
+            (offset,) = struct.unpack("<Q", locator[8:16])
+            if offset > size - 56:
+                raise corrupt
+            f.seek(offset)
+            rec = f.read(56)
+            if len(rec) < 56 or rec[:4] != b"PK\x06\x06":
+                raise corrupt
+            records, cd_size, cd_offset = struct.unpack("<QQQ", rec[32:56])
+    if cd_size > size or cd_offset > size:
+        raise corrupt
+    return int(records), int(cd_size)
+
+
+def _check_zip_budget(path: Path, size: int, label: str) -> None:
+    """Bound a torch.save zip from its directory alone: records, decompressed bytes and compression ratio."""
+    import zipfile
+
+    from .limits import cap
+
+    records, cd_size = _zip_end_record(path, size, label)
+    _over_cap(label, "checkpoint_tensors", records, f"its zip archive holds {records:,} records")
+    if cd_size > _ZIP_DIRECTORY_MAX:
+        raise BadInput(
+            f"{label}: not a readable PyTorch checkpoint (its zip directory takes {cd_size / 2**20:,.0f} MiB, "
+            "far more than a checkpoint's); save it again with torch.save"
+        )
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except Exception:  # noqa: BLE001 - zipfile raises many types on damaged directories; none is the user's bug
+        raise BadInput(
+            f"{label}: not a readable PyTorch checkpoint, truncated or corrupt (its zip directory is damaged); "
+            "save it again with torch.save"
+        ) from None
+    if not any(i.filename == "data.pkl" or i.filename.endswith("/data.pkl") for i in infos):
+        raise BadInput(
+            f"{label}: not a readable PyTorch checkpoint: a zip archive without the data.pkl record that "
+            "torch.save writes; save the state dict with torch.save or safetensors"
+        )
+    total = sum(i.file_size for i in infos)
+    _over_cap(label, "checkpoint_mb", total / 2**20, f"its records decompress to {total / 2**20:,.1f} MiB")
+    ratio = total / max(size, 1)
+    if total > _RATIO_FLOOR and ratio > cap("checkpoint_ratio"):
+        _over_cap(
+            label,
+            "checkpoint_ratio",
+            ratio,
+            f"its {size / 2**20:,.1f} MiB decompress to {total / 2**20:,.0f} MiB, a compression ratio of {ratio:,.0f}",
+        )
+
+
+def _safetensors_header(path: Path, size: int, label: str) -> dict[str, Any]:
+    """The parsed JSON header of a safetensors file, after bounding its length (nothing else is read)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 10 or not 2 <= n <= size - 8:
+            raise BadInput(
+                f"{label}: not a valid safetensors file (its header length does not fit in the file: truncated, "
+                "or not safetensors at all)"
+            )
+        if n > _ST_HEADER_MAX:
+            raise BadInput(
+                f"{label}: not a usable safetensors file: its header takes {n / 2**20:,.0f} MiB, more than "
+                f"{_ST_HEADER_MAX >> 20} MiB (a real one takes a few KiB per hundred tensors)"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise BadInput(f"{label}: not a valid safetensors file (its header is not a JSON object)")
+    return header
+
+
+def _check_safetensors_budget(path: Path, size: int, label: str) -> None:
+    """Refuse unusable dtypes by name and bound declared tensor sizes from the safetensors header alone."""
+    import math
+
+    header = _safetensors_header(path, size, label)
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    _over_cap(label, "checkpoint_tensors", len(tensors), f"it declares {len(tensors):,} tensors")
+    total_bits = 0
+    for k, v in tensors.items():
+        dtype, shape = (v.get("dtype"), v.get("shape")) if isinstance(v, dict) else (None, None)
+        if (
+            not isinstance(dtype, str)
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise BadInput(
+                f"{label}: not a valid safetensors file (the header entry for tensor {_key(k)} has no valid "
+                "dtype and shape)"
+            )
+        if dtype not in _ST_DTYPES:
+            raise BadInput(
+                f"{label}: tensor {_key(k)} has the dtype code {dtype[:12]!r}, which safetensors does not define; "
+                f"float weights ({_FLOATS_TEXT}) are needed"
+            )
+        bits, name = _ST_DTYPES[dtype]
+        if dtype not in _ST_USABLE:
+            raise _unusable_dtype(label, k, name)
+        total_bits += math.prod(shape) * bits
+    _over_cap(
+        label, "checkpoint_mb", total_bits / 2**23, f"its tensors declare {total_bits / 2**23:,.1f} MiB"
+    )
+
+
+def _check_budget(path: Path, kind: str, label: str) -> None:
+    """Bound a checkpoint's decompressed bytes and declared tensors before anything is read (fair use)."""
+    size = path.stat().st_size
+    if kind == "zip":
+        _check_zip_budget(path, size, label)
+    elif kind == "safetensors":
+        _check_safetensors_budget(path, size, label)
+    else:  # pickles store tensors raw: the file's own size bounds what they hold
+        _over_cap(label, "checkpoint_mb", size / 2**20, f"the file takes {size / 2**20:,.1f} MiB")
+
+
+def _why(e: BaseException) -> str:
+    """A library exception as a short cause, without echoing bytes of the file."""
+    if isinstance(e, UnicodeDecodeError):
+        return "a string in it is not valid text"
+    if isinstance(e, EOFError):
+        return "it ends too early"
+    if isinstance(e, KeyError):
+        return "a record it refers to is missing"
+    first = (str(e).strip().splitlines() or [""])[0]
+    first = re.sub(r"b'[^']*'|b\"[^\"]*\"|\\x[0-9a-fA-F]{2}|0x[0-9a-fA-F]{3,}", "...", first)[:160]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _pickle_calls(path: Path) -> str | None:
+    """The first Python object a pickle file imports (module.name), found by reading opcodes without running any."""
+    import io
+    import pickletools
+
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    strings: list[str] = []
+    try:
+        for op, arg, _pos in pickletools.genops(io.BytesIO(head)):
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                return arg.replace(" ", ".")
+            if op.name == "STACK_GLOBAL":
+                return ".".join(strings[-2:]) if len(strings) >= 2 else "a Python object"
+            if op.name in ("REDUCE", "OBJ", "NEWOBJ", "NEWOBJ_EX"):
+                return "a Python callable"
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - a damaged or cut-off opcode stream: whatever was found so far stands
+        return None
+    return None
+
+
+def _untrusted(label: str, what: str) -> UntrustedFile:
+    return UntrustedFile(
+        f"{label}: refusing to load — unpickling it could run arbitrary code ({what}). Only plain "
+        "state dicts load by default; if you trust its author, pass trust=True (CLI: --trust), or "
+        "convert it to .safetensors"
+    )
+
+
+_NEEDS_CODE = ("reduce for unrecognized function", "Can only create new object", "Can only build")
+
+
+def _torch_load(path: Path, kind: str, trust: bool, label: str) -> Any:
+    """torch.load with weights_only (unless `trust`), every failure turned into a BadInput subclass."""
+    from .errors import ResourceLimit
 
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+        with (
+            warnings.catch_warnings()
+        ):  # torch comments on odd files (protocol, sparse tensors): the error says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        glob = re.search(r"GLOBAL (\S+)", text)
+        if glob:
+            raise _untrusted(label, f"it calls {glob.group(1)[:80]}") from None
+        if any(w in text for w in _NEEDS_CODE):
+            raise _untrusted(label, "it builds Python objects the safe loader does not allow") from None
+        calls = _pickle_calls(path) if kind == "pickle" else None
+        if calls:
+            raise _untrusted(label, f"it calls {calls[:80]}") from None
+        raise BadInput(f"{label}: not a readable PyTorch checkpoint (corrupt pickle data)") from None
+    except MemoryError:
+        raise ResourceLimit(
+            f"{label}: reading it ran out of memory; it declares more data than this machine can hold"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - corrupt archives surface as many exception types
         raise BadInput(
-            f"{path.name}: not a valid safetensors file ({str(e).splitlines()[0][:200]})"
+            f"{label}: not a readable PyTorch checkpoint, truncated or corrupt ({_why(e)})"
         ) from None
 
 
-def _read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file, read without running code from it (unless `trust`)."""
-    kind = _sniff_checkpoint(path)
-    if kind == "safetensors" or path.suffix.lower() == ".safetensors":
-        obj: Any = _read_safetensors(path)
-    elif kind == "unknown" and not trust:
-        raise BadInput(
-            f"{path.name}: not a PyTorch checkpoint or safetensors file ({_what_it_looks_like(path)}); "
-            "expected a state dict saved with torch.save or safetensors"
-        )
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=not trust)
-        except pickle.UnpicklingError as e:
-            text = str(e)
-            glob = re.search(r"GLOBAL (\S+)", text)
-            if glob or kind == "pickle" or "Unsupported operand" in text:
-                what = (
-                    f"it calls {glob.group(1)}" if glob else "it is a full pickle the safe loader cannot read"
-                )
-                raise UntrustedFile(
-                    f"{path.name}: refusing to load — unpickling it could run arbitrary code ({what}). Only plain "
-                    "state dicts load by default; if you trust its author, pass trust=True (CLI: --trust), or "
-                    "convert it to .safetensors"
-                ) from None
-            raise BadInput(f"{path.name}: not a readable PyTorch checkpoint (corrupt pickle data)") from None
-        except Exception as e:  # noqa: BLE001 - corrupt archives surface as many exception types
-            first = str(e).splitlines()[0][:160] if str(e) else ""
+def _read_safetensors(path: Path, label: str | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (header already bounded); any failure is a BadInput."""
+    from safetensors.torch import load_file
+
+    label = _label(path, label)
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error, OSError, ValueError, TypeError...
+        raise BadInput(f"{label}: not a valid safetensors file ({_why(e)})") from None
+
+
+def _read_state_dict(path: Path, trust: bool, label: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, read without running code from it (unless `trust`).
+
+    Sizes are bounded before reading; only dense CPU tensors of dtypes a network can use come back."""
+    label = _label(path, label)
+    try:
+        kind = _sniff_checkpoint(path)
+        if kind == "unknown" and path.suffix.lower() == ".safetensors":
+            kind = "safetensors"
+        if kind == "unknown" and not trust:
             raise BadInput(
-                f"{path.name}: not a readable PyTorch checkpoint, truncated or corrupt ({type(e).__name__}: {first})"
-            ) from None
+                f"{label}: not a PyTorch checkpoint or safetensors file ({_what_it_looks_like(path)}); "
+                "expected a state dict saved with torch.save or safetensors"
+            )
+        _check_budget(path, kind, label)
+    except OSError as e:
+        raise BadInput(f"{label}: cannot read the file ({e.strerror or type(e).__name__})") from None
+    obj = _read_safetensors(path, label) if kind == "safetensors" else _torch_load(path, kind, trust, label)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict):
@@ -752,32 +1068,122 @@ def _read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         got = "an empty dict" if isinstance(obj, dict) and not obj else type(obj).__name__
-        raise BadInput(f"{path.name}: expected a state dict (name -> tensor), got {got}")
+        if isinstance(obj, dict) and obj:
+            got = "a dict that also holds non-tensors"
+        raise BadInput(f"{label}: expected a state dict (name -> tensor), got {got}")
+    _over_cap(label, "checkpoint_tensors", len(obj), f"it holds {len(obj):,} tensors")
+    total = 0
     for k, v in obj.items():
-        if v.layout != torch.strided or v.is_quantized:
+        if v.layout != torch.strided:
             raise BadInput(
-                f"{path.name}: tensor {k!r} is {str(v.layout).removeprefix('torch.')}"
-                f"{' quantized' if v.is_quantized else ''}; only dense tensors are supported (call .to_dense())"
+                f"{label}: tensor {_key(k)} is {str(v.layout).removeprefix('torch.')}; only dense tensors are "
+                "supported (call .to_dense() before saving)"
+            )
+        if v.is_quantized:
+            raise BadInput(
+                f"{label}: tensor {_key(k)} is quantized ({_dtype_name(v.dtype)}); float weights "
+                f"({_FLOATS_TEXT}) are needed (call .dequantize() before saving)"
+            )
+        if v.device.type == "meta":
+            raise BadInput(
+                f"{label}: tensor {_key(k)} is on the meta device, so it holds no values (the model was saved "
+                "before its weights existed); save the real weights"
             )
         if v.is_complex():
-            raise BadInput(f"{path.name}: tensor {k!r} is complex ({v.dtype}); network weights must be real")
+            raise BadInput(
+                f"{label}: tensor {_key(k)} is complex ({_dtype_name(v.dtype)}); network weights must be real"
+            )
+        if v.dtype not in (*_FLOAT_DTYPES, *_INT_DTYPES, torch.bool):
+            raise _unusable_dtype(label, k, _dtype_name(v.dtype))
+        total += v.numel() * v.element_size()
+    _over_cap(label, "checkpoint_mb", total / 2**20, f"its tensors take {total / 2**20:,.1f} MiB")
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
-def _check_finite(sd: dict[str, torch.Tensor], fname: str) -> None:
+def _fit_dtypes(
+    sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor], label: str
+) -> dict[str, torch.Tensor]:
+    """Each tensor as its parameter's dtype on the CPU; integer or bool values for float weights are refused."""
+    out = {}
+    for k, want in target.items():
+        v = sd[k]
+        if want.is_floating_point():
+            if v.dtype not in _FLOAT_DTYPES:
+                raise BadInput(
+                    f"{label}: tensor {_key(k)} is {_dtype_name(v.dtype)}; float weights ({_FLOATS_TEXT}) are needed"
+                )
+        elif want.dtype == torch.bool:
+            if v.dtype != torch.bool:
+                raise BadInput(
+                    f"{label}: tensor {_key(k)} is {_dtype_name(v.dtype)}; a bool buffer is needed"
+                )
+        elif v.dtype not in _INT_DTYPES:
+            raise BadInput(
+                f"{label}: tensor {_key(k)} is {_dtype_name(v.dtype)}; an integer buffer "
+                f"({_dtype_name(want.dtype)}, like BatchNorm's step counter) is needed"
+            )
+        out[k] = v.to(device="cpu", dtype=want.dtype)
+    return out
+
+
+def _check_finite(
+    sd: dict[str, torch.Tensor], fname: str, raw: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Refuse NaN or inf in float weights; `raw` (before conversion) tells overflow on conversion from damage."""
     bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise BadInput(f"{fname}: weights contain NaN or inf in {len(bad)} tensor(s), e.g. {bad[:3]}")
+        grew = [k for k in bad if raw is not None and k in raw and bool(torch.isfinite(raw[k]).all())]
+        why = (
+            f" ({len(grew)} only after conversion to {_dtype_name(sd[grew[0]].dtype)}: values too large for it)"
+            if grew
+            else ""
+        )
+        raise BadInput(
+            f"{fname}: weights contain NaN or inf in {len(bad)} tensor(s){why}, e.g. {[_key(k) for k in bad[:3]]}"
+        )
 
 
-def _from_checkpoint(path: Path, arch: str | None, trust: bool) -> Backbone:
+def _outputs(out: Any) -> list[torch.Tensor]:
+    """The tensors in a module's output (a tensor, or tuples/lists/dicts of them)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _outputs(o)]
+    return []
+
+
+def _probe_outputs(net: Backbone, label: str) -> None:
+    """One forward pass on a grey and a noise image: the outputs must be finite (weights can be finite yet overflow)."""
+    module = net.require_module("probing a checkpoint")
+    s = net.pre.size
+    gen = torch.Generator().manual_seed(0)
+    x01 = torch.cat([torch.full((1, 3, s, s), 0.5), torch.rand(1, 3, s, s, generator=gen)])
+    try:
+        with torch.no_grad():
+            outs = _outputs(module(net.normalize(x01)))
+    except Exception as e:  # noqa: BLE001 - an arbitrary architecture's forward pass
+        raise BadInput(
+            f"{label}: the network fails on a probe image with these weights ({_why(e)})"
+        ) from None
+    if any(t.is_floating_point() and not torch.isfinite(t).all() for t in outs):
+        raise BadInput(
+            f"{label}: the network's outputs are NaN or infinite on a probe image (grey and noise), although every "
+            "weight is finite: the weights overflow (values far too large) or are damaged; check the checkpoint"
+        )
+
+
+def _from_checkpoint(path: Path, arch: str | None, trust: bool, label: str | None = None) -> Backbone:
+    """A backbone of architecture `arch` with a user's state dict: read safely, fitted by name, shape and dtype,
+    and probed once so that it never predicts from NaN."""
+    label = _label(path, label)
     if not arch:
         raise BadInput(
-            f"{path.name}: a state dict needs an architecture name, e.g. accel.load('{path}', arch='resnet18') "
+            f"{label}: a state dict needs an architecture name, e.g. accel.load('{path}', arch='resnet18') "
             "(CLI: --arch resnet18)"
         )
-    sd = _read_state_dict(path, trust)
-    _check_finite(sd, path.name)
+    sd = _read_state_dict(path, trust, label)
     if arch in ZOO:
         net = ZOO[arch].build()
     else:
@@ -795,27 +1201,29 @@ def _from_checkpoint(path: Path, arch: str | None, trust: bool) -> Backbone:
     extra = [k for k in sd if k not in target]
     if missing or extra:
         raise BadInput(
-            f"{path.name} does not fit architecture {arch!r}: {len(missing)} missing key(s) {missing[:3]}, "
-            f"{len(extra)} unexpected key(s) {extra[:3]}. Is it a checkpoint for a different architecture?"
+            f"{label} does not fit architecture {arch!r}: {len(missing)} missing key(s) {missing[:3]}, "
+            f"{len(extra)} unexpected key(s) {[_key(k) for k in extra[:3]]}. Is it a checkpoint for a different "
+            "architecture?"
         )
     wrong = [k for k in target if tuple(sd[k].shape) != tuple(target[k].shape)]
     if wrong:
         k = wrong[0]
         raise BadInput(
-            f"{path.name} does not fit architecture {arch!r}: {len(wrong)} tensor(s) have the wrong shape, "
+            f"{label} does not fit architecture {arch!r}: {len(wrong)} tensor(s) have the wrong shape, "
             f"e.g. {k}: {tuple(sd[k].shape)} vs {tuple(target[k].shape)}"
         )
+    fitted = _fit_dtypes(sd, target, label)
+    _check_finite(fitted, label, sd)
     try:
-        module.load_state_dict(sd)
+        module.load_state_dict(fitted)
     except RuntimeError as e:
-        raise BadInput(
-            f"{path.name} does not fit architecture {arch!r}: {str(e).splitlines()[-1][:200]}"
-        ) from None
-    net.name = f"{arch}@{path.name}"
-    net.source = f"user checkpoint {path.name} (sha256 {file_sha256(path)[:12]})"
+        raise BadInput(f"{label} does not fit architecture {arch!r}: {_why(e)}") from None
+    net.name = f"{arch}@{label}"
+    net.source = f"user checkpoint {label} (sha256 {file_sha256(path)[:12]})"
     net.pretrained = True
     net._hash = None
     net._layers = None
+    _probe_outputs(net, label)
     return net
 
 
@@ -917,28 +1325,51 @@ def _from_onnx(path: Path) -> Backbone:
     )
 
 
+def _is_file_path(p: Path) -> bool:
+    """Whether `p` names a weight file (by its suffix or because it exists), not a zoo or torchvision name."""
+    if p.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".onnx"):
+        return True
+    try:
+        return p.exists()
+    except (OSError, ValueError):  # a name too long or odd for the file system is no file
+        return False
+
+
 def load(
     name: str | os.PathLike[str],
     *,
     arch: str | None = None,
     pretrained: bool | None = None,
     trust: bool = False,
+    display_name: str | None = None,
 ) -> Backbone:
     """Load a backbone by zoo name, torchvision name, checkpoint path (+ `arch`) or ONNX path.
 
     `pretrained=None` uses pretrained weights when available and warns before falling back to random weights;
-    `trust=True` allows full pickles in checkpoints (never the default).
+    `trust=True` allows full pickles in checkpoints (never the default); `display_name` is how messages name
+    the file (an upload's own name instead of its storage name).
     """
+    if not isinstance(name, (str, os.PathLike)):
+        raise BadInput(f"expected a model name or a file path, got {type(name).__name__}")
     s = os.fspath(name)
     p = Path(s)
-    if p.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".onnx") or p.exists():
-        if not p.is_file():
-            raise BadInput(f"checkpoint {s!r} does not exist")
-        if p.stat().st_size == 0:
-            raise BadInput(f"{p.name} is empty")
+    if _is_file_path(p):
+        label = display_name or p.name
+        try:
+            if p.is_dir():
+                raise BadInput(
+                    f"{label} is a folder; pass a checkpoint file (.pt, .pth, .safetensors or .onnx)"
+                )
+            if not p.is_file():
+                raise BadInput(f"checkpoint {display_name or s!r} does not exist")
+            size = p.stat().st_size
+        except OSError as e:
+            raise BadInput(f"{label}: cannot read the file ({e.strerror or type(e).__name__})") from None
+        if size == 0:
+            raise BadInput(f"{label} is empty")
         if p.suffix.lower() == ".onnx":
             return _from_onnx(p)
-        return _from_checkpoint(p, arch, trust)
+        return _from_checkpoint(p, arch, trust, display_name)
     if s in ZOO:
         return ZOO[s].build()
     return _torchvision(s, pretrained)
