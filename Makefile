@@ -33,8 +33,9 @@ system-deps:
 	    || echo "warning: could not install$$missing; the tests that need them will skip"; \
 	fi
 
+# Listens on 127.0.0.1 only; share it on purpose with `make run HOST=0.0.0.0` (README: "Sharing the dashboard").
 run: $(STAMP) system-deps
-	$(BIN)/streamlit run dashboard/app.py --server.headless true --server.port $(PORT) --browser.gatherUsageStats false
+	$(BIN)/streamlit run dashboard/app.py --server.headless true --server.address $(or $(HOST),127.0.0.1) --server.port $(PORT) --browser.gatherUsageStats false
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

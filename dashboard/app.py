@@ -1,7 +1,8 @@
-"""convlens dashboard entry point: `streamlit run dashboard/app.py` (or `make run`).
+"""convlens dashboard entry point: `streamlit run dashboard/app.py` (or `make run`, which listens on 127.0.0.1).
 
-The sidebar (backbone, image, backend) is drawn here so it persists across pages; `?run=<id>` on any page opens
-that stored run instead of the page, without recomputing anything."""
+When sign-in is required (CONVLENS_AUTH=required, dashboard.auth) a signed-out browser gets only the sign-in page:
+no page, sidebar or shared run is drawn before that check. The sidebar (backbone, image, backend) is drawn here so
+it persists across pages; `?run=<id>` on any page opens that stored run instead of the page, without recomputing."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from accel.runtime.alloc import tune_allocator  # noqa: E402
+from dashboard.auth import account_box, require_sign_in  # noqa: E402
 from dashboard.common import sidebar  # noqa: E402
 from dashboard.runview import show_shared_run  # noqa: E402
 
 tune_allocator()  # torch eager (gradients, synthesis) without a page fault per activation; once per process
 st.set_page_config(page_title="convlens", page_icon=":material/visibility:", layout="wide")
+require_sign_in()  # stops here with only the sign-in page for a signed-out browser when sign-in is required
 P = ROOT / "dashboard" / "views"  # not "pages/": Streamlit would serve that folder itself on deep links
 PAGES = {
     "convlens": [
@@ -64,6 +67,7 @@ PAGES = {
 }
 nav = st.navigation(PAGES)
 sidebar()
+account_box()
 if st.query_params.get("run"):
     show_shared_run(st.query_params.get("run"))
 else:

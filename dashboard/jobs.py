@@ -1,14 +1,22 @@
-"""Background jobs for long techniques (synthesis, inversion, style): the method runs in a thread on a private copy
-of the backbone while a fragment polls its progress, current image and loss curve, and a stop button ends it."""
+"""Background jobs for long techniques (synthesis, inversion, style) and the bench, and the fair-use line for heavy work.
+
+A job runs in a thread on a private copy of the backbone while a fragment polls its progress, current image and loss
+curve; a stop button ends it. Heavy work (MethodSpec.heavy: synthesis and dataset-scale methods, and the bench) goes
+through one process-wide line, `GATE`: at most CONVLENS_HEAVY_PER_USER heavy runs per user and CONVLENS_HEAVY_SERVER
+on the whole server at once; the rest wait in order with their place shown, and Stop works while waiting. A job
+stops when its browser session ends (the session's resources are released by Streamlit on disconnect).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import re
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -16,13 +24,208 @@ import streamlit as st
 from PIL import Image
 
 import accel
+from accel import settings
 from accel.store import image_key
 
+from .auth import current_user
 from .common import Ctx, accepts, call_method, link_line, load_run, run_key
-from .widgets import loss_figure, show_result
+from .widgets import loss_figure, plain, session_space, show_result, shown, shown_error
+
+settings.declare(
+    "CONVLENS_HEAVY_PER_USER",
+    "int",
+    1,
+    "heavy dashboard runs (synthesis, dataset passes, the bench) one user may run at once; more wait in line",
+    1,
+)
+settings.declare(
+    "CONVLENS_HEAVY_SERVER",
+    "int",
+    2,
+    "heavy dashboard runs the whole server runs at once; more wait in line",
+    1,
+)
 
 log = logging.getLogger("convlens.dashboard")
 _LOSS_RE = re.compile(r"loss[\s=:]+([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+
+
+# ---------------------------------------------------------------------------------------------------- fair use
+
+
+class Ticket:
+    """One heavy run's place in the line: waiting (position >= 1), running (position 0) or done."""
+
+    def __init__(self, gate: HeavyGate, user: str, what: str, seq: int) -> None:
+        self.gate, self.user, self.what, self.seq = gate, user, what, seq
+        self.state = "waiting"
+        self.enqueued = time.time()
+        self.admitted_at: float | None = None
+
+    @property
+    def admitted(self) -> bool:
+        """Whether this run holds a slot (it may start)."""
+        return self.state == "running"
+
+    @property
+    def position(self) -> int:
+        """0 while running, else the 1-based place among everything waiting (first come, first served)."""
+        return self.gate.position(self)
+
+    @property
+    def reason(self) -> str:
+        """Why this ticket waits, naming the setting that sets the limit."""
+        return self.gate.reason(self)
+
+    def wait(self, timeout: float | None = None, stop: Callable[[], bool] | None = None) -> bool:
+        """Block until admitted, `stop()` turns true, or `timeout` seconds pass; True when admitted."""
+        return self.gate.wait(self, timeout, stop)
+
+    def release(self) -> None:
+        """Leave the line or give the slot back (idempotent)."""
+        self.gate.release(self)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class HeavyGate:
+    """First come, first served admission of heavy runs: at most `per_user` running per user and `server` in all.
+
+    A ticket blocked only by its own user's limit does not hold up other users behind it. Limits are read from the
+    settings at every admission (CONVLENS_HEAVY_PER_USER, CONVLENS_HEAVY_SERVER) unless given."""
+
+    def __init__(self, per_user: int | None = None, server: int | None = None) -> None:
+        self._per_user, self._server = per_user, server
+        self._cv = threading.Condition()
+        self._seq = 0
+        self._waiting: list[Ticket] = []
+        self._running: list[Ticket] = []
+        self.log: list[
+            tuple[str, str, str, int]
+        ] = []  # (event, user, what, position): for tests and the admin
+
+    def limits(self) -> tuple[int, int]:
+        """(per user, server-wide) heavy runs at once."""
+        per_user = self._per_user or int(settings.get("CONVLENS_HEAVY_PER_USER"))
+        server = self._server or int(settings.get("CONVLENS_HEAVY_SERVER"))
+        return per_user, server
+
+    def enter(self, user: str, what: str) -> Ticket:
+        """Join the line; the ticket is admitted at once when a slot is free for this user."""
+        with self._cv:
+            self._seq += 1
+            t = Ticket(self, user, what, self._seq)
+            self._waiting.append(t)
+            self._admit()
+            self._note("admitted" if t.admitted else "queued", t)
+            return t
+
+    def _admit(self) -> None:
+        per_user, server = self.limits()
+        changed = False
+        for t in list(self._waiting):
+            if len(self._running) >= server:
+                break
+            if sum(1 for r in self._running if r.user == t.user) >= per_user:
+                continue
+            self._waiting.remove(t)
+            t.state, t.admitted_at = "running", time.time()
+            self._running.append(t)
+            changed = True
+        if changed:
+            self._cv.notify_all()
+
+    def _note(self, event: str, t: Ticket) -> None:
+        self.log.append((event, t.user, t.what, self.position(t)))
+        del self.log[:-500]
+
+    def position(self, t: Ticket) -> int:
+        """0 for a running ticket, its 1-based place among the waiting ones, or 0 once done."""
+        with self._cv:
+            return self._waiting.index(t) + 1 if t in self._waiting else 0
+
+    def reason(self, t: Ticket) -> str:
+        """Why `t` waits: its user's other heavy run, or the server's limit (each names its setting)."""
+        per_user, server = self.limits()
+        with self._cv:
+            if t.state != "waiting":
+                return ""
+            mine = sum(1 for r in self._running if r.user == t.user)
+            if mine >= per_user:
+                return (
+                    f"your other heavy run{'s' if mine > 1 else ''} must finish first "
+                    f"(CONVLENS_HEAVY_PER_USER={per_user})"
+                )
+            return f"{len(self._running)} heavy run(s) in progress on the server (CONVLENS_HEAVY_SERVER={server})"
+
+    def wait(self, t: Ticket, timeout: float | None = None, stop: Callable[[], bool] | None = None) -> bool:
+        """Block until `t` is admitted, `stop()` is true or `timeout` passes; True when admitted."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while t.state == "waiting":
+                if stop is not None and stop():
+                    return False
+                left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+            return t.state == "running"
+
+    def release(self, t: Ticket) -> None:
+        """Give back `t`'s slot or leave the line, and admit whoever is next."""
+        with self._cv:
+            if t in self._waiting:
+                self._waiting.remove(t)
+                self._note("left", t)
+            elif t in self._running:
+                self._running.remove(t)
+                self._note("finished", t)
+            t.state = "done"
+            self._admit()
+            self._cv.notify_all()
+
+    def snapshot(self) -> dict[str, list[tuple[str, str]]]:
+        """(user, what) of the running and the waiting tickets, in order."""
+        with self._cv:
+            return {
+                "running": [(t.user, t.what) for t in self._running],
+                "waiting": [(t.user, t.what) for t in self._waiting],
+            }
+
+
+GATE = HeavyGate()
+
+
+def queue_text(what: str, t: Ticket) -> str:
+    """The status line of a waiting heavy run (plain text: no user text is rendered as Markdown)."""
+    return f"{what}: waiting in line, position {t.position} · {t.reason}"
+
+
+@contextlib.contextmanager
+def heavy_turn(what: str, key: str) -> Iterator[None]:
+    """Wait for this user's turn for a heavy run in the page's own script run (place shown, a Stop button), then hold
+    the slot until the block ends. Stop (or any other click) interrupts the wait and leaves the line."""
+    t = GATE.enter(current_user(), what)
+    try:
+        if not t.admitted:
+            box = st.empty()
+            with box.container():
+                bar = st.progress(0.0, text=plain(queue_text(what, t)))
+                st.button("Stop", key=f"{key}_stop_waiting", icon=":material/stop:", help="leave the line")
+            while not t.wait(timeout=0.5):
+                # every update is also where Streamlit interrupts this run when the user clicks Stop
+                bar.progress(0.0, text=plain(queue_text(what, t)))
+            box.empty()
+        yield
+    finally:
+        t.release()
+
+
+# ---------------------------------------------------------------------------------------------------- jobs
 
 
 class Stopped(Exception):
@@ -52,45 +255,102 @@ def _as_image(v: Any) -> Image.Image | None:
 
 
 class Job:
-    """One technique running in a background thread, with progress, snapshots, losses and a stop flag."""
+    """Work running in a background thread, with progress, snapshots, losses, a stop flag and, for heavy work, a
+    place in the fair-use line. `work(job)` returns (run_id, result) or raises."""
 
-    def __init__(self, c: Ctx, name: str, params: dict[str, Any], img: Image.Image | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        work: Callable[[Job], tuple[str | None, accel.Result | None]],
+        *,
+        user: str,
+        heavy: bool,
+        stoppable: bool = False,
+        gate: HeavyGate | None = None,
+    ) -> None:
         self.name = name
-        self.params = dict(params)
-        self.model = c.model
-        self.img = img
-        self.store = c.store
-        self.key = run_key(c, name, params, img)
-        self.img_name = c.img_name
-        self.net = copy.deepcopy(c.net)  # private: another run in this session cannot touch its hooks
+        self.work = work
+        self.user = user
+        self.heavy = heavy
+        self.gate = gate or GATE
+        self.ticket: Ticket | None = None
         self.frac = 0.0
         self.msg = "starting"
         self.snapshot: Image.Image | None = None
         self.losses: list[float] = []
-        self.state = "running"
+        self.state = "queued" if heavy else "running"
         self.error = ""
         self.run_id: str | None = None
         self.result: accel.Result | None = None
         self.started = time.time()
         self.finished: float | None = None
         self.stop_event = threading.Event()
+        self.stoppable = stoppable
         self.thread = threading.Thread(target=self._main, name=f"convlens-{name}", daemon=True)
+
+    @classmethod
+    def for_method(cls, c: Ctx, name: str, params: dict[str, Any], img: Image.Image | None) -> Job:
+        """A job that runs technique `name` on a private copy of the backbone and stores its result."""
         spec = accel.get(name)
-        self.stoppable = accepts(spec.run, "should_stop")
+        net = copy.deepcopy(c.net)  # private: another run in this session cannot touch its hooks
+        key = run_key(c, name, params, img)
+        model, store, params = c.model, c.store, dict(params)
+
+        def work(j: Job) -> tuple[str | None, accel.Result | None]:
+            res = call_method(
+                name,
+                net,
+                img,
+                params,
+                j._progress,
+                should_stop=j.stop_event.is_set,
+                snapshot=j._snapshot,
+            )
+            stopped = j.stop_event.is_set()
+            res.meta.setdefault("stopped", stopped)
+            j.result = res
+            rid = store.put(
+                res,
+                model=model,
+                method=name,
+                params=params,
+                image_key=image_key(img) if img is not None else None,
+                key=None if stopped else key,  # a stopped run is not the answer to the full request
+                title=f"{name} · {model}" + (" (stopped)" if stopped else ""),
+            )
+            return rid, res
+
+        job = cls(
+            name, work, user=current_user(), heavy=spec.heavy, stoppable=accepts(spec.run, "should_stop")
+        )
+        job.params = params  # type: ignore[attr-defined]
+        return job
 
     def start(self) -> Job:
+        """Start the thread; the job stops by itself when this browser session ends."""
+        with contextlib.suppress(
+            Exception
+        ):  # outside a script run (tests of the class alone) there is no session
+            session_space().on_close(self.stop)
         self.thread.start()
         return self
 
     @property
     def running(self) -> bool:
-        return self.state == "running"
+        """Queued or running (not finished)."""
+        return self.state in ("queued", "running")
+
+    @property
+    def queued(self) -> bool:
+        """Waiting in the fair-use line."""
+        return self.state == "queued"
 
     @property
     def elapsed(self) -> float:
         return (self.finished or time.time()) - self.started
 
     def stop(self) -> None:
+        """Ask the job to stop (it leaves the line at once when still waiting)."""
         self.stop_event.set()
 
     # -- callbacks the method sees ------------------------------------------------------------------------------
@@ -115,28 +375,18 @@ class Job:
 
     def _main(self) -> None:
         try:
-            res = call_method(
-                self.name,
-                self.net,
-                self.img,
-                self.params,
-                self._progress,
-                should_stop=self.stop_event.is_set,
-                snapshot=self._snapshot,
-            )
-            stopped = self.stop_event.is_set()
-            res.meta.setdefault("stopped", stopped)
-            self.result = res
-            self.run_id = self.store.put(
-                res,
-                model=self.model,
-                method=self.name,
-                params=self.params,
-                image_key=image_key(self.img) if self.img is not None else None,
-                key=None if stopped else self.key,  # a stopped run is not the answer to the full request
-                title=f"{self.name} · {self.model}" + (" (stopped)" if stopped else ""),
-            )
-            self.state = "stopped" if stopped else "done"
+            if self.heavy:
+                self.ticket = self.gate.enter(self.user, self.name)
+                while not self.ticket.wait(timeout=0.25, stop=self.stop_event.is_set):
+                    if self.stop_event.is_set():
+                        self.state = "stopped"
+                        self.msg = "left the line before starting"
+                        return
+                self.started = time.time()  # the time that counts is the run's, not the wait's
+            self.state = "running"
+            self.run_id, res = self.work(self)
+            self.result = res if res is not None else self.result
+            self.state = "stopped" if self.stop_event.is_set() else "done"
         except Stopped:
             self.state = "stopped"
         except accel.BadInput as e:
@@ -145,6 +395,8 @@ class Job:
             log.error("job %s failed:\n%s", self.name, traceback.format_exc())
             self.error, self.state = f"internal error ({type(e).__name__}: {str(e)[:300]})", "error"
         finally:
+            if self.ticket is not None:
+                self.ticket.release()
             self.frac = 1.0 if self.state == "done" else self.frac
             self.finished = time.time()
 
@@ -154,19 +406,27 @@ def jobs() -> dict[str, Job]:
     return st.session_state.setdefault("_jobs", {})
 
 
+def start_job(slot: str, job: Job) -> Job:
+    """Start `job` in `slot`, stopping whatever ran there before."""
+    old = jobs().get(slot)
+    if old is not None and old.running:
+        old.stop()
+    st.session_state.setdefault("_slot_runs", {}).pop(slot, None)
+    jobs()[slot] = job.start()
+    return job
+
+
 def start_or_reuse(c: Ctx, slot: str, name: str, params: dict[str, Any], img: Image.Image | None) -> None:
     """Answer from the store if this exact request ran before, else start a background job in `slot`."""
     key = run_key(c, name, params, img)
     hit = c.store.lookup(key)
     if hit is not None:
         st.session_state.setdefault("_slot_runs", {})[slot] = hit
-        jobs().pop(slot, None)
+        old = jobs().pop(slot, None)
+        if old is not None and old.running:
+            old.stop()
         return
-    old = jobs().get(slot)
-    if old is not None and old.running:
-        old.stop()
-    st.session_state.setdefault("_slot_runs", {}).pop(slot, None)
-    jobs()[slot] = Job(c, name, params, img).start()
+    start_job(slot, Job.for_method(c, name, params, img))
 
 
 def _loss_from_result(res: accel.Result) -> list[float] | None:
@@ -182,9 +442,27 @@ def _loss_from_result(res: accel.Result) -> list[float] | None:
     return None
 
 
+def live_status(j: Job, slot: str) -> None:
+    """The live view of a queued or running job: place in line or progress, image, loss curve, Stop button."""
+    if j.queued and j.ticket is not None and not j.ticket.admitted:
+        st.progress(0.0, text=plain(queue_text(j.name, j.ticket)))
+    elif j.queued:
+        st.progress(0.0, text=plain(f"{j.name}: joining the line"))
+    else:
+        st.progress(j.frac, text=shown(f"{j.name}: {j.msg} · {j.elapsed:.1f} s"))
+        cols = st.columns([2, 3])
+        if j.snapshot is not None:
+            cols[0].image(j.snapshot, caption="current image", width="stretch")
+        if len(j.losses) > 1:
+            cols[1].plotly_chart(loss_figure(j.losses), key=f"{slot}_live_loss")
+    if st.button("Stop", key=f"{slot}_stop", type="secondary", icon=":material/stop:"):
+        j.stop()
+        st.toast("stopping...")
+
+
 def panel(slot: str, *, poll_s: float = 0.7, caption: str = "") -> None:
-    """Show the job or stored result of `slot`: live progress, current image, stop button and loss curve while it
-    runs (a fragment re-polls alone), then the result with its time and shareable link."""
+    """Show the job or stored result of `slot`: place in line or live progress, current image, stop button and loss
+    curve while it runs (a fragment re-polls alone), then the result with its time and shareable link."""
     job = jobs().get(slot)
     done_id = st.session_state.get("_slot_runs", {}).get(slot)
     if job is None and done_id is None:
@@ -193,15 +471,7 @@ def panel(slot: str, *, poll_s: float = 0.7, caption: str = "") -> None:
     def body() -> None:
         j = jobs().get(slot)
         if j is not None and j.running:
-            st.progress(j.frac, text=f"{j.name}: {j.msg} · {j.elapsed:.1f} s")
-            cols = st.columns([2, 3])
-            if j.snapshot is not None:
-                cols[0].image(j.snapshot, caption="current image", width="stretch")
-            if len(j.losses) > 1:
-                cols[1].plotly_chart(loss_figure(j.losses), key=f"{slot}_live_loss")
-            if st.button("Stop", key=f"{slot}_stop", type="secondary", icon=":material/stop:"):
-                j.stop()
-                st.toast("stopping...")
+            live_status(j, slot)
             return
         if j is not None and not j.running:
             st.rerun(scope="app")  # the job just ended: redraw the page without the polling timer
@@ -212,11 +482,16 @@ def panel(slot: str, *, poll_s: float = 0.7, caption: str = "") -> None:
         return
     if j is not None:
         if j.state == "error":
-            st.error(f"{j.name}: {j.error}")
+            shown_error(f"{j.name}: {j.error}")
             return
         if j.state == "stopped" and j.run_id is None:
+            if j.msg == "left the line before starting":
+                st.warning(plain(f"{j.name}: stopped while waiting in line; nothing ran"))
+                return
             st.warning(
-                f"{j.name} stopped after {j.elapsed:.1f} s (no partial result; the method has no stop hook)"
+                plain(
+                    f"{j.name} stopped after {j.elapsed:.1f} s (no partial result; the method has no stop hook)"
+                )
             )
             if j.snapshot is not None:
                 st.image(j.snapshot, caption="last image", width=320)

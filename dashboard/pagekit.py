@@ -1,5 +1,6 @@
 """Building blocks shared by the technique pages: pick a registered method, edit its declared parameters in a
-form, run it through the store (or as a background job), and show the result with its shareable link."""
+form, run it through the store (or as a background job), and show the result with its shareable link. Heavy
+methods (MethodSpec.heavy) wait for their turn in the fair-use line (dashboard.jobs.GATE) before they compute."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import streamlit as st
 import accel
 
 from . import jobs
-from .common import Ctx, guard, link_line, load_run, run_stored, st_progress
+from .common import Ctx, guard, link_line, load_run, run_key, run_stored, st_progress
 from .widgets import fit_width, param_controls, show_result
 
 
@@ -56,7 +57,22 @@ def method_form(
     return go, params
 
 
+def run_heavy_aware(
+    c: Ctx, name: str, params: dict[str, Any], *, key: str, img: Any = None, progress: Any = None
+) -> tuple[str, Any, bool]:
+    """`run_stored`, but a heavy method that is not already in the store first waits for its turn in the fair-use
+    line (place shown, Stop leaves the line). Returns (run_id, result, from_cache)."""
+    spec = accel.get(name)
+    if spec.heavy:
+        image = img if img is not None else (c.img if spec.needs_image else None)
+        if c.store.lookup(run_key(c, name, params, image)) is None:
+            with jobs.heavy_turn(name, key):
+                return run_stored(c, name, params, img=img, progress=progress)
+    return run_stored(c, name, params, img=img, progress=progress)
+
+
 def needs_image_or_stop(c: Ctx, spec: Any) -> bool:
+    """False (with a hint) when `spec` needs an image and the sidebar has none."""
     if spec.needs_image and c.img is None:
         st.info(f"{spec.name} needs an input image: pick or upload one in the sidebar.")
         return False
@@ -76,7 +92,7 @@ def run_panel(c: Ctx, names: Sequence[str], key: str, empty: str) -> tuple[str, 
         go, params = method_form(c, spec, key)
         if go:
             bar = st_progress(spec.name)
-            rid, _res, cached = run_stored(c, spec.name, params, progress=bar)
+            rid, _res, cached = run_heavy_aware(c, spec.name, params, key=key, progress=bar)
             bar.done()  # type: ignore[attr-defined]
             st.session_state[f"{key}_run"] = (spec.name, rid, cached)
     last = st.session_state.get(f"{key}_run")

@@ -1,4 +1,7 @@
-"""Benchmarks: `convlens bench` reports from the run store, torch vs ONNX Runtime per workload and provider."""
+"""Benchmarks: `convlens bench` reports from the run store, torch vs ONNX Runtime per workload and provider.
+
+The quick bench is heavy work: it runs as a background job in the fair-use line (one per user, CONVLENS_HEAVY_SERVER
+on the server), and when sign-in is required only administrators (CONVLENS_ADMINS) may start it."""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.common import get_store, guard, st_progress
+from dashboard import jobs
+from dashboard.auth import current_user, may_run_bench
+from dashboard.common import get_store
+from dashboard.widgets import plain
 
 TIME_KEYS = ("median_s", "ms", "median_ms", "mean_ms", "time_ms", "seconds", "time_s", "wall_s")
 
@@ -82,24 +88,38 @@ if run_bench is None:
     st.info(
         "The benchmark harness (accel.bench) is not installed yet; `convlens bench` reports will appear here."
     )
-elif st.button("Run the quick bench", type="primary", key="bench_run", help="a few minutes on 2 cores"):
-    with guard("Bench"):
-        bar = st_progress("bench")
-        t0 = time.perf_counter()
+else:
+    allowed, why = may_run_bench()
+
+    def _bench(job: jobs.Job, run_bench: Any = run_bench, store: Any = store) -> tuple[None, None]:
+        """The quick bench in a background job; stored as a bench record unless it stored itself."""
         before = len(store.records("bench"))
-        sig = inspect.signature(run_bench).parameters
         kwargs: dict[str, Any] = {"quick": True}
-        if "progress" in sig:
-            kwargs["progress"] = bar
+        if "progress" in inspect.signature(run_bench).parameters:
+            kwargs["progress"] = job._progress  # Stop ends it at the next workload
         report = run_bench(**kwargs)
-        if (
-            isinstance(report, dict) and len(store.records("bench")) == before
-        ):  # the bench did not store itself
+        if isinstance(report, dict) and len(store.records("bench")) == before:  # it did not store itself
             store.put_record(
                 "bench", report, title=f"quick bench (dashboard) {time.strftime('%Y-%m-%d %H:%M')}"
             )
-        bar.done()  # type: ignore[attr-defined]
-        st.success(f"bench finished in {time.perf_counter() - t0:.0f} s")
+        return None, None
+
+    running = jobs.jobs().get("bench")
+    busy = running is not None and running.running
+    if st.button(
+        "Run the quick bench",
+        type="primary",
+        key="bench_run",
+        help=why or "a few minutes on 2 cores; waits in the fair-use line like every heavy run",
+        disabled=not allowed or busy,
+    ):
+        jobs.start_job("bench", jobs.Job("quick bench", _bench, user=current_user(), heavy=True))
+    if not allowed:
+        st.caption(plain(why))
+    jobs.panel("bench")
+    done = jobs.jobs().get("bench")
+    if done is not None and done.state == "done":
+        st.success(f"bench finished in {done.elapsed:.0f} s")
 
 records = store.records("bench")
 if not records:

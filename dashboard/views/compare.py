@@ -20,7 +20,15 @@ from dashboard.common import (
     st_progress,
     unset,
 )
-from dashboard.widgets import PREDICTED, colorbar_image, meta_line, param_controls, shared_scale, target_index
+from dashboard.widgets import (
+    PREDICTED,
+    colorbar_image,
+    meta_line,
+    param_controls,
+    shared_scale,
+    shown,
+    target_index,
+)
 
 st.title("Compare attribution methods")
 c = require_ctx()
@@ -33,7 +41,9 @@ if not names:
 net = c.net
 if not net.differentiable:
     st.warning(
-        f"{c.model} is forward-only (ONNX): gradient methods will refuse; perturbation methods still work."
+        shown(
+            f"{c.model} is forward-only (ONNX): gradient methods will refuse; perturbation methods still work."
+        )
     )
 
 PREFERRED = ("saliency", "gradcam", "integrated_gradients", "guided_backprop", "smoothgrad", "occlusion")
@@ -174,10 +184,10 @@ for i in range(0, len(maps), ncols):
     cols = st.columns(ncols)
     for col, (r, res), m in zip(cols, maps[i : i + ncols], scaled[i : i + ncols]):
         with col:
-            shown = Result("map", m, res.meta, res.image)
-            st.image(shown.overlay(alpha=alpha, cmap=cmap, vmin=lo, vmax=hi), width="stretch")
+            scaled_map = Result("map", m, res.meta, res.image)
+            st.image(scaled_map.overlay(alpha=alpha, cmap=cmap, vmin=lo, vmax=hi), width="stretch")
             st.markdown(f"**{r['name']}**")
-            st.caption(meta_line(res.meta) or "no timing recorded")
+            st.caption(shown(meta_line(res.meta)) or "no timing recorded")
             s = scores.get(r["run_id"])
             if s:
                 parts = []

@@ -8,10 +8,11 @@ import streamlit as st
 from PIL import Image
 
 import accel
+from accel import dataroots
 from accel.images import foolbox_imagenet
-from dashboard.common import guard, link_line, load_run, method_names, require_ctx, run_stored, st_progress
-from dashboard.pagekit import method_form
-from dashboard.widgets import fit_width, image_row, points_figure, show_result
+from dashboard.common import guard, link_line, load_run, method_names, require_ctx, st_progress
+from dashboard.pagekit import method_form, run_heavy_aware
+from dashboard.widgets import check_path_params, fit_width, image_row, points_figure, show_result, shown
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -42,7 +43,7 @@ with guard("embedding"):
     go, params = method_form(c, spec, "emb", submit="Compute")
     if go:
         bar = st_progress("embedding")
-        rid, _res, cached = run_stored(c, "embedding", params, progress=bar)
+        rid, _res, cached = run_heavy_aware(c, "embedding", params, key="emb", progress=bar)
         bar.done()  # type: ignore[attr-defined]
         st.session_state["emb_run"] = (rid, cached)
         st.session_state.pop("emb_sel", None)
@@ -64,9 +65,18 @@ n = len(res.data)
 link_line(rid, cached)
 meta = res.meta
 st.caption(
-    f"{n:,} points · {meta.get('dataset', '')} · tap {meta.get('tap', '')} ({meta.get('dim', '?')}-D) · "
-    f"{meta.get('projection', '')} in {meta.get('projection_s', float('nan')):.1f} s"
+    shown(
+        f"{n:,} points · {dataroots.display_spec(meta.get('dataset', ''))} · tap {meta.get('tap', '')} "
+        f"({meta.get('dim', '?')}-D) · {meta.get('projection', '')} in {meta.get('projection_s', float('nan')):.1f} s"
+    )
 )
+
+
+def _item_name(item_id: str) -> str:
+    """A dataset item as users may see it: its root-relative or upload name, never a server path."""
+    if item_id.startswith("/"):
+        return (dataroots.display_path(item_id) or "(server file)")[-60:]
+    return item_id[-60:]
 
 
 def _name(i: int) -> str:
@@ -112,11 +122,11 @@ def explorer() -> None:
             st.info("Select a point to see the item and its nearest neighbours in feature and pixel space.")
             return
         item_id = str(ids[i]) if i < len(ids) else ""
-        st.markdown(f"**{_name(i)}**" + (f" · {len(sel)} selected" if len(sel) > 1 else ""))
+        st.markdown(f"**{shown(_name(i))}**" + (f" · {len(sel)} selected" if len(sel) > 1 else ""))
         item_img = None
         with guard("item"):
             item_img = _dataset(str(meta["dataset"])).load(item_id).image
-            st.image(fit_width(item_img), caption=item_id[-60:], width=160)
+            st.image(fit_width(item_img), caption=shown(_item_name(item_id)), width=160)
         k = st.slider("neighbours", 2, 24, 8, key="emb_k")
         full = item_img is not None and "neighbors" in method_names("inspect")
         auto = full and (n <= 10_000 or st.session_state.get("emb_pixels_for") == i)
@@ -143,7 +153,8 @@ def explorer() -> None:
                         "k": int(k),
                         "tap": str(meta.get("tap")),
                     }
-                    nid, nres, ncached = run_stored(c, "neighbors", nparams, img=item_img)
+                    nparams = check_path_params(accel.get("neighbors"), nparams, c.net)
+                    nid, nres, ncached = run_heavy_aware(c, "neighbors", nparams, key="emb_nb", img=item_img)
                     show_result(
                         nres,
                         caption="query | nearest in feature space (top row) and pixel space (bottom row)",
