@@ -326,8 +326,25 @@ def _quiet_pil_warnings() -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- decoding
 
 
+_LOGGERS_QUIET: list[bool] = []
+
+
+def _quiet_library_loggers() -> None:
+    """Pillow and tifffile log damaged headers (e.g. PIL.TiffImagePlugin at ERROR level); with no handler
+    configured, Python's last-resort handler would print those lines to stderr beside our one-line message.
+    A NullHandler (what libraries are meant to add themselves) stops that; configured logging still gets them."""
+    if _LOGGERS_QUIET:
+        return
+    _LOGGERS_QUIET.append(True)
+    for name in ("PIL", "tifffile"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+
+
 def _decode(fp: IO[bytes], label: str, limit: int, bg: tuple[int, int, int]) -> Image.Image:
     """Identify, size-check, decode and convert one image from a seekable binary stream."""
+    _quiet_library_loggers()
     try:
         head = fp.read(_SNIFF_BYTES)
         fp.seek(0)
@@ -335,18 +352,53 @@ def _decode(fp: IO[bytes], label: str, limit: int, bg: tuple[int, int, int]) -> 
         raise BadInput(f"{label}: cannot be read ({e.strerror or type(e).__name__})") from None
     if not head:
         raise BadInput(f"{label}: the input is empty (0 bytes)")
+    tiff = head.startswith(_TIFF_MAGIC)
+    if tiff:
+        _silence_libtiff()
+        # variants Pillow decodes wrongly or not at all (float, signed, 16/32-bit, planar) go to tifffile
+        out = _decode_tiff(fp, label, limit, bg, fallback=False)
+        if out is not None:
+            return out
     try:
         return _decode_pillow(fp, label, limit, bg, head)
     except ResourceLimit:
         raise
     except BadInput:
-        if not head.startswith(_TIFF_MAGIC):
+        if not tiff:
             raise
-        # Pillow has no pixel mode for some valid TIFFs (float or signed RGB, 16-bit planar, odd bit depths)
-        better = _decode_tiff(fp, label, limit, bg)
+        better = _decode_tiff(fp, label, limit, bg, fallback=True)
         if better is None:  # tifffile cannot parse it either: Pillow's message stands
             raise
         return better
+
+
+_LIBTIFF_QUIET: list[bool] = []
+
+
+def _silence_libtiff() -> None:
+    """Stop Pillow's libtiff printing its own error and warning lines to the process's stderr (a corrupt TIFF
+    would add C-level lines before our one-line message). Done once; a no-op where the library is not found."""
+    if _LIBTIFF_QUIET:
+        return
+    _LIBTIFF_QUIET.append(True)
+    try:
+        import ctypes
+
+        from PIL import _imaging  # noqa: F401 - loads the libtiff Pillow links against
+
+        maps = Path("/proc/self/maps")
+        paths = {
+            line.split()[-1] for line in maps.read_text().splitlines() if "libtiff" in line and "/" in line
+        }
+        for lib_path in paths:
+            lib = ctypes.CDLL(lib_path)
+            for fn in ("TIFFSetErrorHandler", "TIFFSetWarningHandler"):
+                setter = getattr(lib, fn)
+                setter.restype = ctypes.c_void_p
+                setter.argtypes = [ctypes.c_void_p]
+                setter(None)
+    except Exception:  # noqa: BLE001, S110 - cosmetic: without it libtiff only prints extra lines
+        pass
 
 
 def _decode_pillow(
@@ -362,8 +414,10 @@ def _decode_pillow(
 
 
 def _load(im: Image.Image) -> None:
+    """Decode the pixels. TIFF loading re-reads its tags and warns about damaged ones (we raise or decode instead);
+    past PIL's own warning limit TIFF/GIF decoding re-checks the size: both quietly (briefly holds the lock)."""
     pil_limit = Image.MAX_IMAGE_PIXELS
-    if pil_limit is not None and im.size[0] * im.size[1] > pil_limit:  # PIL re-checks while decoding TIFF/GIF
+    if im.format == "TIFF" or (pil_limit is not None and im.size[0] * im.size[1] > pil_limit):
         with _quiet_pil_warnings():
             im.load()
     else:
@@ -393,10 +447,7 @@ def _identify(fp: IO[bytes], label: str, head: bytes, limit: int) -> ImageFile.I
     except UnidentifiedImageError:
         raise BadInput(f"{label}: {_describe_unidentified(head)}") from None
     except Exception as e:  # noqa: BLE001 - a decoder that recognised the magic but could not parse the header
-        fmt = _magic_format(head) or "image"
-        raise BadInput(
-            f"{label}: looks like a {fmt} file but its header is truncated or corrupt ({_why(e)})"
-        ) from None
+        raise BadInput(f"{label}: {_describe_unidentified(head, _why(e))}") from None
 
 
 def _check_size(size: tuple[int, int], limit: int, label: str) -> None:
@@ -446,8 +497,8 @@ def _magic_format(head: bytes) -> str | None:
     return None
 
 
-def _describe_unidentified(head: bytes) -> str:
-    """Why Pillow could not identify the input, in words (never the input's bytes)."""
+def _describe_unidentified(head: bytes, detail: str = "Pillow cannot read it") -> str:
+    """Why Pillow could not identify the input, in words (never the input's bytes); `detail`: the library's say."""
     n = len(head)
     if n <= 3:
         return (
@@ -459,9 +510,11 @@ def _describe_unidentified(head: bytes) -> str:
         return "is an AVIF image, which this installation cannot decode (Pillow without AVIF); convert it to PNG or JPEG"
     if fmt is not None:
         return (
-            f"looks like a {fmt} file but its header is truncated or corrupt (Pillow cannot read it); the file may "
-            "be incomplete (an interrupted download or copy?)"
+            f"looks like {'an' if fmt[0] in 'AEIOU' else 'a'} {fmt} file but its header is truncated or corrupt "
+            f"({detail}); the file may be incomplete (an interrupted download or copy?)"
         )
+    if detail != "Pillow cannot read it":  # a decoder took it for its format, then failed on the header
+        return f"is not a readable image: its header is truncated or corrupt ({detail})"
     return _describe_non_image(head)
 
 
@@ -584,22 +637,24 @@ _TIFF_COMPRESSION_NAMES = {
     50001: "WebP",
 }
 _TIFF_CONVERT = "re-save it as an uncompressed or Deflate (ZIP) TIFF, or as a 8/16-bit PNG"
-_TIFF_LOGGER: list[bool] = []
 
 
-def _decode_tiff(fp: IO[bytes], label: str, limit: int, bg: tuple[int, int, int]) -> Image.Image | None:
-    """A TIFF Pillow could not read, decoded with tifffile when it is a valid variant we support; None when
-    tifffile cannot parse it either (then it is corrupt, and the caller's message stands)."""
+def _decode_tiff(
+    fp: IO[bytes], label: str, limit: int, bg: tuple[int, int, int], *, fallback: bool
+) -> Image.Image | None:
+    """A TIFF decoded with tifffile, or None to leave it to Pillow (or to Pillow's message).
+
+    First pass (`fallback=False`): only the variants Pillow gets wrong or cannot read (samples other than 8-bit
+    unsigned, planar layouts) that tifffile decodes here; None for the rest. Fallback pass (Pillow failed): every
+    variant tifffile can parse, refusing the unsupported ones by name; None when tifffile cannot parse the file."""
     try:
         import tifffile
     except ImportError:
         return None
-    if not _TIFF_LOGGER:  # tifffile logs odd tags; a library logger without handlers would print to stderr
-        logging.getLogger("tifffile").addHandler(logging.NullHandler())
-        _TIFF_LOGGER.append(True)
     try:
         fp.seek(0)
         data = fp.read()
+        fp.seek(0)
     except OSError:
         return None
     try:
@@ -617,7 +672,15 @@ def _decode_tiff(fp: IO[bytes], label: str, limit: int, bg: tuple[int, int, int]
         except Exception:  # noqa: BLE001
             return None
         variant = _tiff_variant(facts)
-        _check_tiff_supported(facts, variant, label, limit)
+        why = _tiff_unsupported(facts)
+        if not fallback and (why is not None or not _pillow_unreliable(facts)):
+            return None
+        _check_size((facts["width"], facts["height"]), limit, label)
+        if why is not None:
+            raise BadInput(
+                f"{label}: this TIFF ({variant}) is a variant convlens cannot decode: {why}; {_TIFF_CONVERT}"
+            )
+        _check_tiff_bytes(facts, variant, label, limit)
         _check_inflate(data, page, facts, label)
         try:
             arr = page.asarray(maxworkers=1)
@@ -632,6 +695,13 @@ def _decode_tiff(fp: IO[bytes], label: str, limit: int, bg: tuple[int, int, int]
                 f"{label}: the TIFF ({variant}) data is truncated or corrupt ({_why(e)}); the file may be "
                 "incomplete (an interrupted download or copy?)"
             ) from None
+
+
+def _pillow_unreliable(f: dict[str, Any]) -> bool:
+    """Variants Pillow has no mode for or decodes wrongly (measured: float/signed RGB, unsigned 32-bit, planar
+    16-bit RGB, planar gray+alpha), all of which tifffile decodes exactly."""
+    dt = f["dtype"]
+    return dt is None or dt.kind not in "ub" or dt.itemsize != 1 or (f["planar"] == 2 and f["samples"] > 1)
 
 
 def _tiff_facts(page: Any) -> dict[str, Any]:
@@ -672,30 +742,26 @@ def _tiff_variant(f: dict[str, Any]) -> str:
     return f"{f['bits']}-bit {kind} {colour}{extra}, {comp} compression{planar}"
 
 
-def _check_tiff_supported(f: dict[str, Any], variant: str, label: str, limit: int) -> None:
-    """BadInput naming the exact variant (and how to convert it) for what the tifffile path does not decode."""
-
-    def refuse(why: str) -> BadInput:
-        return BadInput(
-            f"{label}: this TIFF ({variant}) is a variant convlens cannot decode: {why}; {_TIFF_CONVERT}"
-        )
-
-    _check_size((f["width"], f["height"]), limit, label)
+def _tiff_unsupported(f: dict[str, Any]) -> str | None:
+    """Why the tifffile path does not decode this variant (None: it does)."""
     if f["depth"] > 1:
-        raise refuse(f"it is a 3-D volume ({f['depth']} slices)")
+        return f"it is a 3-D volume ({f['depth']} slices)"
     if f["photometric"] not in _TIFF_PHOTOMETRIC:
-        raise refuse(f"{_TIFF_OTHER_PHOTOMETRIC.get(f['photometric'], 'this colour space')} is not supported")
+        return f"{_TIFF_OTHER_PHOTOMETRIC.get(f['photometric'], 'this colour space')} is not supported"
     if f["dtype"] is None or f["dtype"].kind not in "uifb":
-        raise refuse("its sample type is not supported")
+        return "its sample type is not supported"
     if f["compression"] != 1 and f["compression"] not in _TIFF_INFLATE:
-        raise refuse(
-            f"{_TIFF_COMPRESSION_NAMES.get(f['compression'], 'this')} compression is not supported here"
-        )
+        return f"{_TIFF_COMPRESSION_NAMES.get(f['compression'], 'this')} compression is not supported for it"
     if f["predictor"] not in (1, 2) or (f["predictor"] == 2 and f["dtype"].kind == "f"):
-        raise refuse("its predictor is not supported")
+        return "its predictor is not supported"
     need = 3 if f["photometric"] == 2 else 1
     if f["samples"] < need:
-        raise refuse(f"{f['samples']} sample(s) per pixel for {_TIFF_PHOTOMETRIC[f['photometric']]}")
+        return f"{f['samples']} sample(s) per pixel for {_TIFF_PHOTOMETRIC[f['photometric']]}"
+    return None
+
+
+def _check_tiff_bytes(f: dict[str, Any], variant: str, label: str, limit: int) -> None:
+    """ResourceLimit, from the header, for sample data or strips/tiles out of proportion to the pixel budget."""
     budget = limit * 32  # bytes: up to 4 samples of 8 bytes per pixel
     if f["nbytes"] > budget or f["chunk_bytes"] > max(4 * f["nbytes"], 1 << 24):
         raise ResourceLimit(
@@ -738,7 +804,7 @@ def _tiff_pixels(arr: np.ndarray, page: Any, f: dict[str, Any], bg: tuple[int, i
     colour = a[..., :ncolour]
     alpha = None
     if f["extrasamples"] and f["extrasamples"][0] in (1, 2) and a.shape[2] > ncolour:
-        alpha = _samples_to_uint8(a[..., ncolour], f["bits"]).astype(np.float32) / 255.0
+        alpha = _alpha_unit(a[..., ncolour], f["bits"])
     if photometric == 3:
         cmap = getattr(page, "colormap", None)
         if cmap is None:
@@ -761,6 +827,13 @@ def _tiff_pixels(arr: np.ndarray, page: Any, f: dict[str, Any], bg: tuple[int, i
     else:
         out = rgb.astype(np.float32) * a3 + base
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _alpha_unit(x: np.ndarray, bits: int) -> np.ndarray:
+    """Alpha samples as float32 0..1: integers by their full positive range, floats clipped to 0..1."""
+    kind = x.dtype.kind
+    top = {"b": 1.0, "u": float(2**bits - 1), "i": float(2 ** (bits - 1) - 1)}.get(kind, 1.0)
+    return np.clip(x.astype(np.float32) / np.float32(max(top, 1.0)), 0.0, 1.0)
 
 
 def _samples_to_uint8(x: np.ndarray, bits: int) -> np.ndarray:
@@ -824,20 +897,22 @@ def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
     """Map 16-bit, 32-bit integer or float pixel data to 0..255 (16-bit as value/257, others by their range)."""
     if mode.startswith("I;16") and a.dtype.kind == "u":
         return np.rint(a.astype(np.float32) / 257.0).astype(np.uint8)
-    x = a.astype(np.float64)
-    finite = np.isfinite(x)
-    if not finite.all():
-        x = np.where(finite, x, 0.0)
-    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
-    if mode == "F" and lo >= 0.0 and hi <= 1.0:
-        y = x * 255.0
-    elif lo >= 0.0 and hi <= 255.0:
-        y = x
-    elif lo >= 0.0 and hi <= 65535.0:
-        y = x / 257.0
-    else:
-        y = (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
-    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    with np.errstate(all="ignore"):  # NaN/inf samples and ranges near the float limits are handled below
+        x = a.astype(np.float64)
+        finite = np.isfinite(x)
+        if not finite.all():
+            x = np.where(finite, x, 0.0)
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if mode == "F" and lo >= 0.0 and hi <= 1.0:
+            y = x * 255.0
+        elif lo >= 0.0 and hi <= 255.0:
+            y = x
+        elif lo >= 0.0 and hi <= 65535.0:
+            y = x / 257.0
+        else:
+            y = (x / 2 - lo / 2) * (255.0 / (hi / 2 - lo / 2)) if hi > lo else np.zeros_like(x)
+        y = np.nan_to_num(np.rint(y), nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(y, 0, 255).astype(np.uint8)
 
 
 def _gray_to_rgb(g: np.ndarray) -> Image.Image:
