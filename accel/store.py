@@ -691,6 +691,11 @@ class RunStore:
             hint = _REBUILD_HINT
         elif "full" in low:
             hint = "free some disk space or point CONVLENS_STORE to a folder on another disk"
+        elif "disk i/o" in low:
+            hint = (
+                f"the disk may be full, read-only or failing: free some disk space, check that {self.root} is "
+                "writable, or point CONVLENS_STORE to another folder"
+            )
         elif "locked" in low or "busy" in low:
             hint = "another process holds the index; try again in a moment"
         else:
@@ -1016,8 +1021,8 @@ class RunStore:
             rep.index = state
         elif state == "present":
             try:
-                rows = self._read_rows(self.db_path, verify=True)
-            except (sqlite3.Error, StoreError) as e:
+                rows = self._read_rows_anyhow(verify=True)
+            except (sqlite3.Error, StoreError, OSError) as e:
                 rep.index = f"damaged: {_why(e)}"
         rep.rows = len(rows)
         folders = self._run_folders() if self.runs_dir.is_dir() else []
@@ -1072,6 +1077,23 @@ class RunStore:
             return {str(r["id"]): dict(r) for r in con.execute("SELECT * FROM runs")}
         finally:
             con.close()
+
+    def _read_rows_anyhow(self, *, verify: bool) -> dict[str, dict[str, Any]]:
+        """`_read_rows` of the index; on a read-only store (SQLite cannot open a WAL index there) from a private
+        copy of the index and its WAL, so recent writes are seen too."""
+        try:
+            return self._read_rows(self.db_path, verify=verify)
+        except sqlite3.OperationalError as e:
+            if not any(s in str(e).lower() for s in ("readonly", "read-only", "unable to open")):
+                raise
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="convlens-check-") as tmp:
+            for sfx in ("", "-wal"):
+                src = self.db_path.with_name(f"runs.sqlite{sfx}")
+                if src.is_file():
+                    shutil.copyfile(src, Path(tmp) / f"runs.sqlite{sfx}")
+            return self._read_rows(Path(tmp) / "runs.sqlite", verify=verify)
 
     def _salvage(
         self, path: Path
@@ -1444,8 +1466,9 @@ def save_upload_to(folder: Path, data: bytes, suffix: str, *, name: str | None =
         raise BadInput(f"{who}: the uploaded file is empty (0 bytes)")
     cap = _max_upload_bytes()
     if len(data) > cap:
+        size = f"{len(data) / 2**20:.1f} MiB" if len(data) >= 2**20 else f"{len(data)} bytes"
         raise ResourceLimit(
-            f"{who} is {len(data) / 2**20:.1f} MiB, over the {cap / 2**20:g} MiB upload cap; "
+            f"{who} is {size}, over the {limits.cap_float('upload_mb'):g} MiB upload cap; "
             f"raise it with {ENV_MAX_UPLOAD_MB}"
         )
     out = folder / f"upload-{hashlib.sha256(data).hexdigest()[:32]}{sfx}"

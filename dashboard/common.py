@@ -9,11 +9,17 @@ import dataclasses
 import importlib
 import inspect
 import logging
+import math
 import pkgutil
+import re
+import tempfile
+import threading
 import time
 import traceback
+import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +28,19 @@ import streamlit as st
 from PIL import Image
 
 import accel
-from accel import registry, zoo
+from accel import limits, registry, zoo
 from accel.images import foolbox_imagenet, sample_image, sample_images
-from accel.store import RunStore, StoredRun, default_root, image_key, request_key
+from accel.store import (
+    RunStore,
+    StoredRun,
+    StoreError,
+    default_root,
+    image_key,
+    request_key,
+    save_upload_to,
+)
+
+from .auth import current_user
 
 log = logging.getLogger("convlens.dashboard")
 
@@ -35,7 +51,310 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 CKPT_TYPES = ("pt", "pth", "safetensors", "onnx")
 
 
-# ---------------------------------------------------------------------------------------------------- caches
+# ---------------------------------------------------------------------------------------------------- text
+
+_MD_SPECIAL = re.compile(r"([\\`\[\]<>$])")
+
+
+def escape_md(text: Any) -> str:
+    """User text (file names, titles, labels, parameters, messages that quote them) made safe for Streamlit's
+    Markdown: no link, image, HTML, math, colour directive or autolink survives, so it shows as literal text.
+    Whitespace is collapsed to single spaces (no headings, lists or tables from line breaks)."""
+    s = " ".join(str(text).split())
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    s = re.sub(r":(?=//)", r"\\:", s)  # http://... autolinks
+    s = re.sub(r"(?i)\b(www)\.", r"\1\\.", s)  # www.... autolinks
+    s = s.replace("@", "\\@")  # e-mail autolinks
+    return re.sub(r"^([#>+=|~*_-]|\d+[.)])", r"\\\1", s)  # block syntax at the start
+
+
+def public_text(text: Any) -> str:
+    """A message fit to show any user: the store's server folder and generated upload names are replaced by
+    `$CONVLENS_STORE` and the user's own file names."""
+    s = str(text)
+    with contextlib.suppress(Exception):
+        root = default_root()
+        for form in {str(root.resolve()), str(root)}:
+            if form and form != ".":
+                s = s.replace(form, "$CONVLENS_STORE")
+    names: dict[str, str] = {}
+    with contextlib.suppress(Exception):
+        names = st.session_state.get("_upload_names") or {}
+    for stored, original in names.items():
+        s = s.replace(stored, original)
+    return s
+
+
+def _remember_upload(path: Path, original: str) -> None:
+    with contextlib.suppress(Exception):
+        st.session_state.setdefault("_upload_names", {})[path.name] = original
+
+
+# ---------------------------------------------------------------------------------------------------- the run store
+
+
+class _MemoryRuns:
+    """This browser session's results while the run store is unavailable: kept in memory (the newest few), not
+    saved and not shared; ids look like store ids so every page works unchanged."""
+
+    MAX = 16
+
+    def __init__(self) -> None:
+        self._runs: OrderedDict[str, StoredRun] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(
+        self,
+        result: accel.Result,
+        *,
+        model: str,
+        method: str,
+        params: dict[str, Any],
+        owner: str,
+        image_key: str | None,
+        key: str | None,
+        title: str,
+        why: str,
+    ) -> str:
+        rid = uuid.uuid4().hex[:16]
+        shown = {
+            str(k): v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)[:80]
+            for k, v in dict(params).items()
+        }
+        run = StoredRun(
+            rid,
+            time.time(),
+            model,
+            method,
+            result.kind,
+            shown,
+            image_key,
+            key,
+            title or f"{method} on {model}",
+            {},
+            Path(),
+            owner=owner,
+        )
+        run.__dict__["result"] = result  # the cached_property, filled in
+        run.not_saved = why  # type: ignore[attr-defined]  # why it was not saved, for its link line
+        with self._lock:
+            self._runs[rid] = run
+            while len(self._runs) > self.MAX:
+                self._runs.popitem(last=False)
+        return rid
+
+    def get(self, run_id: str) -> StoredRun | None:
+        with self._lock:
+            return self._runs.get(run_id)
+
+    def lookup(self, key: str) -> str | None:
+        with self._lock:
+            for rid, run in reversed(self._runs.items()):
+                if key and run.key == key:
+                    return rid
+        return None
+
+    def list(self) -> list[StoredRun]:
+        with self._lock:
+            return list(reversed(self._runs.values()))
+
+
+_UPLOAD_FALLBACK: list[Path] = []
+
+
+def _fallback_uploads() -> Path:
+    """A private temporary folder for uploads while the run store is unavailable (one per server process)."""
+    if not _UPLOAD_FALLBACK:
+        _UPLOAD_FALLBACK.append(Path(tempfile.mkdtemp(prefix="convlens-uploads-")))
+    return _UPLOAD_FALLBACK[0]
+
+
+class SessionStore:
+    """The run store as one dashboard session sees it. Every call acts as the session's user (`current_user()`),
+    so ownership and privacy are enforced by the store itself; messages never show the server's folder. When the
+    store cannot be opened (or a write fails), results are kept in this session's memory: computing still works,
+    results are just not saved or shared, and `problem` says why."""
+
+    def __init__(
+        self, runs: RunStore | None, user: str, *, problem: str = "", memory: _MemoryRuns | None = None
+    ) -> None:
+        self.runs = runs
+        self.user = user
+        self.problem = problem
+        self.memory = memory if memory is not None else _MemoryRuns()
+        self.notice = public_text(runs.notice) if runs is not None and runs.notice else ""
+
+    @property
+    def available(self) -> bool:
+        """Whether results are saved and shareable (the store opened)."""
+        return self.runs is not None
+
+    def _need(self) -> RunStore:
+        if self.runs is None:
+            raise StoreError(f"the run store is unavailable: {self.problem}")
+        return self.runs
+
+    @contextlib.contextmanager
+    def _public(self) -> Iterator[None]:
+        try:
+            yield
+        except StoreError as e:
+            raise StoreError(public_text(e)) from None
+
+    def is_saved(self, run_id: str) -> bool:
+        """False for a result kept only in this session's memory (the store was unavailable)."""
+        return self.memory.get(run_id) is None
+
+    # -- runs
+    def put(
+        self,
+        result: accel.Result,
+        *,
+        model: str,
+        method: str,
+        params: dict[str, Any],
+        image_key: str | None,
+        key: str | None = None,
+        title: str = "",
+        private: bool = False,
+    ) -> str:
+        """Store a result owned by this session's user; kept in memory (not saved) when the store fails."""
+        if self.runs is not None:
+            try:
+                return self.runs.put(
+                    result,
+                    model=model,
+                    method=method,
+                    params=params,
+                    image_key=image_key,
+                    key=key,
+                    title=title,
+                    owner=self.user,
+                    private=private,
+                )
+            except StoreError as e:
+                self.problem = public_text(e)
+                log.error("run store write failed, keeping the result in memory: %s", e)
+        return self.memory.put(
+            result,
+            why=self.problem or "the run store is unavailable",
+            model=model,
+            method=method,
+            params=params,
+            owner=self.user,
+            image_key=image_key,
+            key=key,
+            title=title,
+        )
+
+    def lookup(self, key: str) -> str | None:
+        """A stored answer to this request that the user may open (theirs first), or None; never raises."""
+        hit = self.memory.lookup(key)
+        if hit is not None or self.runs is None:
+            return hit
+        try:
+            hit = self.runs.lookup(key, user=self.user)
+            if hit is not None:
+                self.runs.mark_seen(hit, user=self.user)  # someone else's shared answer: listed for this user
+        except StoreError as e:
+            log.error("run store lookup failed: %s", e)
+            return None
+        return hit
+
+    def get(self, run_id: str) -> StoredRun:
+        """A run this user may open (in memory, theirs, or shared by link), or StoreError."""
+        mem = self.memory.get(run_id)
+        if mem is not None:
+            return mem
+        with self._public():
+            return self._need().get(run_id, user=self.user)
+
+    def list(
+        self,
+        method: str | None = None,
+        model: str | None = None,
+        limit: int = 200,
+        offset: int = 0,
+        kind: str | None = None,
+    ) -> list[StoredRun]:
+        """The user's runs and the runs shared with them (opened by link), newest first."""
+        with self._public():
+            return self._need().list(method, model, limit, offset, kind, user=self.user)
+
+    def count(self) -> int:
+        """How many runs this user lists."""
+        with self._public():
+            return self._need().count(user=self.user)
+
+    def facets(self) -> dict[str, list[str]]:
+        """Methods and models among the runs this user lists."""
+        with self._public():
+            return self._need().facets(user=self.user)
+
+    def delete(self, run_id: str) -> bool:
+        """Delete one of the user's runs (StoreError for someone else's)."""
+        with self._public():
+            return self._need().delete(run_id, user=self.user)
+
+    def set_private(self, run_id: str, private: bool) -> None:
+        """Make one of the user's runs private, or shared by link again."""
+        with self._public():
+            self._need().set_private(run_id, private, user=self.user)
+
+    def mark_seen(self, run_id: str) -> None:
+        """Remember that the user opened this run by its link (listed as shared with them)."""
+        if self.runs is not None and self.is_saved(run_id):
+            with self._public():
+                self.runs.mark_seen(run_id, user=self.user)
+
+    def export_html(self, run_ids: Sequence[str]) -> bytes:
+        """HTML report of runs the user may open (stored runs only)."""
+        with self._public():
+            return self._need().export_html(self._saved(run_ids), user=self.user)
+
+    def export_zip(self, run_ids: Sequence[str]) -> bytes:
+        """Zip of runs the user may open (stored runs only)."""
+        with self._public():
+            return self._need().export_zip(self._saved(run_ids), user=self.user)
+
+    def _saved(self, run_ids: Sequence[str]) -> list[str]:
+        ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+        if any(not self.is_saved(i) for i in ids):
+            raise StoreError("a result that was not saved (the run store was unavailable) cannot be exported")
+        return ids
+
+    # -- records and uploads
+    def records(self, kind: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Stored records of one kind (empty when the store is unavailable; `problem` says why)."""
+        if self.runs is None:
+            return []
+        try:
+            return self.runs.records(kind, limit)
+        except StoreError as e:
+            self.problem = public_text(e)
+            return []
+
+    def put_record(self, kind: str, payload: dict[str, Any], title: str = "") -> str:
+        """Store a JSON record (StoreError when the store is unavailable)."""
+        with self._public():
+            return self._need().put_record(kind, payload, title)
+
+    def delete_record(self, rec_id: str) -> bool:
+        """Remove one record."""
+        with self._public():
+            return self._need().delete_record(rec_id)
+
+    def save_upload(self, data: bytes, suffix: str, *, name: str | None = None) -> Path:
+        """Save an upload under a generated name (in a private temporary folder when the store is unavailable);
+        messages name the user's file."""
+        with self._public():
+            if self.runs is not None:
+                path = self.runs.save_upload(data, suffix, name=name)
+            else:
+                path = save_upload_to(_fallback_uploads(), data, suffix, name=name)
+        if name:
+            _remember_upload(path, name)
+        return path
 
 
 @st.cache_resource(show_spinner=False)
@@ -43,9 +362,43 @@ def _store_for(root: str) -> RunStore:
     return RunStore(root)
 
 
-def get_store() -> RunStore:
-    """The run store (one object per store folder per server process; connections are per call)."""
-    return _store_for(str(default_root()))
+def _session_memory() -> _MemoryRuns:
+    mem = st.session_state.get("_memory_runs")
+    if mem is None:
+        mem = st.session_state["_memory_runs"] = _MemoryRuns()
+    return mem
+
+
+def get_store() -> SessionStore:
+    """The run store for this session's user (one RunStore per folder per server process; connections are per
+    call). Never raises: an unusable store gives a SessionStore with `available` False and `problem` set."""
+    user = current_user()
+    memory = _session_memory()
+    try:
+        runs = _store_for(str(default_root()))
+        runs.ensure()
+        return SessionStore(runs, user, memory=memory)
+    except accel.BadInput as e:
+        problem = public_text(e)
+    except Exception as e:  # noqa: BLE001 - the dashboard must run without a store
+        log.error("run store unavailable:\n%s", traceback.format_exc())
+        problem = f"internal error ({type(e).__name__})"
+    return SessionStore(None, user, problem=problem, memory=memory)
+
+
+def sync_upload_limit() -> int:
+    """Make Streamlit's own upload limit (server.maxUploadSize, MiB) equal to CONVLENS_MAX_UPLOAD_MB rounded up,
+    so the documented cap is the one that applies; returns the limit in MiB. Streamlit reads the option on every
+    upload request and every uploader it draws, so setting it at start-up (first page run) is enough."""
+    want = max(1, math.ceil(limits.cap_float("upload_mb")))
+    from streamlit import config as st_config
+
+    if st_config.get_option("server.maxUploadSize") != want:
+        st_config.set_option("server.maxUploadSize", want, "convlens (CONVLENS_MAX_UPLOAD_MB)")
+    return want
+
+
+# ---------------------------------------------------------------------------------------------------- caches
 
 
 @st.cache_resource(show_spinner="Loading model...", max_entries=8)
@@ -91,19 +444,38 @@ def _fashion_test() -> Any:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _upload_image(data: bytes) -> Image.Image:
+def _upload_image(data: bytes, name: str) -> Image.Image:
+    if "label" in inspect.signature(accel.open_image).parameters:  # messages name the user's file
+        return accel.open_image(data, label=name)  # type: ignore[call-arg]
     return accel.open_image(data)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def _stored_run(root: str, run_id: str) -> tuple[StoredRun, accel.Result]:
-    run = RunStore(root).get(run_id)
-    return run, run.result
+def _stored_result(root: str, run_id: str) -> accel.Result:
+    return _store_for(root).get(run_id).result
+
+
+_DAMAGED: dict[str, str] = {}  # run id -> why its files could not be read (marked on the Runs page)
+
+
+def damaged_runs() -> dict[str, str]:
+    """Runs whose stored files failed to load in this server process, with the reason (for marking them)."""
+    return dict(_DAMAGED)
 
 
 def load_run(run_id: str) -> tuple[StoredRun, accel.Result]:
-    """A stored run and its Result (rebuilt from files once per server process; results never change)."""
-    return _stored_run(str(get_store().root), run_id)
+    """A stored run this session's user may open and its Result (rebuilt from files once per server process;
+    results never change, but who may open a run is checked on every call)."""
+    store = get_store()
+    run = store.get(run_id)
+    if not store.is_saved(run_id):
+        return run, run.result
+    assert store.runs is not None
+    try:
+        return run, _stored_result(str(store.runs.root), run.id)
+    except StoreError as e:
+        _DAMAGED[run.id] = str(e)
+        raise StoreError(public_text(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------------- errors
@@ -112,19 +484,20 @@ def load_run(run_id: str) -> tuple[StoredRun, accel.Result]:
 @contextlib.contextmanager
 def guard(what: str = "", where: Any = None, record: list[str] | None = None) -> Iterator[None]:
     """Show any error raised inside as a message (BadInput as is, anything else as an internal error), never a
-    traceback; the rest of the page keeps running. `record` also collects the messages."""
+    traceback; the rest of the page keeps running. Messages are shown as literal text (they may quote a user's
+    file name) without server paths. `record` also collects the messages."""
     box = where or st
     try:
         yield
     except accel.BadInput as e:
-        msg = f"{what}: {e}" if what else str(e)
-        box.error(msg)
+        msg = public_text(f"{what}: {e}" if what else str(e))
+        box.error(escape_md(msg))
         if record is not None:
             record.append(msg)
     except Exception as e:  # noqa: BLE001 - the app must keep working whatever a method does
         log.error("dashboard error in %s:\n%s", what or "page", traceback.format_exc())
-        msg = f"{what + ': ' if what else ''}internal error ({type(e).__name__}: {str(e)[:300]})"
-        box.error(msg)
+        msg = public_text(f"{what + ': ' if what else ''}internal error ({type(e).__name__}: {str(e)[:300]})")
+        box.error(escape_md(msg))
         if record is not None:
             record.append(msg)
 
@@ -141,7 +514,7 @@ class Ctx:
     img: Image.Image | None
     img_name: str
     backend: str
-    store: RunStore
+    store: SessionStore
     img_label: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -171,7 +544,7 @@ def ctx() -> Ctx | None:
     return st.session_state.get("_ctx")
 
 
-def _model_picker(store: RunStore) -> tuple[str, Any]:
+def _model_picker(store: SessionStore) -> tuple[str, Any]:
     sb = st.sidebar
     rows = {r["name"]: r for r in _zoo_rows()}
     options = [*rows, BY_NAME, UPLOAD_MODEL]
@@ -197,7 +570,12 @@ def _model_picker(store: RunStore) -> tuple[str, Any]:
         for n in notes:
             sb.warning(n)
         return name, net
-    up = sb.file_uploader("Checkpoint (.pt/.pth/.safetensors state dict) or .onnx", type=None, key="ckpt")
+    up = sb.file_uploader(
+        "Checkpoint (.pt/.pth/.safetensors state dict) or .onnx",
+        type=None,
+        key="ckpt",
+        max_upload_size=sync_upload_limit(),
+    )
     archs = [*rows, *_torchvision_names()]
     arch = sb.selectbox("Architecture of a state dict", archs, index=archs.index("resnet18"), key="ckpt_arch")
     sb.caption("Pickled models are refused; only plain state dicts, safetensors and ONNX files load.")
@@ -207,8 +585,12 @@ def _model_picker(store: RunStore) -> tuple[str, Any]:
     suffix = Path(up.name).suffix.lower()
     if suffix.lstrip(".") not in CKPT_TYPES:
         raise accel.BadInput(f"{up.name}: unsupported checkpoint type; use one of .{', .'.join(CKPT_TYPES)}")
-    path = store.save_upload(up.getvalue(), suffix)
-    net, notes = get_backbone(str(path), None if suffix == ".onnx" else arch)
+    path = store.save_upload(up.getvalue(), suffix, name=up.name)
+    try:
+        net, notes = get_backbone(str(path), None if suffix == ".onnx" else arch)
+    except accel.BadInput as e:  # name the user's file, never its storage name or folder
+        msg = str(e).replace(str(path), up.name).replace(path.name, up.name)
+        raise type(e)(msg) from None
     return f"{arch}@{up.name}" if suffix != ".onnx" else up.name, net
 
 
@@ -246,11 +628,11 @@ def _image_picker() -> tuple[Image.Image | None, str, int | None]:
         img = Image.fromarray(imgs[i]).convert("RGB")
         sb.caption(f"label: {FASHION_CLASSES[lab]}")
         return img, f"fashion_mnist test {i} ({FASHION_CLASSES[lab]})", lab
-    up = sb.file_uploader("Upload an image", type=None, key="img_upload")
+    up = sb.file_uploader("Upload an image", type=None, key="img_upload", max_upload_size=sync_upload_limit())
     if up is None:
         return None, "", None
     try:
-        return _upload_image(up.getvalue()), up.name, None
+        return _upload_image(up.getvalue(), up.name), up.name, None
     except accel.BadInput as e:
         raise accel.BadInput(f"cannot use {up.name!r} as an image: {e}") from None
 
@@ -289,6 +671,14 @@ def sidebar() -> Ctx | None:
     store = get_store()
     problems: list[str] = []
     st.session_state["_sidebar_problems"] = problems
+    with guard("Upload limit", sb, problems):
+        sync_upload_limit()
+    if not store.available:
+        sb.warning(
+            "Run store unavailable: results are computed but not saved or shared. "
+            + escape_md(store.problem),
+            icon=":material/cloud_off:",
+        )
     model, net = "", None
     with guard("Backbone", sb, problems):
         model, net = _model_picker(store)
@@ -296,7 +686,7 @@ def sidebar() -> Ctx | None:
     with guard("Image", sb, problems):
         img, img_name, img_label = _image_picker()
     if img is not None:
-        sb.image(img, width=160, caption=img_name)
+        sb.image(img, width=160, caption=escape_md(img_name))
     backend = sb.radio("Backend (forward passes)", BACKENDS, horizontal=True, key="backend")
     if net is None:
         st.session_state["_ctx"] = None
@@ -312,7 +702,7 @@ def require_ctx(need_image: bool = True) -> Ctx:
     problems = st.session_state.get("_sidebar_problems") or []
     if c is None or (need_image and c.img is None):
         for p in problems:
-            st.warning(f"Sidebar: {p}")
+            st.warning(f"Sidebar: {escape_md(p)}")
         if c is None:
             st.info("Pick a backbone in the sidebar (the current choice could not be loaded).")
         else:
@@ -420,8 +810,9 @@ def run_stored(
     key = run_key(c, name, params, image)
     hit = c.store.lookup(key)
     if hit is not None:
-        run, res = load_run(hit)
-        return hit, res, True
+        with contextlib.suppress(accel.BadInput):  # unreadable or no longer shared: compute it again
+            run, res = load_run(hit)
+            return hit, res, True
     res = call_method(name, net or c.work_net(), image, params, progress, **hooks)
     rid = c.store.put(
         res,
@@ -463,6 +854,12 @@ def share_link(run_id: str) -> str:
 
 
 def link_line(run_id: str, cached: bool = False) -> None:
-    """A caption with the shareable link of a run."""
+    """A caption with the shareable link of a run (or why it has none: the store was unavailable)."""
+    mem = get_store().memory.get(run_id)
+    if mem is not None:
+        st.caption(
+            f"not saved or shared: {escape_md(getattr(mem, 'not_saved', 'the run store is unavailable'))}"
+        )
+        return
     tag = " (answered from the store)" if cached else ""
     st.caption(f"run [`{run_id}`]({share_link(run_id)}){tag}")

@@ -1,26 +1,103 @@
-"""Reopening a stored run exactly as it was computed (no recomputation): the `?run=<id>` view and the Runs page."""
+"""Reopening a stored run exactly as it was computed (no recomputation): the `?run=<id>` view and the Runs page.
+
+Every string a user supplied (titles, upload names, model labels, parameters) is shown as literal text; exports are
+built only when their button is pressed (deferred downloads), for runs the viewer may open."""
 
 from __future__ import annotations
 
+import functools
+import html
+import io
+import json
 import time
+import zipfile
+from collections.abc import Sequence
 
 import numpy as np
 import streamlit as st
 from PIL import Image
 
-from .common import get_store, guard, load_run, share_link
+import accel
+
+from .common import SessionStore, escape_md, get_store, guard, load_run, share_link
 from .jobs import _loss_from_result
 from .widgets import loss_figure, meta_line, show_result
 
 
-def render_run(run_id: str, *, key: str = "run") -> None:
-    """Title, provenance, the result as stored, its parameters, and export buttons for one run."""
-    run, res = load_run(run_id)
-    st.subheader(run.title or f"{run.method} on {run.model}")
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.created))
-    st.caption(
-        f"run `{run.id}` · {run.method} · {run.model} · {when} · [shareable link]({share_link(run.id)})"
+def _export_bytes(store: SessionStore, run_ids: tuple[str, ...], kind: str) -> bytes:
+    """The export of `run_ids` for the store's user, built when the download is clicked; a failure (a run deleted
+    or made private meanwhile) becomes a small file saying so instead of an error."""
+    try:
+        return store.export_html(run_ids) if kind == "html" else store.export_zip(run_ids)
+    except accel.BadInput as e:
+        msg = f"convlens could not export these runs: {e}"
+        if kind == "html":
+            return f"<!doctype html><meta charset='utf-8'><p>{html.escape(msg)}</p>".encode()
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("ERROR.txt", msg + "\n")
+        return buf.getvalue()
+
+
+def export_buttons(store: SessionStore, run_ids: Sequence[str], *, key: str, prefix: str = "Export") -> None:
+    """HTML and zip download buttons whose files are built only when clicked (never on a rerun)."""
+    ids = tuple(run_ids)
+    name = f"convlens-{ids[0]}" if len(ids) == 1 else "convlens-runs"
+    c1, c2 = st.columns(2)
+    c1.download_button(
+        f"{prefix} HTML",
+        functools.partial(_export_bytes, store, ids, "html"),
+        file_name=f"{name}.html",
+        mime="text/html",
+        key=f"{key}_html",
+        on_click="ignore",
     )
+    c2.download_button(
+        f"{prefix} zip",
+        functools.partial(_export_bytes, store, ids, "zip"),
+        file_name=f"{name}.zip",
+        mime="application/zip",
+        key=f"{key}_zip",
+        on_click="ignore",
+    )
+
+
+def _set_private(run_id: str, private: bool) -> None:
+    """Button callback: change who may open one of the user's runs (the store checks ownership)."""
+    try:
+        get_store().set_private(run_id, private)
+        st.session_state["_run_notice"] = (
+            "The run is private now: only you can open it."
+            if private
+            else "The run opens for anyone with its link."
+        )
+    except accel.BadInput as e:
+        st.session_state["_run_notice"] = f"Could not change who may open the run: {e}"
+
+
+def owner_label(store: SessionStore, owner: str) -> str:
+    """'you' for the viewer's own runs, else the owner's name."""
+    return "you" if owner == store.user else owner
+
+
+def render_run(run_id: str, *, key: str = "run") -> None:
+    """Title, provenance, the result as stored, its parameters, privacy controls (owner only) and exports."""
+    store = get_store()
+    run, res = load_run(run_id)
+    notice = st.session_state.pop("_run_notice", None)
+    if notice:
+        st.info(escape_md(notice))
+    st.subheader(escape_md(run.title or f"{run.method} on {run.model}"))
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.created))
+    saved = store.is_saved(run.id)
+    access = "private" if run.private else "anyone with the link can open it"
+    link = f"[shareable link]({share_link(run.id)})" if saved else "not saved (the run store is unavailable)"
+    st.caption(
+        f"run `{run.id}` · {escape_md(run.method)} · {escape_md(run.model)} · {when} · "
+        f"by {escape_md(owner_label(store, run.owner))} · {access} · {link}"
+    )
+    if run.damaged:
+        st.warning(f"This run's index row is damaged ({escape_md(run.damaged)}); its stored files are shown.")
     cols = st.columns([3, 2])
     with cols[0]:
         if res.kind == "map" and res.image is not None:
@@ -41,10 +118,10 @@ def render_run(run_id: str, *, key: str = "run") -> None:
             st.plotly_chart(loss_figure(losses), key=f"{key}_loss")
     with cols[1]:
         st.markdown("**Parameters**")
-        st.json(run.params, expanded=True)
+        st.json(json.loads(json.dumps(run.params, default=str)), expanded=True)
         line = meta_line(res.meta)
         if line:
-            st.markdown(f"**Measured**: {line}")
+            st.markdown(f"**Measured**: {escape_md(line)}")
         scalars = {
             k: (v.item() if isinstance(v, np.generic) else v)
             for k, v in res.meta.items()
@@ -52,32 +129,41 @@ def render_run(run_id: str, *, key: str = "run") -> None:
         }
         if scalars:
             with st.expander("all metadata"):
-                st.json(scalars)
-        store = get_store()
-        d1, d2 = st.columns(2)
-        d1.download_button(
-            "Export HTML",
-            store.export_html([run.id]),
-            file_name=f"convlens-{run.id}.html",
-            mime="text/html",
-            key=f"{key}_html",
-            on_click="ignore",
-        )
-        d2.download_button(
-            "Export zip",
-            store.export_zip([run.id]),
-            file_name=f"convlens-{run.id}.zip",
-            mime="application/zip",
-            key=f"{key}_zip",
-            on_click="ignore",
-        )
+                st.json(json.loads(json.dumps(scalars, default=str)))
+        if saved and run.owner == store.user:
+            if run.private:
+                st.button(
+                    "Share by link again",
+                    key=f"{key}_share",
+                    on_click=_set_private,
+                    args=(run.id, False),
+                    help="anyone who has the link can open it",
+                )
+            else:
+                st.button(
+                    "Make private",
+                    key=f"{key}_private",
+                    on_click=_set_private,
+                    args=(run.id, True),
+                    help="only you can open it; its link stops working for others",
+                )
+        if saved:
+            export_buttons(store, [run.id], key=key)
 
 
 def show_shared_run(run_id: str) -> None:
-    """The page a `?run=<id>` link opens: the stored run, read from the store only."""
+    """The page a `?run=<id>` link opens: the stored run, read from the store only. Opening someone else's run by
+    its link lists it on the viewer's Runs page (shared with them)."""
     st.title("Shared run")
     with guard("Run"):
-        render_run(str(run_id), key="shared")
+        store = get_store()
+        if not store.available and store.is_saved(str(run_id)):
+            st.error(
+                f"The run store is unavailable, so shared runs cannot be opened: {escape_md(store.problem)}"
+            )
+        else:
+            render_run(str(run_id), key="shared")
+            store.mark_seen(str(run_id))
     if st.button("Close and go back", key="close_shared"):
         del st.query_params["run"]
         st.rerun()

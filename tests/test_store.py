@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -289,3 +290,68 @@ def test_default_root_follows_env(tmp_path: Path, monkeypatch) -> None:
     assert s.root == tmp_path / "elsewhere" and s.db_path.is_file()
     with sqlite3.connect(s.db_path) as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# ---------------------------------------------------------------------------------------------------- schema 2
+
+
+_V1_SCHEMA = """
+CREATE TABLE runs(
+    id TEXT PRIMARY KEY, created REAL NOT NULL, model TEXT, method TEXT, kind TEXT,
+    params TEXT, image_key TEXT, key TEXT, title TEXT, summary TEXT);
+CREATE TABLE records(id TEXT PRIMARY KEY, created REAL NOT NULL, kind TEXT NOT NULL, title TEXT, payload TEXT);
+"""
+
+
+def _legacy_store(root: Path, tmp: Path) -> str:
+    """A schema-1 store as the previous release wrote it: the old table, a run folder whose manifest has no
+    owner, title or keys. Returns the run id."""
+    donor = RunStore(tmp / "donor")
+    rid = donor.put(_map_result(3), model="m", method="gradcam", params={"t": 3}, image_key="ik", key="k3")
+    (root / "runs").mkdir(parents=True)
+    shutil.copytree(donor.runs_dir / rid, root / "runs" / rid)
+    manifest = json.loads((root / "runs" / rid / "manifest.json").read_text())
+    for k in ("title", "owner", "private", "image_key", "key", "summary"):
+        manifest.pop(k)
+    manifest["version"] = 1
+    (root / "runs" / rid / "manifest.json").write_text(json.dumps(manifest))
+    with sqlite3.connect(root / "runs.sqlite") as con:
+        con.executescript(_V1_SCHEMA)
+        con.execute(
+            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (rid, 1e9, "m", "gradcam", "map", '{"t": 3}', "ik", "k3", "old title", '{"wall_s": 0.25}'),
+        )
+        con.execute("PRAGMA user_version=1")
+    return rid
+
+
+def test_owner_and_private_round_trip_into_row_and_manifest(store: RunStore) -> None:
+    rid = store.put(
+        _map_result(), model="m", method="saliency", params={}, image_key=None, owner="a@x", private=True
+    )
+    run = store.get(rid)
+    assert (run.owner, run.private, run.damaged) == ("a@x", True, None)
+    manifest = json.loads((store.runs_dir / rid / "manifest.json").read_text())
+    assert manifest["owner"] == "a@x" and manifest["private"] is True and manifest["title"] == "saliency on m"
+    assert store.put(_map_result(), model="m", method="x", params={}, image_key=None) != rid
+    assert store.get(store.list()[0].id).owner == "local"  # the default owner: no sign-in
+    for bad in ("", "  ", None):
+        with pytest.raises(accel.BadInput, match="owner must be a non-empty string"):
+            store.put(_map_result(), model="m", method="x", params={}, image_key=None, owner=bad)  # type: ignore[arg-type]
+
+
+def test_schema_1_store_is_migrated_and_its_manifests_learn_the_row(tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    rid = _legacy_store(root, tmp_path)
+    store = RunStore(root)
+    run = store.get(rid)
+    assert (run.owner, run.private, run.title, run.key) == ("local", False, "old title", "k3")
+    with sqlite3.connect(store.db_path) as con:
+        cols = [r[1] for r in con.execute("PRAGMA table_info(runs)")]
+        assert cols[-2:] == ["owner", "private"] and con.execute("PRAGMA user_version").fetchone()[0] == 2
+    manifest = json.loads((store.runs_dir / rid / "manifest.json").read_text())
+    assert (manifest["owner"], manifest["title"], manifest["key"]) == ("local", "old title", "k3")
+    assert run.result.data.shape == (16, 16) and store.lookup("k3", user="local") == rid
+    # migrating twice (another process, or a second start) changes nothing
+    RunStore.unopened(root)._open_schema()
+    assert [r.id for r in RunStore(root).list(user="local")] == [rid]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import accel
-from dashboard.common import guard, require_ctx
+from dashboard.common import escape_md, guard, public_text, require_ctx
 from dashboard.widgets import fit_width
 
 
@@ -25,14 +26,23 @@ st.write(
 )
 c = require_ctx()
 net, img = c.net, c.img
-st.caption(f"**{c.model}** · {net.source} · input {'x'.join(map(str, net.input_shape))}")
+st.caption(
+    f"**{escape_md(public_text(c.model))}** · {escape_md(public_text(net.source))} · "
+    f"input {'x'.join(map(str, net.input_shape))}"
+)
 c1, c2 = st.columns([1, 2])
 with c1, guard("Input"):
-    st.image(fit_width(net.deprocess(net.preprocess(img))), caption=f"input as {net.name} sees it", width=260)
+    st.image(
+        fit_width(net.deprocess(net.preprocess(img))),
+        caption=f"input as {escape_md(public_text(net.name))} sees it",
+        width=260,
+    )
 with c2:
     st.subheader("Prediction")
     if not net.has_head:
-        st.caption(f"{net.name} is a convolutional feature extractor (no classifier head).")
+        st.caption(
+            f"{escape_md(public_text(net.name))} is a convolutional feature extractor (no classifier head)."
+        )
     else:
         with guard("Prediction"):
             t0 = time.perf_counter()
@@ -43,8 +53,8 @@ with c2:
             p /= p.sum()
             names = net.labels or [str(i) for i in range(len(p))]
             for i in np.argsort(-p)[:5]:
-                st.progress(float(min(1.0, p[i])), text=f"{names[i]} ({i}): {p[i]:.1%}")
-            st.caption(f"{r.backend} · {ms:.0f} ms (first call includes building the session)")
+                st.progress(float(min(1.0, p[i])), text=f"{escape_md(names[i])} ({i}): {p[i]:.1%}")
+            st.caption(f"{escape_md(r.backend)} · {ms:.0f} ms (first call includes building the session)")
 
 st.subheader("Layer map")
 with guard("Layers"):
@@ -66,7 +76,7 @@ with guard("Layers"):
             go.Scatter(
                 x=[a for a, _, _ in rf],
                 y=[b for _, b, _ in rf],
-                text=[n for _, _, n in rf],
+                text=[html.escape(n) for _, _, n in rf],  # Plotly renders a subset of HTML in labels
                 mode="lines+markers",
                 hovertemplate="%{text}<br>RF %{y}px<extra></extra>",
             )
