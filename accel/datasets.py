@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -17,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import BadInput
+from .images import image_extensions
 
 if TYPE_CHECKING:
     from .zoo import Backbone
@@ -34,23 +36,9 @@ __all__ = [
     "default_spec",
 ]
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {
-        ".png",
-        ".jpg",
-        ".jpeg",
-        ".gif",
-        ".webp",
-        ".bmp",
-        ".dib",
-        ".tif",
-        ".tiff",
-        ".ppm",
-        ".pgm",
-        ".pbm",
-        ".qoi",
-    }
-)
+# Every extension of a format `open_image` decodes (from Pillow's registry), so no decodable format is skipped.
+IMAGE_EXTENSIONS: frozenset[str] = image_extensions()
+_SKIPPED_EXAMPLES = 10  # skipped file names kept per folder for the message (the count is exact)
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane",
@@ -82,6 +70,58 @@ class Batch(NamedTuple):
     ids: list[str]
 
 
+@dataclass
+class Skipped:
+    """Files of a folder that are not taken as images, counted: `other` have no image extension (or none at all),
+    `loose` are images lying beside class folders (only images inside a class folder are labelled)."""
+
+    other: int = 0
+    loose: int = 0
+    other_examples: list[str] = field(default_factory=list)
+    loose_examples: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        """All files left out, of either kind."""
+        return self.other + self.loose
+
+    def add(self, kind: str, name: str) -> None:
+        """Count one left-out file of `kind` ("other" or "loose"), keeping the first few names as examples."""
+        setattr(self, kind, getattr(self, kind) + 1)
+        examples = getattr(self, f"{kind}_examples")
+        if len(examples) < _SKIPPED_EXAMPLES:
+            examples.append(name)
+
+    def messages(self) -> list[str]:
+        """One line per kind of left-out file, naming a few and saying what to do (empty when none)."""
+        out = []
+        if self.other:
+            exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+            out.append(
+                f"skipped {_files(self.other)} that {_are(self.other)} not images by name "
+                f"({_examples(self.other_examples, self.other)}); image files need one of these extensions: {exts}"
+            )
+        if self.loose:
+            out.append(
+                f"ignored {_files(self.loose)} beside the class folders ({_examples(self.loose_examples, self.loose)}):"
+                " only images inside a class folder are used; move them into one"
+            )
+        return out
+
+
+def _files(n: int) -> str:
+    return f"{n:,} file{'s' if n != 1 else ''}"
+
+
+def _are(n: int) -> str:
+    return "are" if n != 1 else "is"
+
+
+def _examples(names: list[str], n: int) -> str:
+    shown = ", ".join(names[:3])
+    return f"{shown}, ..." if n > 3 else shown
+
+
 class Dataset:
     """Base class: subclasses implement `_count`, `_items` and `load`; the base adds limits, batching and errors."""
 
@@ -93,6 +133,23 @@ class Dataset:
         self.limit = int(limit) if limit is not None else None
         self.classes: list[str] | None = None
         self.errors: list[tuple[str, str]] = []
+
+    @property
+    def skipped(self) -> Skipped:
+        """Files the dataset lists but does not take as images (none, except for folders)."""
+        return Skipped()
+
+    def notes(self) -> list[str]:
+        """Human-readable lines about what this dataset left out: files that are not images by name (known on
+        listing) and images that could not be decoded (known after iterating). Empty when nothing was left out."""
+        lines = self.skipped.messages()
+        if self.errors:
+            example = Path(self.errors[0][0]).name
+            lines.append(
+                f"{len(self.errors)} image file{'s' if len(self.errors) != 1 else ''} could not be decoded and "
+                f"{'were' if len(self.errors) != 1 else 'was'} skipped (e.g. {example}: {self.errors[0][1]})"
+            )
+        return lines
 
     # -- what subclasses provide --------------------------------------------------------------------------------
     def _count(self) -> int:
@@ -199,10 +256,12 @@ class Dataset:
 
 class ImageFolder(Dataset):
     """Images under a folder: flat (unlabelled), or one subfolder per class (labels = sorted subfolder names;
-    images anywhere below a class folder count, loose files beside the class folders are ignored).
+    images anywhere below a class folder count, loose images beside the class folders are not used).
 
-    Paths are listed on first use (names only, no decoding); each image is opened with `accel.open_image` when
-    iteration reaches it. Unreadable files are skipped and listed in `.errors` as (path, reason)."""
+    Paths are listed on first use (names only, no decoding); a file is an image candidate when its extension is
+    one of a format `open_image` decodes (`IMAGE_EXTENSIONS`). Files left out are counted in `.skipped` and
+    described by `.notes()` (hidden files and folders, starting with ".", are left out silently). Each image is
+    opened when iteration reaches it; unreadable ones are skipped and listed in `.errors` as (path, reason)."""
 
     kind = "folder"
 
@@ -213,6 +272,7 @@ class ImageFolder(Dataset):
             raise BadInput(f"image folder {str(path)!r} does not exist or is not a directory")
         self._files: list[tuple[Path, int | None]] | None = None
         self._index: dict[str, int | None] | None = None
+        self._skipped = Skipped()
 
     @property
     def classes(self) -> list[str] | None:  # type: ignore[override]
@@ -228,24 +288,40 @@ class ImageFolder(Dataset):
     def base_spec(self) -> str:
         return f"folder:{self.root.resolve()}"
 
+    @property
+    def skipped(self) -> Skipped:
+        """Files under the folder that are not used as images (counted on listing, without decoding)."""
+        self._scan()
+        return self._skipped
+
     def _scan(self) -> list[tuple[Path, int | None]]:
         if self._files is not None:
             return self._files
-        subdirs = sorted(
-            (d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")),
-            key=lambda d: d.name,
-        )
-        class_files = [(d.name, _image_files(d)) for d in subdirs]
+        skipped = Skipped()
+        try:
+            entries = sorted(
+                (e for e in os.scandir(self.root) if not e.name.startswith(".")), key=lambda e: e.name
+            )
+        except OSError as e:
+            raise BadInput(
+                f"image folder {str(self.root)!r} cannot be listed ({e.strerror or type(e).__name__})"
+            ) from None
+        subdirs = [Path(e.path) for e in entries if _is_dir(e)]
+        class_files = [(d.name, _image_files(d, self.root, skipped)) for d in subdirs]
         class_files = [(name, files) for name, files in class_files if files]
         if class_files:
             self._classes = [name for name, _ in class_files]
             files: list[tuple[Path, int | None]] = [
                 (f, label) for label, (_, fs) in enumerate(class_files) for f in fs
             ]
+            for e in entries:
+                if not _is_dir(e):
+                    skipped.add("loose" if _is_image_name(e.name) else "other", e.name)
         else:
             self._classes = None
-            files = [(f, None) for f in _image_files(self.root, recursive=False)]
+            files = [(f, None) for f in _image_files(self.root, self.root, skipped, recursive=False)]
         self._files = files
+        self._skipped = skipped
         return files
 
     def _count(self) -> int:
@@ -288,8 +364,20 @@ def _mtime(p: Path) -> int:
         return 0
 
 
-def _image_files(folder: Path, recursive: bool = True) -> list[Path]:
-    """Image-looking files (by extension) under `folder`, sorted, hidden entries skipped."""
+def _is_dir(e: os.DirEntry[str]) -> bool:
+    try:
+        return e.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _image_files(folder: Path, root: Path, skipped: Skipped, recursive: bool = True) -> list[Path]:
+    """Files under `folder` with an image extension, sorted; other files are counted in `skipped` (by their path
+    relative to `root`), hidden entries are left out."""
     out: list[Path] = []
     stack = [folder]
     while stack:
@@ -301,11 +389,13 @@ def _image_files(folder: Path, recursive: bool = True) -> list[Path]:
         for e in entries:
             if e.name.startswith("."):
                 continue
-            if e.is_dir(follow_symlinks=False):
+            if _is_dir(e):
                 if recursive:
                     stack.append(Path(e.path))
-            elif Path(e.name).suffix.lower() in IMAGE_EXTENSIONS:
+            elif _is_image_name(e.name):
                 out.append(Path(e.path))
+            else:
+                skipped.add("other", os.path.relpath(e.path, root))
     return sorted(out)
 
 

@@ -804,8 +804,8 @@ def _over_cap(label: str, kind: str, value: float, said: str) -> None:
     if value > limit:
         c = CAPS[kind]
         raise ResourceLimit(
-            f"{label}: {said}, over the cap of {limit:,g} ({c.what}), so it was refused before reading it. "
-            f"If the file is genuine, raise the cap with the environment variable {c.env}={math.ceil(value)}"
+            f"{label}: {said}, over the cap of {limit:,g} ({c.what}); refused before reading it. If the file "
+            f"is genuine, raise the cap with the environment variable {c.env}={math.ceil(value)}"
         )
 
 
@@ -966,24 +966,29 @@ def _why(e: BaseException) -> str:
 
 
 def _pickle_calls(path: Path) -> str | None:
-    """The first Python object a pickle file imports (module.name), found by reading opcodes without running any."""
+    """The first Python object outside torch that a pickle file imports (module.name), found by reading its
+    opcodes (each pickle in turn, as legacy torch.save files hold several) without running any."""
     import io
     import pickletools
 
     with open(path, "rb") as f:
-        head = f.read(1 << 20)
+        stream = io.BytesIO(f.read(1 << 20))
     strings: list[str] = []
     try:
-        for op, arg, _pos in pickletools.genops(io.BytesIO(head)):
-            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
-                return arg.replace(" ", ".")
-            if op.name == "STACK_GLOBAL":
-                return ".".join(strings[-2:]) if len(strings) >= 2 else "a Python object"
-            if op.name in ("REDUCE", "OBJ", "NEWOBJ", "NEWOBJ_EX"):
-                return "a Python callable"
-            if isinstance(arg, str):
-                strings.append(arg)
-    except Exception:  # noqa: BLE001 - a damaged or cut-off opcode stream: whatever was found so far stands
+        for _ in range(8):
+            if stream.tell() >= len(stream.getbuffer()):
+                break
+            for op, arg, _pos in pickletools.genops(stream):
+                name = None
+                if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    name = arg.replace(" ", ".")
+                elif op.name == "STACK_GLOBAL":
+                    name = ".".join(strings[-2:]) if len(strings) >= 2 else "a Python object"
+                elif isinstance(arg, str):
+                    strings.append(arg)
+                if name and not name.startswith("torch.") and name != "collections.OrderedDict":
+                    return name
+    except Exception:  # noqa: BLE001 - a damaged or cut-off opcode stream: what was found so far stands
         return None
     return None
 
@@ -1100,32 +1105,6 @@ def _read_state_dict(path: Path, trust: bool, label: str | None = None) -> dict[
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
-def _fit_dtypes(
-    sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor], label: str
-) -> dict[str, torch.Tensor]:
-    """Each tensor as its parameter's dtype on the CPU; integer or bool values for float weights are refused."""
-    out = {}
-    for k, want in target.items():
-        v = sd[k]
-        if want.is_floating_point():
-            if v.dtype not in _FLOAT_DTYPES:
-                raise BadInput(
-                    f"{label}: tensor {_key(k)} is {_dtype_name(v.dtype)}; float weights ({_FLOATS_TEXT}) are needed"
-                )
-        elif want.dtype == torch.bool:
-            if v.dtype != torch.bool:
-                raise BadInput(
-                    f"{label}: tensor {_key(k)} is {_dtype_name(v.dtype)}; a bool buffer is needed"
-                )
-        elif v.dtype not in _INT_DTYPES:
-            raise BadInput(
-                f"{label}: tensor {_key(k)} is {_dtype_name(v.dtype)}; an integer buffer "
-                f"({_dtype_name(want.dtype)}, like BatchNorm's step counter) is needed"
-            )
-        out[k] = v.to(device="cpu", dtype=want.dtype)
-    return out
-
-
 def _check_finite(
     sd: dict[str, torch.Tensor], fname: str, raw: dict[str, torch.Tensor] | None = None
 ) -> None:
@@ -1174,9 +1153,70 @@ def _probe_outputs(net: Backbone, label: str) -> None:
         )
 
 
+_SIGNATURES: dict[str, dict[str, tuple[tuple[int, ...], torch.dtype]]] = {}
+
+
+def _build_arch(arch: str) -> Backbone:
+    """A fresh backbone of architecture `arch` (a zoo or torchvision name) to receive a checkpoint's weights."""
+    if arch in ZOO:
+        return ZOO[arch].build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _torchvision(arch, pretrained=False)
+
+
+def _arch_signature(arch: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor in `arch`'s state dict, built once per architecture, so a
+    checkpoint that does not fit is refused without building the network again."""
+    if arch not in _SIGNATURES:
+        module = _build_arch(arch).require_module("loading a checkpoint")
+        _SIGNATURES[arch] = {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
+    return _SIGNATURES[arch]
+
+
+def _fit_to(
+    sd: dict[str, torch.Tensor], sig: dict[str, tuple[tuple[int, ...], torch.dtype]], arch: str, label: str
+) -> None:
+    """Refuse a state dict whose names, shapes or dtypes do not fit architecture `arch`; fills missing
+    BatchNorm step counters (checkpoints from before PyTorch 0.4.1) in place."""
+    for k, (shape, dtype) in sig.items():
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = torch.zeros(shape, dtype=dtype)
+    missing = [k for k in sig if k not in sd]
+    extra = [k for k in sd if k not in sig]
+    if missing or extra:
+        raise BadInput(
+            f"{label} does not fit architecture {arch!r}: {len(missing)} missing key(s) {missing[:3]}, "
+            f"{len(extra)} unexpected key(s) {[_key(k)[1:-1] for k in extra[:3]]}. Is it a checkpoint for a "
+            "different architecture?"
+        )
+    wrong = [k for k, (shape, _) in sig.items() if tuple(sd[k].shape) != shape]
+    if wrong:
+        k = wrong[0]
+        raise BadInput(
+            f"{label} does not fit architecture {arch!r}: {len(wrong)} tensor(s) have the wrong shape, "
+            f"e.g. {k}: {tuple(sd[k].shape)} vs {sig[k][0]}"
+        )
+    for k, (_, want) in sig.items():
+        have = sd[k].dtype
+        if want.is_floating_point:
+            if have not in _FLOAT_DTYPES:
+                raise BadInput(
+                    f"{label}: tensor {_key(k)} is {_dtype_name(have)}; float weights ({_FLOATS_TEXT}) are needed"
+                )
+        elif want == torch.bool:
+            if have != torch.bool:
+                raise BadInput(f"{label}: tensor {_key(k)} is {_dtype_name(have)}; a bool buffer is needed")
+        elif have not in _INT_DTYPES:
+            raise BadInput(
+                f"{label}: tensor {_key(k)} is {_dtype_name(have)}; an integer buffer "
+                f"({_dtype_name(want)}, like BatchNorm's step counter) is needed"
+            )
+
+
 def _from_checkpoint(path: Path, arch: str | None, trust: bool, label: str | None = None) -> Backbone:
     """A backbone of architecture `arch` with a user's state dict: read safely, fitted by name, shape and dtype,
-    and probed once so that it never predicts from NaN."""
+    converted to each parameter's dtype, and probed once so that it never predicts from NaN."""
     label = _label(path, label)
     if not arch:
         raise BadInput(
@@ -1184,36 +1224,12 @@ def _from_checkpoint(path: Path, arch: str | None, trust: bool, label: str | Non
             "(CLI: --arch resnet18)"
         )
     sd = _read_state_dict(path, trust, label)
-    if arch in ZOO:
-        net = ZOO[arch].build()
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            net = _torchvision(arch, pretrained=False)
-    module = net.require_module("loading a checkpoint")
-    target = module.state_dict()
-    for (
-        k
-    ) in target:  # checkpoints from before PyTorch 0.4.1 have no BatchNorm step counters; PyTorch fills them
-        if k.endswith("num_batches_tracked") and k not in sd:
-            sd[k] = target[k].clone()
-    missing = [k for k in target if k not in sd]
-    extra = [k for k in sd if k not in target]
-    if missing or extra:
-        raise BadInput(
-            f"{label} does not fit architecture {arch!r}: {len(missing)} missing key(s) {missing[:3]}, "
-            f"{len(extra)} unexpected key(s) {[_key(k) for k in extra[:3]]}. Is it a checkpoint for a different "
-            "architecture?"
-        )
-    wrong = [k for k in target if tuple(sd[k].shape) != tuple(target[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise BadInput(
-            f"{label} does not fit architecture {arch!r}: {len(wrong)} tensor(s) have the wrong shape, "
-            f"e.g. {k}: {tuple(sd[k].shape)} vs {tuple(target[k].shape)}"
-        )
-    fitted = _fit_dtypes(sd, target, label)
+    sig = _arch_signature(arch)
+    _fit_to(sd, sig, arch, label)
+    fitted = {k: sd[k].to(device="cpu", dtype=sig[k][1]) for k in sig}
     _check_finite(fitted, label, sd)
+    net = _build_arch(arch)
+    module = net.require_module("loading a checkpoint")
     try:
         module.load_state_dict(fitted)
     except RuntimeError as e:

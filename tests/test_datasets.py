@@ -76,6 +76,7 @@ def test_folder_streams_all_good_files_and_lists_corrupt(folder: tuple[Path, set
     ds = datasets.ImageFolder(root)
     assert ds.classes == list(CLASSES)
     assert len(ds) == len(good) + len(bad)  # candidates by extension; corrupt ones are only found by decoding
+    assert (ds.skipped.other, ds.skipped.loose) == (1, 0) and ds.skipped.other_examples == ["cats/notes.txt"]
     seen = {}
     for img, label, key in ds:
         assert isinstance(img, Image.Image) and img.mode == "RGB"
@@ -226,3 +227,94 @@ def test_spec_round_trip_and_file_is_not_folder(tmp_path: Path) -> None:
     first = next(iter(samples))
     sub = samples.subset([first.id, first.id])
     assert len(sub) == 2 and [i.id for i in sub] == [first.id, first.id]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# formats and skipped files
+
+
+def _mode_for(ext: str) -> str:
+    return {".pbm": "1", ".pgm": "L", ".pfm": "F"}.get(ext, "RGB")
+
+
+def test_image_extensions_come_from_pillow_for_every_decodable_format() -> None:
+    registered = Image.registered_extensions()
+    formats = set(accel.images.decodable_formats())
+    assert accel.images.image_extensions() == datasets.IMAGE_EXTENSIONS
+    assert {ext for ext, fmt in registered.items() if fmt in formats} == datasets.IMAGE_EXTENSIONS
+    assert {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".jfif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".qoi",
+        ".pgm",
+        ".bmp",
+    } <= datasets.IMAGE_EXTENSIONS
+    assert (
+        not {".ico", ".eps", ".tga", ".pdf", ".txt"} & datasets.IMAGE_EXTENSIONS
+    )  # formats we refuse to decode
+    if "AVIF" in formats:
+        assert ".avif" in datasets.IMAGE_EXTENSIONS
+
+
+def test_folder_takes_a_file_of_every_decodable_extension(tmp_path: Path) -> None:
+    """One real file per extension (saved by Pillow in the format its extension names): all listed, all decoded."""
+    rng = np.random.default_rng(3)
+    base = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    written = set()
+    for ext in sorted(datasets.IMAGE_EXTENSIONS):
+        path = tmp_path / f"img{ext.replace('.', '_')}{ext}"
+        im = base.convert(_mode_for(ext)) if _mode_for(ext) != "F" else base.convert("L").convert("F")
+        im.save(path)
+        written.add(str(path))
+    ds = datasets.ImageFolder(tmp_path)
+    assert len(ds) == len(written) and ds.skipped.count == 0 and ds.notes() == []
+    items = list(ds)
+    assert ds.errors == [], ds.errors
+    assert {key for _, _, key in items} == written
+    assert all(img.size == (16, 12) and img.mode == "RGB" for img, _, _ in items)
+
+
+def test_folder_reports_what_it_skips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    for c in ("cats", "dogs"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            (tmp_path / c / f"{i}.png").write_bytes(_png(rng, 8))
+    (tmp_path / "cats" / "notes.txt").write_text("not an image")
+    (tmp_path / "dogs" / "labels.csv").write_text("a,b\n")
+    (tmp_path / "dogs" / "scan").write_bytes(
+        _png(rng, 8)
+    )  # an image without an extension: not taken, counted
+    (tmp_path / "README.md").write_text("# data")
+    (tmp_path / "stray.jpg").write_bytes(_jpeg(rng, 8))  # beside the class folders: not labelled, counted
+    (tmp_path / ".DS_Store").write_bytes(b"\0" * 8)  # hidden: left out silently
+    (tmp_path / "cats" / ".thumbs").mkdir()
+    (tmp_path / "cats" / ".thumbs" / "x.png").write_bytes(_png(rng, 8))
+    ds = datasets.get(str(tmp_path))
+    assert ds.classes == ["cats", "dogs"] and len(ds) == 6
+    sk = ds.skipped
+    assert (sk.other, sk.loose, sk.count) == (4, 1, 5)
+    assert sorted(sk.other_examples) == ["README.md", "cats/notes.txt", "dogs/labels.csv", "dogs/scan"]
+    assert sk.loose_examples == ["stray.jpg"]
+    notes = ds.notes()
+    assert len(notes) == 2
+    assert notes[0].startswith("skipped 4 files that are not images by name (") and ".webp" in notes[0]
+    assert (
+        notes[1].startswith("ignored 1 file beside the class folders (stray.jpg)") and "move them" in notes[1]
+    )
+    # a flat folder counts its non-image files the same way, and unreadable images join the notes after a pass
+    flat = tmp_path / "dogs"
+    (flat / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    fds = datasets.ImageFolder(flat)
+    assert (fds.skipped.other, fds.skipped.loose) == (2, 0)
+    assert len(list(fds)) == 3
+    lines = fds.notes()
+    assert len(lines) == 2 and lines[1].startswith(
+        "1 image file could not be decoded and was skipped (e.g. broken.png"
+    )
+    assert datasets.get("samples").notes() == []
