@@ -39,7 +39,7 @@ CAPS: dict[str, Cap] = {
             "checkpoint_mb",
             "CONVLENS_MAX_CHECKPOINT_MB",
             2048,
-            "MiB a checkpoint's tensors take once decompressed (declared sizes, checked before reading)",
+            "MiB of tensors in a checkpoint, decompressed",
         ),
         Cap(
             "checkpoint_tensors",
@@ -51,7 +51,7 @@ CAPS: dict[str, Cap] = {
             "checkpoint_ratio",
             "CONVLENS_MAX_CHECKPOINT_RATIO",
             100,
-            "compression ratio of a zipped checkpoint over 64 MiB (decompressed / file bytes)",
+            "compression ratio of a zipped checkpoint over 64 MiB",
         ),
     )
 }
