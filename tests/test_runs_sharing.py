@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -320,3 +321,60 @@ def test_escape_md_neutralises_every_construct_that_fetches_or_links() -> None:
     }
     for raw, want in cases.items():
         assert escape_md(raw) == want, raw
+
+
+# ---------------------------------------------------------------------------------------------------- a real browser
+
+
+@pytest.mark.slow
+def test_browser_shows_markdown_titles_literally_and_fetches_nothing(tmp_path: Path) -> None:
+    """`streamlit run` + headless Chromium: a run whose title and model name hold a Markdown image, an <img> tag and
+    a link to a local listener renders them as visible text on the shared view and the Runs page, and the browser
+    never requests anything from the listener."""
+    tb = pytest.importorskip("tests.test_browser")
+    if not (tb.CHROMIUM and tb.DRIVER and tb.HAVE_SELENIUM):
+        pytest.skip("headless Chromium and selenium are needed (apt-get install -y chromium chromium-driver)")
+    import http.server
+    import threading
+
+    from selenium.webdriver.common.by import By
+
+    hits: list[str] = []
+
+    class Listener(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Listener)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    evil = (
+        f"![x](http://127.0.0.1:{port}/md.png) <img src=http://127.0.0.1:{port}/tag.png> "
+        f"[link](http://127.0.0.1:{port}/link)"
+    )
+    store = RunStore(tmp_path / "store")
+    rid = store.put(
+        _result(0), model=f"m {evil}", method="saliency", params={"label": evil}, image_key=None, title=evil
+    )
+    drv = tb.chrome(tmp_path / "chromium")
+    try:
+        with tb.serve(store.root, tmp_path) as url:
+            for path in (f"/?run={rid}", "/runs"):
+                drv.get(url + path)
+                tb._settle(drv)
+                tb._check_no_errors(drv, path)
+                text = drv.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
+                assert f"![x](http://127.0.0.1:{port}/md.png)" in text, path  # shown, as typed
+                for el in drv.find_elements(By.CSS_SELECTOR, "img, a, iframe, source, video, audio"):
+                    for attr in ("src", "href", "srcset"):
+                        assert f"127.0.0.1:{port}" not in (el.get_attribute(attr) or ""), (path, attr)
+            time.sleep(2.0)  # anything lazy would have fired by now
+    finally:
+        drv.quit()
+        srv.shutdown()
+    assert hits == [], hits
