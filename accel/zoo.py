@@ -993,7 +993,11 @@ def _pickle_calls(path: Path) -> str | None:
     return None
 
 
-def _untrusted(label: str, what: str) -> UntrustedFile:
+def _untrusted(label: str, calls: str | None = None) -> UntrustedFile:
+    """The refusal of a pickle that needs code; `calls` (a name read from the file) is shown only if it looks
+    like a dotted Python name."""
+    ok = calls is not None and len(calls) <= 80 and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", calls)
+    what = f"it calls {calls}" if ok else "it builds Python objects the safe loader does not allow"
     return UntrustedFile(
         f"{label}: refusing to load — unpickling it could run arbitrary code ({what}). Only plain "
         "state dicts load by default; if you trust its author, pass trust=True (CLI: --trust), or "
@@ -1009,21 +1013,20 @@ def _torch_load(path: Path, kind: str, trust: bool, label: str) -> Any:
     from .errors import ResourceLimit
 
     try:
-        with (
-            warnings.catch_warnings()
-        ):  # torch comments on odd files (protocol, sparse tensors): the error says it
+        # torch comments on odd files (pickle protocol, sparse tensors) with warnings; the error says enough
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         text = str(e)
         glob = re.search(r"GLOBAL (\S+)", text)
         if glob:
-            raise _untrusted(label, f"it calls {glob.group(1)[:80]}") from None
+            raise _untrusted(label, glob.group(1)) from None
         if any(w in text for w in _NEEDS_CODE):
-            raise _untrusted(label, "it builds Python objects the safe loader does not allow") from None
+            raise _untrusted(label) from None
         calls = _pickle_calls(path) if kind == "pickle" else None
         if calls:
-            raise _untrusted(label, f"it calls {calls[:80]}") from None
+            raise _untrusted(label, calls) from None
         raise BadInput(f"{label}: not a readable PyTorch checkpoint (corrupt pickle data)") from None
     except MemoryError:
         raise ResourceLimit(
@@ -1064,8 +1067,11 @@ def _read_state_dict(path: Path, trust: bool, label: str | None = None) -> dict[
     except OSError as e:
         raise BadInput(f"{label}: cannot read the file ({e.strerror or type(e).__name__})") from None
     obj = _read_safetensors(path, label) if kind == "safetensors" else _torch_load(path, kind, trust, label)
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
+    if isinstance(obj, nn.Module):  # only with trust=True: a whole pickled model, whose own code runs here
+        try:
+            obj = obj.state_dict()
+        except Exception as e:  # noqa: BLE001 - the model's own code
+            raise BadInput(f"{label}: the pickled model's state_dict() failed ({_why(e)})") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):
@@ -1405,17 +1411,31 @@ def zoo_table() -> list[dict[str, Any]]:
 
 
 def checkpoint_bytes_to_path(data: bytes, suffix: str, directory: Path) -> Path:
-    """Write uploaded checkpoint bytes under a generated name inside `directory` (never a user-chosen path)."""
+    """Write uploaded checkpoint bytes under a generated name inside `directory` (never a user-chosen path).
+
+    The name is the content's hash, written through a temporary file unique to this process and thread, so
+    concurrent uploads of the same bytes never see a half-written file."""
+    import contextlib
+    import threading
+
     if suffix.lower() not in (".pt", ".pth", ".safetensors", ".onnx"):
         raise BadInput(f"unsupported checkpoint type {suffix!r}; use .pt, .pth, .safetensors or .onnx")
-    directory.mkdir(parents=True, exist_ok=True)
+    if not data:
+        raise BadInput("the uploaded checkpoint is empty (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()[:24]
     out = directory / f"upload-{digest}{suffix.lower()}"
-    if not out.exists():
-        tmp = out.with_suffix(out.suffix + ".tmp")
+    if out.is_file() and out.stat().st_size == len(data):
+        return out
+    tmp = directory / f".upload-{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, out)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise BadInput(f"cannot store the uploaded checkpoint ({e.strerror or type(e).__name__})") from None
     return out
 
 

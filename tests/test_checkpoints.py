@@ -534,7 +534,10 @@ def test_unknown_formats_are_named_without_echoing_bytes(tmp_path) -> None:
         ),
         "page.pth": (b"<!DOCTYPE html><html><body>403</body></html>", "it looks like HTML text"),
         "notes.pt": (b"weights: see the wiki\n" * 5, "it looks like plain text"),
-        "noise.pt": (bytes(np.random.default_rng(1).integers(0, 256, 999, dtype=np.uint8)), "it is binary data"),
+        "noise.pt": (
+            bytes(np.random.default_rng(1).integers(0, 256, 999, dtype=np.uint8)),
+            "it is binary data",
+        ),
     }
     for name, (data, words) in cases.items():
         (tmp_path / name).write_bytes(data)
@@ -634,3 +637,31 @@ def test_cli_bad_checkpoints_exit_2_with_one_line(tmp_path, bomb) -> None:
         assert len(lines) == 1 and lines[0].startswith("convlens: error: "), (name, err)
         assert re.search(cases[name][1], lines[0]), (name, lines[0])
         assert "nan%" not in out
+
+
+def test_whole_pickled_model_needs_trust(tmp_path) -> None:
+    path = _pt(tmp_path / "model.pt", accel.load(ARCH).module)
+    with pytest.raises(
+        UntrustedFile, match=r"^model\.pt: refusing to load .*it calls accel\.archs\.fashion_cnn"
+    ):
+        accel.load(path, arch=ARCH)
+    net = accel.load(path, arch=ARCH, trust=True)
+    assert net.predict(GREY, top=3) == accel.load(ARCH).predict(GREY, top=3)
+
+
+def test_uploaded_bytes_are_stored_once_under_their_hash(tmp_path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = (zoo.MODELS_DIR / "fashion_cnn.safetensors").read_bytes()
+    with ThreadPoolExecutor(8) as pool:
+        paths = set(
+            pool.map(lambda _: zoo.checkpoint_bytes_to_path(data, ".SAFETENSORS", tmp_path), range(16))
+        )
+    (path,) = paths
+    assert path.name.startswith("upload-") and path.suffix == ".safetensors" and path.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left behind
+    assert accel.load(path, arch=ARCH, display_name="mine.safetensors").name == f"{ARCH}@mine.safetensors"
+    with pytest.raises(BadInput, match="unsupported checkpoint type '.exe'"):
+        zoo.checkpoint_bytes_to_path(data, ".exe", tmp_path)
+    with pytest.raises(BadInput, match=r"the uploaded checkpoint is empty \(0 bytes\)"):
+        zoo.checkpoint_bytes_to_path(b"", ".pt", tmp_path)
