@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
+import json
+import struct
+import subprocess
+import sys
 import time
 import warnings
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +23,7 @@ from PIL import Image, ImageFile
 from accel.errors import BadInput, ResourceLimit
 from accel.images import (
     DEFAULT_MAX_PIXELS,
+    decodable_formats,
     foolbox_imagenet,
     foolbox_photos,
     from_array,
@@ -29,6 +36,8 @@ from accel.images import (
     to_array,
 )
 from tests.badinputs import gif_declaring, png_declaring, tiff_declaring
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # ----------------------------------------------------------------------------- corpus builders
 
@@ -477,3 +486,336 @@ def test_foolbox_imagenet() -> None:
     assert all(0 <= label <= 9 for _, label in foolbox_photos("fashionmnist"))
     with pytest.raises(BadInput, match="imagenet"):
         foolbox_photos("svhn")
+
+
+# ----------------------------------------------------------------------------- the boundary (issue 16)
+
+
+def _pil_raises(data: bytes) -> type[BaseException] | None:
+    """What plain Pillow raises opening and decoding `data` (None: it decodes)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            im.load()
+            im.convert("RGB")
+    except BaseException as e:  # noqa: BLE001
+        return type(e)
+    return None
+
+
+def _small_photo() -> Image.Image:
+    return sample_image("chelsea").resize((48, 32))
+
+
+@functools.cache
+def bit_flipped() -> tuple[str, bytes]:
+    """A bit-flipped file in a newer format that makes Pillow itself raise RuntimeError (AVIF), or else a
+    bit-flipped PNG that Pillow refuses with its own error; (name, bytes)."""
+    if "AVIF" in decodable_formats():
+        data = encode(_small_photo(), "AVIF", quality=80)
+        for pos in range(len(data)):
+            flipped = bytearray(data)
+            flipped[pos] ^= 1
+            if _pil_raises(bytes(flipped)) is RuntimeError:
+                return "flipped.avif", bytes(flipped)
+    data = bytearray(encode(_small_photo(), "PNG"))
+    data[40] ^= 0x10
+    return "flipped.png", bytes(data)
+
+
+def tiny_files() -> list[tuple[str, bytes, str]]:
+    """(file name, bytes, the words the refusal must contain) for the issue's cases."""
+    name, flipped = bit_flipped()
+    return [
+        ("one.jpg", b"\xff", "is only 1 byte long, too short to be an image"),
+        ("two.png", b"\x89P", "is only 2 bytes long, too short to be an image"),
+        ("three.tif", b"II*", "is only 3 bytes long, too short to be an image"),
+        (name, flipped, "truncated or corrupt"),
+    ]
+
+
+def test_tiny_and_bit_flipped_files_give_bad_input(tmp_path: Path) -> None:
+    """The issue's escapes (struct.error from 1-3 byte files, RuntimeError from a flipped AVIF) are BadInput."""
+    name, flipped = bit_flipped()
+    if name.endswith(".avif"):
+        assert _pil_raises(flipped) is RuntimeError  # the exception that used to escape
+    assert _pil_raises(b"\x89P") is not None
+    for fname, data, words in tiny_files():
+        path = write(tmp_path, fname, data)
+        for src in (path, data, io.BytesIO(data)):
+            with pytest.raises(BadInput) as info:
+                open_image(src)
+            assert type(info.value) in (BadInput,), type(info.value)
+            assert words in str(info.value), str(info.value)
+        with pytest.raises(BadInput) as info:
+            open_image(path)
+        assert str(info.value).startswith(f"{str(path)!r}: ")
+
+
+def test_messages_never_echo_file_bytes() -> None:
+    rng = np.random.default_rng(11)
+    blob = bytes(rng.integers(0, 256, 600, dtype=np.uint8))
+    broken_chunk = bytearray(encode(noisy_rgb(8, 8), "PNG"))
+    broken_chunk[37:41] = b"\xf5\xceP7"  # the IDAT chunk type: Pillow's own message quotes these bytes
+    for data in (blob, bytes(broken_chunk), b"\x00\x01\x02\x03\x04\x05\x06\x07" * 10):
+        with pytest.raises(BadInput) as info:
+            open_image(data)
+        msg = str(info.value)
+        assert data[:4].hex(" ") not in msg and data[:2].hex(" ") not in msg, msg
+        assert "\\x" not in msg and "b'\\" not in msg, msg
+        assert "first bytes" not in msg
+
+
+def test_name_is_what_messages_call_the_input(tmp_path: Path) -> None:
+    """A front end names the user's file, not the server's storage name for it."""
+    stored = write(tmp_path, "upload-5f2c9a.bin", b"<html><body>404</body></html>")
+    for src in (stored, stored.read_bytes(), io.BytesIO(stored.read_bytes())):
+        with pytest.raises(BadInput) as info:
+            open_image(src, name="holiday photo.jpg")
+        msg = str(info.value)
+        assert msg.startswith("'holiday photo.jpg': looks like HTML"), msg
+        assert "upload-5f2c9a" not in msg and str(tmp_path) not in msg
+    with pytest.raises(BadInput, match="^'cat.png': file not found"):
+        open_image(tmp_path / "upload-gone.bin", name="cat.png")
+    with pytest.raises(BadInput, match="name must be a string"):
+        open_image(stored, name=b"cat.png")  # type: ignore[arg-type]
+    assert open_image(encode(noisy_rgb(4, 4), "PNG"), name="x" * 10_000).size == (4, 4)
+
+
+def test_bomb_beyond_pils_own_limit_names_size_and_our_cap() -> None:
+    """Pillow refuses > 2x MAX_IMAGE_PIXELS inside Image.open; the message still gives WxH and our cap."""
+    with pytest.raises(ResourceLimit) as info:
+        open_image(png_declaring(40_000, 30_000))
+    msg = str(info.value)
+    assert "40000x30000 = 1,200,000,000 pixels" in msg and "over the limit of 50,000,000 pixels" in msg
+    with pytest.raises(ResourceLimit) as info:
+        open_image(png_declaring(40_000, 30_000), max_pixels=2_000_000_000)
+    assert "PIL's own hard limit" in str(info.value) and "MAX_IMAGE_PIXELS" in str(info.value)
+
+
+def test_out_of_memory_is_a_resource_limit(tmp_path: Path) -> None:
+    """MemoryError while decoding (here: an address-space limit in a child process) becomes ResourceLimit."""
+    big = tmp_path / "big.png"
+    Image.new("1", (7000, 7000)).save(big)  # 49 Mpx: under the pixel cap, 147 MB once RGB
+    code = f"""
+import resource, sys
+import accel.images as ai
+from accel.errors import ResourceLimit
+size_kb = int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmSize:')))
+room = (size_kb + 60 * 1024) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (room, room))
+try:
+    ai.open_image({str(big)!r})
+except ResourceLimit as e:
+    print('RESOURCE', e)
+    sys.exit(0)
+except BaseException as e:
+    print('OTHER', type(e).__name__, e)
+    sys.exit(1)
+print('DECODED')
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (
+        "RESOURCE" in proc.stdout
+        and "ran out of memory" in proc.stdout
+        and "CONVLENS_MAX_PIXELS" in proc.stdout
+    )
+
+
+# ----------------------------------------------------------------------------- TIFF variants (issue 16)
+
+
+def _tifffile():
+    return pytest.importorskip("tifffile")
+
+
+def _tiff(a: np.ndarray, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    _tifffile().imwrite(buf, a, **kw)
+    return buf.getvalue()
+
+
+def test_float_rgb_tiff_is_decoded_not_called_corrupt() -> None:
+    """The issue's case: a valid float32 RGB TIFF (values 0..1) opens as the right picture."""
+    ref = to_array(_small_photo())
+    data = _tiff(ref.astype(np.float32) / 255.0, photometric="rgb")
+    assert _pil_raises(data) is not None  # Pillow alone has no mode for it
+    np.testing.assert_array_equal(to_array(open_image(data)), ref)
+
+
+_DTYPES = ("u1", "u2", "u4", "i2", "i4", "f2", "f4", "f8")
+
+
+def _encode_samples(v: np.ndarray, dt: str) -> np.ndarray:
+    """8-bit sample values in the full range of `dt` (floats in 0..1, signed as they are)."""
+    d = np.dtype(dt)
+    if d.kind == "f":
+        return (v / 255.0).astype(d)
+    if d.kind == "u":
+        return (v.astype(np.uint64) * ((2 ** (8 * d.itemsize) - 1) // 255)).astype(d)
+    return v.astype(d)
+
+
+@pytest.mark.parametrize("dt", _DTYPES)
+@pytest.mark.parametrize(
+    "layout",
+    ["gray", "gray+alpha", "rgb", "rgba", "rgb-planar", "rgba-planar", "rgb-deflate-tiled", "rgb-big-endian"],
+)
+def test_tiff_sample_types_and_layouts_decode_exactly(dt: str, layout: str) -> None:
+    """Every sample type x layout tifffile writes: the decoded picture equals the 8-bit original (+-1 level)."""
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (10, 14, 3)).astype(np.uint8)
+    gray = rgb[..., 0]
+    opaque = np.where(np.arange(14) < 4, 0, 255).astype(np.uint8)[None, :].repeat(10, 0)
+    alpha = "alpha" in layout or "rgba" in layout
+    colour = gray[..., None] if layout.startswith("gray") else rgb
+    arr = np.dstack([colour, opaque]) if alpha else colour
+    enc = _encode_samples(arr, dt)
+    if alpha and np.dtype(dt).kind == "i":  # signed alpha: opaque is the largest positive value
+        enc[..., -1] = np.where(arr[..., -1] > 0, np.iinfo(np.dtype(dt)).max, 0)
+    kw: dict[str, object] = {"photometric": "minisblack" if layout.startswith("gray") else "rgb"}
+    if alpha:
+        kw["extrasamples"] = ("unassalpha",)
+    if enc.shape[2] == 1:
+        enc = enc[..., 0]
+    if "planar" in layout:
+        enc, kw["planarconfig"] = np.moveaxis(enc, 2, 0), "separate"
+    if "deflate" in layout:
+        kw.update(compression="zlib", tile=(16, 16))
+    if "big-endian" in layout:
+        kw["byteorder"] = ">"
+    expected = np.repeat(gray[..., None], 3, 2) if layout.startswith("gray") else rgb.copy()
+    if alpha:
+        expected[:, :4] = 255  # transparent columns over the white background
+    got = to_array(open_image(_tiff(enc, **kw)))
+    assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_odd_but_valid_tiffs() -> None:
+    g = (np.arange(10 * 14).reshape(10, 14) % 256).astype(np.uint8)
+    cases = {
+        "min-is-white": (_tiff(g, photometric="miniswhite"), 255 - g),
+        "bilevel": (_tiff(g > 100, photometric="minisblack"), np.where(g > 100, 255, 0)),
+        "orientation-6": (
+            _tiff(g.astype(np.uint16) * 257, extratags=[(274, 3, 1, 6, True)]),
+            np.rot90(g, -1),
+        ),
+        "16-bit palette": (
+            _tiff(
+                g.astype(np.uint16) * 256,
+                photometric="palette",
+                colormap=np.stack([np.arange(65536) // 256 * 257] * 3).astype(np.uint16),
+            ),
+            g,
+        ),
+        "float multi-page": (_tiff(np.stack([g / 255.0, np.zeros_like(g, float)]).astype(np.float32)), g),
+        "signed 16-bit CT-like range": (_tiff(g.astype(np.int16) * 8 - 1024), np.rint(g * 255.0 / g.max())),
+    }
+    for name, (data, expected) in cases.items():
+        got = to_array(open_image(data))[..., 0]
+        assert got.shape == expected.shape, name
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1, name
+
+
+def test_unsupported_tiff_variant_is_named_with_a_way_out() -> None:
+    a = np.random.default_rng(2).random((8, 8, 3)).astype(np.float32)
+    with pytest.raises(BadInput) as info:
+        open_image(_tiff(a, photometric="rgb", compression="lzma"), name="scan.tif")
+    msg = str(info.value)
+    assert msg.startswith(
+        "'scan.tif': this TIFF (32-bit float RGB, LZMA compression) is a variant convlens cannot"
+    )
+    assert "re-save it as an uncompressed or Deflate (ZIP) TIFF" in msg
+    cmyk = np.random.default_rng(3).random((8, 8, 4)).astype(np.float32)
+    with pytest.raises(
+        BadInput, match=r"32-bit float CMYK \(separated\), 4 samples.*CMYK \(separated\) is not supported"
+    ):
+        open_image(_tiff(cmyk, photometric="separated"))
+
+
+def test_deflate_bomb_in_a_float_tiff_is_refused_before_inflating() -> None:
+    """A strip whose Deflate stream expands far beyond its declared size (tifffile would inflate it unbounded)."""
+    tifffile = _tifffile()
+    data = bytearray(_tiff(np.zeros((100, 100), np.float32), compression="zlib", rowsperstrip=100))
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        tags = tif.pages.first.tags
+        off_at, cnt_at = tags["StripOffsets"].valueoffset, tags["StripByteCounts"].valueoffset
+    bomb = zlib.compress(b"\0" * (64 << 20), 9)  # 64 MiB of zeros in ~64 KB, for a 40 KB strip
+    new_offset = len(data)
+    data[off_at : off_at + 4] = struct.pack("<I", new_offset)
+    data[cnt_at : cnt_at + 4] = struct.pack("<I", len(bomb))
+    start = time.perf_counter()
+    with pytest.raises(ResourceLimit, match="expands beyond its declared size"):
+        open_image(bytes(data) + bomb)
+    assert time.perf_counter() - start < 2.0
+
+
+# ----------------------------------------------------------------------------- front ends (issue 16)
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    """`convlens predict FILE` for each tiny or flipped file: exit 2, exactly one stderr line, the reason in it."""
+    exe = ROOT / ".venv" / "bin" / "convlens"
+    if not exe.exists():
+        pytest.skip("the convlens console script is not installed in .venv")
+    for fname, data, words in tiny_files():
+        path = write(tmp_path, fname, data)
+        proc = subprocess.run([str(exe), "predict", str(path)], capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 2, (fname, proc.returncode, proc.stderr[-2000:])
+        assert len(lines) == 1 and lines[0].startswith("convlens: error: "), (fname, proc.stderr)
+        assert words in lines[0] and fname in lines[0], lines[0]
+        assert proc.stdout == ""
+
+
+def test_cli_predicts_a_float_tiff_like_its_png(tmp_path: Path, lite0) -> None:  # noqa: ANN001
+    """The float RGB TIFF once called corrupt: `convlens predict` gives the PNG's top-3 (the PNG in-process)."""
+    exe = ROOT / ".venv" / "bin" / "convlens"
+    if not exe.exists():
+        pytest.skip("the convlens console script is not installed in .venv")
+    photo = sample_image("chelsea")
+    tif = write(tmp_path, "cat.tif", _tiff(to_array(photo).astype(np.float32) / 255.0, photometric="rgb"))
+    proc = subprocess.run(
+        [str(exe), "predict", str(tif), "--json", "--top", "3"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    want = lite0.predict(open_image(encode(photo, "PNG")), top=3)
+    assert [r["label"] for r in got] == [lab for lab, _ in want]
+    assert abs(got[0]["probability"] - want[0][1]) < 1e-4
+
+
+def test_dashboard_shows_an_error_box_and_keeps_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sidebar upload of each tiny or flipped file: an error box with the reason, no exception; a float TIFF
+    upload afterwards gives predictions again (AppTest simulates the upload through the real file_uploader)."""
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CONVLENS_STORE", str(tmp_path / "store"))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=240)
+    at.session_state["img_source"] = "Upload"
+    at.run()
+    assert not at.exception
+
+    def upload(name: str, data: bytes) -> None:
+        at.sidebar.file_uploader[0].set_value((name, data, "application/octet-stream"))
+        at._finished_page_script_hash = (
+            ""  # rerun as the same page (see tests/test_dashboard.py::_home_rerun)
+        )
+        at._page_hash = ""
+        at.run()
+        assert not at.exception, (name, [e.value for e in at.exception])
+
+    for fname, data, words in tiny_files():
+        upload(fname, data)
+        errors = " ".join(e.value for e in at.sidebar.error)
+        assert words in errors and fname in errors, (fname, errors)
+        assert "internal error" not in errors.lower()
+    photo = _small_photo().resize((96, 64))
+    upload("scan.tif", _tiff(to_array(photo).astype(np.float32) / 255.0, photometric="rgb"))
+    assert not at.error, [e.value for e in at.error]
+    assert len(at.get("progress")) == 5  # the top-5 predictions are back
