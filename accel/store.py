@@ -619,8 +619,12 @@ class RunStore:
                         + (f" ({len(rep.skipped)} skipped)" if rep.skipped else "")
                     )
                     log.warning("run store %s: %s", self.root, self.notice)
-                else:
-                    self._open_schema()
+                elif self._open_schema() == 0 and any(
+                    (p / "manifest.json").is_file() for p in self._run_folders()
+                ):  # an index without rows (a new or emptied database file) beside runs: index them
+                    rep = self._rebuild_locked()
+                    self.notice = f"the run index had no runs; indexed {rep.indexed} run folder(s)"
+                    log.warning("run store %s: %s", self.root, self.notice)
             self._sweep_tmp()
             _INITIALISED.add(key)
 
@@ -631,8 +635,8 @@ class RunStore:
             _INITIALISED.discard(self._key())
             self._init()
 
-    def _open_schema(self) -> None:
-        """Open the index (WAL), verify it, create or migrate its tables."""
+    def _open_schema(self) -> int:
+        """Open the index (WAL), verify it, create or migrate its tables; returns how many runs it holds."""
         with self._db() as con:
             mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -644,6 +648,7 @@ class RunStore:
                 )
             con.executescript(_SCHEMA)
             self._migrate(con)
+            return int(con.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
     def _migrate(self, con: sqlite3.Connection) -> None:
         """Schema 1 -> 2: owner and private columns (old runs belong to "local" and are shared by link)."""
@@ -808,8 +813,8 @@ class RunStore:
             "private": int(bool(private)),
         }
         try:
-            with self._db() as con:
-                _insert_row(con, row)
+            with self._db() as con:  # OR REPLACE: a concurrent rebuild may have indexed the folder already
+                _insert_row(con, row, replace=True)
         except StoreError:
             shutil.rmtree(final, ignore_errors=True)
             raise
@@ -1042,6 +1047,8 @@ class RunStore:
                 continue
             self._check_folder(run.folder, rep, deep)
         rep.orphan_folders = sorted(names - set(rows))
+        for rid in rep.orphan_folders:  # what a rebuild would index: its files are checked too
+            self._check_folder(self.runs_dir / rid, rep, deep)
         return rep
 
     def _check_folder(self, folder: Path, rep: StoreReport, deep: bool) -> None:

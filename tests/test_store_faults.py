@@ -132,7 +132,7 @@ def test_unopenable_index_is_a_clear_error_and_check_reports_it(tmp_path: Path, 
     assert RunStore(b.root).count() == folders and RunStore(b.root).check().ok
 
 
-@pytest.mark.parametrize("state", ["zero-length", "missing"])
+@pytest.mark.parametrize("state", ["zero-length", "missing", "new database", "no rows"])
 def test_lost_index_beside_run_folders_is_rebuilt_not_recreated_empty(tmp_path: Path, state: str) -> None:
     root = tmp_path / "store"
     store = RunStore(root)
@@ -141,15 +141,21 @@ def test_lost_index_beside_run_folders_is_rebuilt_not_recreated_empty(tmp_path: 
     rid_b = store.put(
         _result(9), model="m2", method="gradcam", params={}, image_key="ik", key="k9", owner="b@y"
     )
-    for p in root.glob("runs.sqlite*"):
-        p.unlink()
+    if state == "no rows":
+        with sqlite3.connect(store.db_path) as con:
+            con.execute("DELETE FROM runs")
+    else:
+        for p in root.glob("runs.sqlite*"):
+            p.unlink()
     if state == "zero-length":
         (root / "runs.sqlite").write_bytes(b"")
+    if state == "new database":  # a valid SQLite file without tables
+        sqlite3.connect(root / "runs.sqlite").execute("CREATE TABLE other(x)").connection.close()
     from accel import store as store_mod
 
     store_mod._INITIALISED.clear()  # as a fresh server process
     again = RunStore(root)
-    assert again.notice and "rebuilt it from 4 run folder(s)" in again.notice
+    assert again.notice and "4 run folder(s)" in again.notice
     assert again.count() == 4
     runs = {r.id: r for r in again.list()}
     assert [runs[i].title for i in ids] == ["run 0", "run 1", "run 2"]
@@ -231,7 +237,7 @@ def test_orphan_folders_and_vanished_folders_are_reconciled_by_rebuild(tmp_path:
     (store.runs_dir / "0123456789abcdef").mkdir()  # a folder with nothing in it
     rep = store.check()
     assert rep.orphan_folders == sorted([ids[0], "0123456789abcdef"])
-    assert rep.missing_artifacts == [(ids[1], "run folder")]
+    assert rep.missing_artifacts == [(ids[1], "run folder"), ("0123456789abcdef", "manifest.json")]
     rb = store.rebuild()
     assert rb.dropped == [ids[1]] and rb.indexed == 2
     assert rb.skipped == [("0123456789abcdef", "manifest.json: missing")]
