@@ -75,7 +75,7 @@ def public_text(text: Any) -> str:
     with contextlib.suppress(Exception):
         root = default_root()
         for form in {str(root.resolve()), str(root)}:
-            if form and form != ".":
+            if len(form) > 1:
                 s = s.replace(form, "$CONVLENS_STORE")
     names: dict[str, str] = {}
     with contextlib.suppress(Exception):
@@ -472,7 +472,9 @@ def load_run(run_id: str) -> tuple[StoredRun, accel.Result]:
         return run, run.result
     assert store.runs is not None
     try:
-        return run, _stored_result(str(store.runs.root), run.id)
+        res = _stored_result(str(store.runs.root), run.id)
+        _DAMAGED.pop(run.id, None)
+        return run, res
     except StoreError as e:
         _DAMAGED[run.id] = str(e)
         raise StoreError(public_text(e)) from None

@@ -164,9 +164,12 @@ if picked:
         disabled=not mine,
         help="only your own runs can be deleted" if len(mine) < len(picked) else None,
     )
-    b2.button("Make private", key="runs_private", on_click=_set_private, args=(mine, True), disabled=not mine)
+    n = f" {len(mine)}" if mine else ""
+    b2.button(
+        f"Make{n} private", key="runs_private", on_click=_set_private, args=(mine, True), disabled=not mine
+    )
     b3.button(
-        "Share by link", key="runs_public", on_click=_set_private, args=(mine, False), disabled=not mine
+        f"Share{n} by link", key="runs_public", on_click=_set_private, args=(mine, False), disabled=not mine
     )
     st.divider()
     with guard("Run"):
