@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -295,3 +297,108 @@ def test_int8_incremental_reports_its_accuracy_cost(lite0, chelsea):
     assert spearmanr(fp, got)[0] > 0.8  # measured 0.887 on the raw target logit over these 64 windows
     with pytest.raises(BadInput, match="int8 incremental"):
         IncrementalOcclusion(lite0, ["logits"], precision="int8", backend="torch")
+
+
+# ------------------------------------------------------------------------------ cached stage graphs, verified on open
+
+
+def _stage_files(inc: IncrementalOcclusion) -> list:
+    parts = [f"stage{st.lo}_{st.hi}" for st in inc.stages] + [f"tail{inc.k}"]
+    return [inc._stage_path(p) for p in parts]
+
+
+def _bump_one_weight(path) -> None:
+    """A valid graph that differs from the built one in one weight: the first value of its largest initializer
+    (a conv kernel), +1.0."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    init = max(m.graph.initializer, key=lambda i: int(np.prod(i.dims)))
+    a = numpy_helper.to_array(init).copy()
+    a.reshape(-1)[0] += 1.0
+    init.CopyFrom(numpy_helper.from_array(a, init.name))
+    onnx.save(m, str(path))
+
+
+@pytest.mark.parametrize("tamper", ["flip_bytes", "one_weight", "one_weight_and_its_record"])
+def test_tampered_stage_is_detected_and_rebuilt(tamper, chelsea, tmp_path, monkeypatch):
+    """A cached stage that was altered (bytes flipped; a valid graph with one weight changed; the same with a
+    matching SHA-256 record forged beside it) is detected on open, rebuilt with a warning, never used: the map
+    afterwards equals the clean one to 1e-6."""
+    from accel.runtime import incremental as incr
+
+    monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path))  # a private cache: no other test sees the damage
+    net = get_net("fashion_cnn")
+    x = net.preprocess(chelsea).numpy()
+    occ = Occlusion(28, 28, (7, 7), (3, 3), baseline=0.5)
+    first = IncrementalOcclusion(net, ["logits"])
+    clean = first.sweep(x, occ)["logits"]
+    files = _stage_files(first)
+    assert all(f.exists() and incr._recorded_problem(f) is None for f in files)
+    victim = max(files[:-1], key=lambda f: f.stat().st_size)  # the stage with the most weights
+    if tamper == "flip_bytes":
+        data = bytearray(victim.read_bytes())
+        for i in range(len(data) // 2, len(data) // 2 + 16):
+            data[i] ^= 0xFF
+        victim.write_bytes(bytes(data))
+    else:
+        _bump_one_weight(victim)
+        # had it been used, the map would be wrong: run the sweep once with the tampered graph swapped in
+        k = files.index(victim)
+        first.stages[k].sess = incr.IncrementalOcclusion._session(victim)
+        wrong = first.sweep(x, occ)["logits"]
+        assert np.abs(wrong - clean).max() > 1e-3
+        if tamper == "one_weight_and_its_record":
+            incr._write_record(victim, *incr._digest(victim))
+            assert incr._recorded_problem(victim) is None  # the hash alone cannot see it now
+    expected = {
+        "flip_bytes": "does not match the SHA-256",
+        "one_weight": "does not match the SHA-256",
+        "one_weight_and_its_record": "disagrees with the torch model",
+    }[tamper]
+    with pytest.warns(UserWarning, match=rf"cached stage {victim.name} .*rebuilding it"):
+        again = IncrementalOcclusion(net, ["logits"])
+    assert [r["file"] for r in again.meta["rebuilt_stages"]] == [victim.name]
+    assert expected in again.meta["rebuilt_stages"][0]["problem"]
+    assert incr._recorded_problem(victim) is None  # rebuilt, with a fresh record
+    after = again.sweep(x, occ)["logits"]
+    assert np.abs(after - clean).max() <= 1e-6
+    # the next open finds everything in order: nothing rebuilt, no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = IncrementalOcclusion(net, ["logits"])
+    assert quiet.meta["rebuilt_stages"] == []
+
+
+def test_stage_without_record_is_rebuilt_and_stale_temporaries_are_removed(chelsea, tmp_path, monkeypatch):
+    """A stage whose SHA-256 record is missing is not trusted; temporaries of a killed builder (dead pid) are
+    removed when the next build starts, those of a live process are left alone."""
+    import subprocess
+    import sys
+
+    from accel.runtime import incremental as incr
+
+    monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path))
+    net = get_net("fashion_cnn")
+    inc = IncrementalOcclusion(net, ["logits"])
+    folder = inc._stage_path("x").parent
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    stale = folder / f".incr-{net.name}-stage-1_0-act-v4.onnx.{dead_pid}-1.tmp"
+    live = folder / f".incr-{net.name}-stage-1_0-act-v4.onnx.{os.getppid()}-1.tmp"
+    stale.write_bytes(b"half a graph")
+    live.write_bytes(b"being written")
+    victim = _stage_files(inc)[0]
+    incr._record_path(victim).unlink()
+    with pytest.warns(UserWarning, match="has no recorded SHA-256"):
+        again = IncrementalOcclusion(net, ["logits"])
+    assert [r["file"] for r in again.meta["rebuilt_stages"]] == [victim.name]
+    assert not stale.exists() and live.exists()
+    x = net.preprocess(chelsea).numpy()
+    occ = Occlusion(28, 28, (7, 7), (7, 7))
+    assert np.abs(again.sweep(x, occ)["logits"] - inc.sweep(x, occ)["logits"]).max() <= 1e-6

@@ -13,10 +13,15 @@ split's stride so TF-SAME padding stays where it is on the whole image). Others 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 import os
+import re
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +42,128 @@ Reduce = Callable[[dict[str, np.ndarray]], Any]
 INCREMENTAL_BATCH = (
     16  # windows per crop-stage call (lite0 625 windows: 1.07 s at 16, 1.12 s at 32; measured)
 )
+
+
+# ------------------------------------------------------------------------------------ cached stage graphs, verified
+# Every stage graph cached on disk carries the SHA-256 recorded when it was built (a sidecar `<graph>.sha256`)
+# and is parity-checked against its torch module when opened; one that fails either is rebuilt, never used.
+
+STAGE_VERSION = "v4"  # v4: SHA-256 sidecar + parity check on open (v3 graphs were reused unchecked)
+STAGE_RECORD = "convlens-incremental-stage/1"
+STAGE_RTOL = 1e-4  # parity: max abs difference allowed, relative to max(1, max |torch output|)
+_THREAD_LOCK = threading.Lock()  # torch.onnx.export holds global state: one export at a time per process
+_TMP_RE = re.compile(r"^\.incr-.*\.(\d+)-\d+\.tmp$")
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def _write_record(path: Path, size: int, digest: str) -> None:
+    """Write the sidecar of `path` atomically (before the graph itself is moved into place)."""
+    rec = _record_path(path)
+    tmp = rec.with_name(f".{rec.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    body = {"format": STAGE_RECORD, "file": path.name, "bytes": size, "sha256": digest}
+    try:
+        tmp.write_text(json.dumps(body, sort_keys=True) + "\n")
+        os.replace(tmp, rec)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _recorded_problem(path: Path) -> str | None:
+    """None if `path` is byte for byte the graph its sidecar records, else what is wrong (for the warning)."""
+    try:
+        rec = json.loads(_record_path(path).read_text())
+    except FileNotFoundError:
+        return "has no recorded SHA-256"
+    except (OSError, ValueError):
+        return "has an unreadable SHA-256 record"
+    if not isinstance(rec, dict) or rec.get("format") != STAGE_RECORD or rec.get("file") != path.name:
+        return "has a SHA-256 record that is not its own"
+    try:
+        size, digest = _digest(path)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or type(e).__name__})"
+    if size != rec.get("bytes"):
+        return f"is {size} bytes, but {rec.get('bytes')} were recorded when it was built"
+    if digest != rec.get("sha256"):
+        return "does not match the SHA-256 recorded when it was built"
+    return None
+
+
+def _parity_problem(sess: Any, module: nn.Module, shape: tuple[int, ...]) -> str | None:
+    """None if the session's outputs equal `module`'s on a fixed probe input (to STAGE_RTOL), else the gap."""
+    x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+    got = sess.run(None, {"input": x})
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x))
+    refs = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else (ref,))]
+    if len(got) != len(refs):
+        return f"has {len(got)} outputs where {len(refs)} were expected"
+    for g, r in zip(got, refs):
+        if g.shape != r.shape:
+            return f"gives outputs of shape {g.shape} where {r.shape} was expected"
+        d = float(np.abs(g.astype(np.float64) - r).max()) if r.size else 0.0
+        if not d <= STAGE_RTOL * max(1.0, float(np.abs(r).max()) if r.size else 1.0):
+            return f"disagrees with the torch model (max abs diff {d:.3g})"
+    return None
+
+
+def _discard(path: Path) -> None:
+    """Remove a cached graph that failed verification, and its record."""
+    path.unlink(missing_ok=True)
+    _record_path(path).unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _clean_stale_temporaries(folder: Path) -> list[str]:
+    """Remove stage temporaries (`.incr-*.<pid>-<thread>.tmp`) whose builder process is gone; returns names."""
+    gone = []
+    for f in folder.glob(".incr-*.tmp"):
+        m = _TMP_RE.match(f.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            f.unlink(missing_ok=True)
+            gone.append(f.name)
+    return gone
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """One stage builder at a time: a thread lock in this process and an advisory file lock across processes."""
+    with _THREAD_LOCK:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: threads only
+            yield
+            return
+        fd = os.open(folder / ".incr-build.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def supports_incremental(net: Backbone) -> bool:
@@ -262,17 +389,21 @@ class IncrementalOcclusion:
             raise BadInput("int8 incremental occlusion needs backend='onnxruntime' and mode='crop'")
         if backend in ("onnxruntime", "auto"):
             try:
-                tail_path = self._export(self._tail_torch, f"tail{self.k}", li.out_shape, dynamic_hw=False)
-                paths = [
-                    self._export(st.module, f"stage{st.lo}_{st.hi}", st.in_shape, dynamic_hw=True)
-                    for st in self.stages
-                ]
+                self.meta["rebuilt_stages"] = []
+                tail_path, self._tail_sess = self._verified_graph(
+                    self._tail_torch, f"tail{self.k}", tuple(li.out_shape), dynamic_hw=False
+                )
+                paths = []
+                for st in self.stages:
+                    path, st.sess = self._verified_graph(
+                        st.module, f"stage{st.lo}_{st.hi}", st.in_shape, dynamic_hw=True
+                    )
+                    paths.append(path)
                 if precision == "int8":
                     paths, tail_path, held, ref = self._quantize(paths, tail_path)
-                self._tail_sess = self._session(tail_path)
-                for st, path in zip(self.stages, paths):
-                    st.sess = self._session(path)
-                if precision == "int8":
+                    self._tail_sess = self._session(tail_path)
+                    for st, path in zip(self.stages, paths):
+                        st.sess = self._session(path)
                     from .quantize import accuracy_cost
 
                     h = held
@@ -384,32 +515,80 @@ class IncrementalOcclusion:
             prev, prev_rf, in_shape = hi, li.rf, tuple(li.out_shape)
         return stages
 
-    def _export(self, module: nn.Module, part: str, shape: tuple[int, ...], dynamic_hw: bool) -> Path:
-        """Export one piece of the chain (cached by weights, piece and taps); returns its .onnx path."""
+    def _stage_path(self, part: str) -> Path:
+        """Where the cached graph of one piece lives (keyed by weights, piece and taps)."""
         from .export import cache_dir
-        from .graphopt import fold_pads
 
         taps = "_".join(self.taps) if part.startswith("tail") else "act"
-        path = cache_dir() / f"incr-{self.net.name}-{self.net.weights_hash()[:16]}-{part}-{taps}-v3.onnx"
-        if not path.exists():
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            axes = {0: "batch", 2: "h", 3: "w"} if dynamic_hw else {0: "batch"}
-            outs = [f"o{i}" for i in range(len(self.taps) if part.startswith("tail") else 1)]
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    module,
-                    (torch.zeros(2, *shape),),
-                    str(tmp),
-                    input_names=["input"],
-                    output_names=outs,
-                    dynamic_axes={"input": axes, **{o: axes for o in outs}},
-                    opset_version=17,
-                    dynamo=False,
+        name = self.net.name.replace("/", "_").replace("@", "_")
+        return cache_dir() / f"incr-{name}-{self.net.weights_hash()[:16]}-{part}-{taps}-{STAGE_VERSION}.onnx"
+
+    def _verified_graph(
+        self, module: nn.Module, part: str, shape: tuple[int, ...], dynamic_hw: bool
+    ) -> tuple[Path, Any]:
+        """The cached ONNX graph of one piece and its session, verified before use: the file must match the
+        SHA-256 recorded when it was built, and its outputs must equal `module`'s (parity) on a probe input.
+        A cached graph that fails either is rebuilt with a warning; a fresh one that fails is refused."""
+        path = self._stage_path(part)
+        built = False
+        for _attempt in range(2):
+            problem = _recorded_problem(path) if path.exists() else None
+            if problem is None and not path.exists():
+                self._build(module, shape, dynamic_hw, path)
+                built = True
+            if problem is None:
+                try:
+                    sess = self._session(path)
+                    problem = _parity_problem(sess, module, shape)
+                except Exception as e:  # noqa: BLE001 - a damaged graph can fail inside ONNX Runtime any way
+                    sess, problem = None, f"does not open in ONNX Runtime ({type(e).__name__})"
+                if problem is None:
+                    return path, sess
+            if built:
+                raise BadInput(
+                    f"incremental occlusion: the freshly exported {part} of {self.net.name!r} {problem}; "
+                    "use backend='torch' (or the plain sweep, engine='plain')"
                 )
-            fold_pads(tmp)
-            os.replace(tmp, path)
-        return path
+            warnings.warn(
+                f"incremental occlusion: cached stage {path.name} {problem}; rebuilding it", stacklevel=3
+            )
+            self.meta.setdefault("rebuilt_stages", []).append({"file": path.name, "problem": problem})
+            _discard(path)
+        raise AssertionError("unreachable")  # pragma: no cover - the second pass returns or raises
+
+    def _build(self, module: nn.Module, shape: tuple[int, ...], dynamic_hw: bool, path: Path) -> None:
+        """Export one piece of the chain to `path` and record its SHA-256 beside it (atomically, one builder at a
+        time across threads and processes; temporaries of killed builders are removed first)."""
+        from .graphopt import fold_pads
+
+        with _build_lock(path.parent):
+            _clean_stale_temporaries(path.parent)
+            if path.exists() and _recorded_problem(path) is None:
+                return  # another process built it while we waited
+            tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+            axes = {0: "batch", 2: "h", 3: "w"} if dynamic_hw else {0: "batch"}
+            outs = [f"o{i}" for i in range(len(self.taps) if isinstance(module, (_Tail, _LiteTail)) else 1)]
+            try:
+                with warnings.catch_warnings(), torch.no_grad():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(
+                        module,
+                        (torch.zeros(2, *shape),),
+                        str(tmp),
+                        input_names=["input"],
+                        output_names=outs,
+                        dynamic_axes={"input": axes, **{o: axes for o in outs}},
+                        opset_version=17,
+                        dynamo=False,
+                    )
+                fold_pads(tmp)
+                size, digest = _digest(tmp)
+                _write_record(path, size, digest)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            for old in path.parent.glob("incr-*-v3.onnx"):  # stages of the unverified format
+                old.unlink(missing_ok=True)
 
     @staticmethod
     def _session(path: Path) -> Any:
