@@ -18,7 +18,9 @@ import io
 import json
 import os
 import re
+import shlex
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import settings
 from .errors import BadInput, ResourceLimit
 
 if TYPE_CHECKING:
@@ -46,6 +49,9 @@ __all__ = [
     "read_image",
     "run_job",
     "open_job_output",
+    "verify_job_output",
+    "repair_job_output",
+    "JobOutputDamaged",
     "crop_patch",
     "make_crop_folder",
     "bench_jobs",
@@ -60,6 +66,10 @@ FORMAT = "convlens-job/1"
 MANIFEST = "manifest.json"
 ERRORS = "errors.json"
 SHARD_DIR = "shards"
+MERGED = (
+    "max_patches.parquet",
+    "channels.parquet",
+)  # max_patches: merged outputs, recorded with their SHA-256
 MAX_URI_BYTES = 256 * 2**20  # refuse remote objects larger than this before decoding
 Progress = Callable[[float, str], None] | None
 _URI_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)://")
@@ -98,9 +108,10 @@ def _local(s: str) -> str:
 
 
 def _image_exts() -> frozenset[str]:
-    from .datasets import IMAGE_EXTENSIONS
+    """Every extension `open_image` decodes (one list for dataset folders and job inputs)."""
+    from .images import image_extensions
 
-    return IMAGE_EXTENSIONS
+    return image_extensions()
 
 
 def _folder_inputs(root: Path) -> tuple[list[str], list[str | None]]:
@@ -401,12 +412,11 @@ class ShardWorker:
         from .zoo import load
 
         self.cfg = JobConfig(**cfg)
-        if threads:
-            os.environ["CONVLENS_THREADS"] = str(int(threads))
+        if threads:  # a Ray actor's share of the cores, passed on explicitly (never through os.environ)
             import torch
 
             torch.set_num_threads(int(threads))
-        self.threads = threads or _threads()
+        self.threads = int(threads) if threads else _threads()
         if net is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -423,6 +433,8 @@ class ShardWorker:
         from .runtime.runner import runner
 
         self.runner = runner(net, taps, backend=c.backend, batch_size=c.batch_size)
+        if threads:
+            _limit_session_threads(self.runner, int(threads))
         self.backend = self.runner.backend
 
     # -- decoding ----------------------------------------------------------------------------------------------
@@ -573,22 +585,73 @@ class ShardWorker:
 
 
 def _threads() -> int:
+    """Threads for this process: CONVLENS_THREADS if set, else the usable cores."""
+    n = settings.get("CONVLENS_THREADS")
+    if n:
+        return int(n)
     from .runtime.session import default_threads
 
     return default_threads()
+
+
+def _limit_session_threads(r: Any, threads: int) -> None:
+    """Restart an ONNX Runtime runner's CPU session with `threads` intra-op threads (a Ray actor owns only its
+    share of the cores); torch runners use torch.set_num_threads instead."""
+    if getattr(r, "backend", None) != "onnxruntime" or getattr(r, "provider", None) != "CPUExecutionProvider":
+        return
+    from .runtime.session import make_session
+
+    r.session, r.provider, _ = make_session(r.path, ("CPUExecutionProvider",), threads=threads)
 
 
 # ------------------------------------------------------------------------------------------------------ files
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never half of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write `data` to `path` so that readers see the old file or the new one, never half of it; a full disk or
+    a read-only folder becomes a BadInput naming the file (and no temporary is left behind)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise BadInput(
+            f"cannot write {path} ({e.strerror or type(e).__name__}); free some space or choose another --out"
+        ) from None
+
+
+def _clean_temporaries(out: Path) -> list[str]:
+    """Remove the temporaries (`.<name>.<pid>[-<thread>].tmp`) a killed job left in OUT and OUT/shards. Only
+    called while holding OUT's lock, so no live writer owns any of them. Returns their names."""
+    gone = []
+    for folder in (out, out / SHARD_DIR):
+        for f in folder.glob(".*.tmp"):
+            try:
+                f.unlink()
+                gone.append(f.name)
+            except FileNotFoundError:
+                pass
+    return sorted(gone)
+
+
+def _prepare_out(out: Path) -> None:
+    """Check OUT before any work starts: a folder (or one that can be made) that takes new files."""
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {str(out)!r} exists and is not a folder; choose a folder for the job output")
+    try:
+        (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}-{threading.get_ident()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise BadInput(
+            f"cannot write the job output in {str(out)!r} ({e.strerror or type(e).__name__}); "
+            "choose a writable --out with free space"
+        ) from None
 
 
 def _sha256_file(path: Path) -> str:
@@ -604,18 +667,86 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _read_manifest(out: Path) -> dict[str, Any] | None:
+    """OUT's manifest, checked field by field (it is the root every shard is verified against), or None."""
     p = out / MANIFEST
     if not p.exists():
         return None
     try:
-        m = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise BadInput(f"{p}: unreadable job manifest ({e}); delete it or pass --overwrite") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        m = json.loads(p.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise BadInput(f"{p}: cannot read the job manifest ({e.strerror or type(e).__name__})") from None
+    except (ValueError, RecursionError):
         raise BadInput(
-            f"{p}: not a convlens job manifest (format {m.get('format') if isinstance(m, dict) else '?'})"
+            f"{p}: the job manifest is not valid JSON (damaged); rerun the job with --overwrite"
+        ) from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        fmt = m.get("format") if isinstance(m, dict) else None
+        raise BadInput(
+            f"{p}: not a convlens job manifest (format {fmt if isinstance(fmt, str) else '?'!r}, "
+            f"expected {FORMAT!r})"
         )
+    _check_manifest(m, p)
     return m
+
+
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_manifest(m: dict[str, Any], p: Path) -> None:
+    """BadInput naming the first field of a manifest that does not have the shape convlens writes."""
+
+    def bad(what: str) -> BadInput:
+        return BadInput(f"{p}: the job manifest is damaged ({what}); rerun the job with --overwrite")
+
+    job = m.get("job")
+    if job not in JOBS:
+        raise bad("unknown job")
+    for key in ("config", "model", "inputs", "shards"):
+        if not isinstance(m.get(key), dict):
+            raise bad(f"{key!r} is missing or not an object")
+    num = m.get("num_shards")
+    if not _is_count(num):
+        raise bad("'num_shards' is not a count")
+    if m.get("status") not in (None, "running", "complete"):
+        raise bad("unknown 'status'")
+    shape = m["model"].get("input_shape")
+    if not (
+        isinstance(shape, list) and len(shape) == 3 and all(_is_count(v) and 0 < v <= 1 << 16 for v in shape)
+    ):
+        raise bad("'model.input_shape' is not three sizes")
+    classes = m["inputs"].get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise bad("'inputs.classes' is not a list of names")
+    if job == "max_patches":
+        k, layer = m["config"].get("k"), m["config"].get("layer")
+        if not (_is_count(k) and 1 <= k <= 1024) or not isinstance(layer, str):
+            raise bad("'config.k' or 'config.layer' is invalid")
+    for key, rec in m["shards"].items():
+        if not re.fullmatch(r"[0-9]{1,9}", key) or int(key) >= num:
+            raise bad(f"shard key {key[:20]!r} is not one of the {num} shards")
+        if not isinstance(rec, dict):
+            raise bad(f"shard {key} is not an object")
+        if rec.get("file") != _shard_name(job, int(key)):
+            raise bad(f"shard {key} names an unexpected file")
+        if not all(_is_count(rec.get(f)) for f in ("bytes", "count", "rows", "first")):
+            raise bad(f"shard {key} has invalid sizes")
+        if not isinstance(rec.get("sha256"), str) or not _SHA_RE.fullmatch(rec["sha256"]):
+            raise bad(f"shard {key} has no valid SHA-256")
+        errs = rec.get("errors")
+        if not isinstance(errs, list) or not all(
+            isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e) for e in errs
+        ):
+            raise bad(f"shard {key} has an invalid error list")
+    files = m.get("output_files", {})
+    if not isinstance(files, dict) or not all(
+        k in MERGED and isinstance(v, dict) and _is_count(v.get("bytes")) and isinstance(v.get("sha256"), str)
+        for k, v in files.items()
+    ):
+        raise bad("'output_files' is invalid")
 
 
 class _Lock:
@@ -651,12 +782,83 @@ class _Lock:
 
 
 def _verified(out: Path, rec: dict[str, Any]) -> bool:
-    """Whether a recorded shard is still on disk, byte for byte (size and SHA-256)."""
+    """Whether a recorded file is still on disk, byte for byte (size and SHA-256)."""
+    return _file_problem(out, rec) is None
+
+
+def _file_problem(out: Path, rec: dict[str, Any], keep: list[bytes] | None = None) -> str | None:
+    """None if OUT/rec['file'] has the recorded size and SHA-256, else what is wrong. Reads the file once; with
+    `keep`, its verified bytes are appended there (so the caller parses exactly what was hashed)."""
     p = out / rec.get("file", "")
     try:
-        return p.stat().st_size == rec.get("bytes") and _sha256_file(p) == rec.get("sha256")
-    except OSError:
-        return False
+        size = p.stat().st_size
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or type(e).__name__})"
+    if size != rec.get("bytes"):
+        return f"is {size} bytes where the manifest recorded {rec.get('bytes')} (damaged)"
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        return f"cannot be read ({e.strerror or type(e).__name__})"
+    if len(data) != rec.get("bytes") or hashlib.sha256(data).hexdigest() != rec.get("sha256"):
+        return "does not match the SHA-256 the manifest recorded (damaged)"
+    if keep is not None:
+        keep.append(data)
+    return None
+
+
+class JobOutputDamaged(BadInput):
+    """Files of a job output are missing or differ from what its manifest records; `.problems` lists them
+    ({'file', 'shard', 'problem'}) and `convlens job repair OUT` recomputes them."""
+
+    def __init__(self, out: Path, problems: list[dict[str, Any]]) -> None:
+        self.out = out
+        self.problems = problems
+        shown = "; ".join(f"{d['file']} {d['problem']}" for d in problems[:3])
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        super().__init__(
+            f"{out}: {len(problems)} job file(s) damaged or missing: {shown}{more}; "
+            f"run `convlens job repair {shlex.quote(str(out))}` to recompute them"
+        )
+
+
+def _problems(
+    out: Path,
+    m: dict[str, Any],
+    shards: bool = True,
+    merged: bool = True,
+    data: dict[str, bytes] | None = None,
+) -> list[dict[str, Any]]:
+    """Every recorded shard (and merged output) that is missing or altered, and every shard a complete job
+    lacks a record of. With `data`, the verified bytes of each good shard are kept there by shard key."""
+    found: list[dict[str, Any]] = []
+    recs = m["shards"]
+    if shards:
+        for key in sorted(recs, key=int):
+            keep: list[bytes] | None = [] if data is not None else None
+            why = _file_problem(out, recs[key], keep)
+            if why is not None:
+                found.append({"file": recs[key]["file"], "shard": int(key), "problem": why})
+            elif keep:
+                data[key] = keep[0]  # type: ignore[index]
+        if m.get("status") == "complete":
+            for k in range(m["num_shards"]):
+                if str(k) not in recs:
+                    found.append(
+                        {
+                            "file": _shard_name(m["job"], k),
+                            "shard": k,
+                            "problem": "was never recorded as finished",
+                        }
+                    )
+    if merged and m.get("status") == "complete":
+        for name, rec in m.get("output_files", {}).items():
+            why = _file_problem(out, rec | {"file": name})
+            if why is not None:
+                found.append({"file": name, "shard": None, "problem": why})
+    return found
 
 
 # ------------------------------------------------------------------------------------------------------ engines
@@ -770,10 +972,12 @@ def run_job(
     overwrite: bool = False,
     progress: Progress = None,
     on_shard: Callable[[int, dict[str, Any]], None] | None = None,
+    model_name: str | None = None,
     **params: Any,
 ) -> dict[str, Any]:
     """Run (or resume) `job` over `source` into folder `out`; returns a summary. `model` is a name or a loaded
-    Backbone (Ray actors load it by its name); `params` are JobConfig fields (layer, k, method, target, window,
+    Backbone (Ray actors load it by its name, or by `model_name` when given: what the job records and
+    resumes by); `params` are JobConfig fields (layer, k, method, target, window,
     stride, backend, batch_size, arch). Finished shards are verified and skipped."""
     if engine not in ENGINES:
         raise BadInput(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -790,18 +994,19 @@ def run_job(
     t_start = time.perf_counter()
     from .zoo import Backbone, load
 
+    outp = Path(out).expanduser()
     given = model if isinstance(model, Backbone) else None
-    cfg0 = JobConfig(
-        job=job, model=given.name if given else os.fspath(model), shard_size=shard_size, **params
-    )
+    name = model_name or (given.name if given else os.fspath(model))
+    cfg0 = JobConfig(job=job, model=name, shard_size=shard_size, **params)
     cfg0.check()
     inputs = list_inputs(source, limit)
+    _prepare_out(outp)  # before the model loads and any image is decoded
     if given is not None:
         net = given
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            net = load(cfg0.model, arch=cfg0.arch)
+            net = load(os.fspath(model), arch=cfg0.arch)
     cfg = cfg0.resolve(net)
     model_info = {"name": net.name, "weights": net.weights_hash(), "input_shape": list(net.input_shape)}
     fingerprint = hashlib.sha256(
@@ -811,12 +1016,8 @@ def run_job(
         ).encode()
     ).hexdigest()
 
-    outp = Path(out).expanduser()
-    outp.mkdir(parents=True, exist_ok=True)
-    (outp / SHARD_DIR).mkdir(exist_ok=True)
     with _Lock(outp):
-        for stale in (outp / SHARD_DIR).glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        cleaned = _clean_temporaries(outp)  # left by a killed job: we hold the lock, nobody else writes here
         old = None if overwrite else _read_manifest(outp)
         if old is not None and old.get("fingerprint") != fingerprint:
             why = (
@@ -845,16 +1046,17 @@ def run_job(
             "shards": {},
             "created": time.time(),
         }
-        if overwrite:
-            for f in (outp / SHARD_DIR).glob("*.parquet"):
-                f.unlink()
         recs: dict[str, Any] = manifest["shards"]
         done = {s.index for s in shards if str(s.index) in recs and _verified(outp, recs[str(s.index)])}
         for key in [k for k in recs if int(k) not in done]:
             del recs[key]  # recorded but missing or altered: compute again
         todo = [s for s in shards if s.index not in done]
         manifest.update(status="running", engine=engine)
-        _write_json(outp / MANIFEST, manifest)
+        manifest.pop("output_files", None)
+        _write_json(outp / MANIFEST, manifest)  # first: readers never see a manifest naming deleted files
+        if overwrite:
+            for f in list((outp / SHARD_DIR).glob("*.parquet")) + [outp / n for n in MERGED]:
+                f.unlink(missing_ok=True)
         n_total = len(inputs)
         n_done = sum(recs[str(k)]["count"] for k in done)
         _report(progress, n_done / n_total, f"{n_done}/{n_total} images ({len(done)} shards already done)")
@@ -902,7 +1104,9 @@ def run_job(
         _write_json(outp / ERRORS, {"count": len(errors), "files": errors})
         outputs = {"errors": ERRORS}
         if job == "max_patches":
-            outputs.update(_merge_max_patches(outp, manifest, net))
+            names, files = _merge_max_patches(outp, manifest, net)
+            outputs.update(names)
+            manifest["output_files"] = files
         ok = sum(rec["rows"] for rec in recs.values())
         computed_images = sum(len(s.paths) for s in todo)
         summary = {
@@ -918,6 +1122,7 @@ def run_job(
             "run_s": round(run_s, 3),
             "wall_s": round(time.perf_counter() - t_start, 3),
             "images_per_s": round(computed_images / run_s, 2) if computed and run_s > 0 else None,
+            "cleaned_temporaries": len(cleaned),
         } | info
         manifest.update(status="complete", outputs=outputs, summary=summary, finished=time.time())
         _write_json(outp / MANIFEST, manifest)
@@ -931,26 +1136,51 @@ def _report(progress: Progress, frac: float, msg: str) -> None:
 
 
 def _shard_tables(out: Path, manifest: dict[str, Any]) -> list[pa.Table]:
-    """The finished shards' tables in shard order (missing files skipped)."""
+    """The finished shards' tables in shard order. Each shard is read once, its size and SHA-256 checked against
+    the manifest, and only then parsed (from those same bytes); a missing or altered shard, or a shard a
+    complete job never recorded, raises JobOutputDamaged naming it: damaged data is never returned."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    data: dict[str, bytes] = {}
+    problems = _problems(out, manifest, merged=False, data=data)
+    if problems:
+        raise JobOutputDamaged(out, problems)
+    job = manifest["job"]
     tables = []
-    for key in sorted(manifest.get("shards", {}), key=int):
-        p = out / manifest["shards"][key]["file"]
-        if p.exists():
-            tables.append(pq.read_table(p))
+    for key in sorted(data, key=int):
+        rec = manifest["shards"][key]
+        try:
+            t = pq.read_table(pa.BufferReader(data[key]))
+            meta = json.loads(t.schema.metadata[b"convlens"])
+            ok = meta.get("job") == job and meta.get("shard") == int(key)
+            ok = ok and (job == "max_patches" or t.num_rows == rec["rows"])
+        except Exception:  # noqa: BLE001 - verified bytes that still do not parse: written by something else
+            ok = False
+        if not ok:
+            raise JobOutputDamaged(
+                out,
+                [{"file": rec["file"], "shard": int(key), "problem": "does not hold what the manifest says"}],
+            )
+        tables.append(t)
     return tables
 
 
-def _merge_max_patches(out: Path, manifest: dict[str, Any], net: Backbone | None) -> dict[str, str]:
+def _merge_max_patches(
+    out: Path, manifest: dict[str, Any], net: Backbone | None
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """Global top-k per channel from the shards' top-k (exact: the global winners are among them), with each
-    unit's receptive-field box, and per-channel selectivity; written as max_patches.parquet and channels.parquet."""
+    unit's receptive-field box, and per-channel selectivity; written as max_patches.parquet and channels.parquet.
+    Returns the outputs and their records (size, SHA-256) for the manifest, so readers can verify them."""
     import pyarrow as pa
 
     recs, chans = _merged_patches(out, manifest, net)
-    _atomic_write(out / "max_patches.parquet", _pq_bytes(pa.table(recs)))
-    _atomic_write(out / "channels.parquet", _pq_bytes(pa.table(chans)))
-    return {"max_patches": "max_patches.parquet", "channels": "channels.parquet"}
+    files = {}
+    for name, table in zip(MERGED, (pa.table(recs), pa.table(chans))):
+        payload = _pq_bytes(table)
+        _atomic_write(out / name, payload)
+        files[name] = {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    return {"max_patches": MERGED[0], "channels": MERGED[1]}, files
 
 
 def _pq_bytes(t: pa.Table) -> bytes:
@@ -973,7 +1203,9 @@ def _merged_patches(
     n = 0
     s1 = s2 = active = None
     for t in tables:
-        st = json.loads(t.schema.metadata[b"convlens"])["stats"]
+        st = json.loads(t.schema.metadata[b"convlens"]).get("stats") or {}
+        if not all(isinstance(st.get(f), (int, list)) for f in ("n", "channels", "s1", "s2", "active")):
+            raise BadInput(f"{out}: a max_patches shard lacks its statistics; rerun the job with --overwrite")
         n_ch = st["channels"]
         if s1 is None:
             s1, s2, active = np.zeros(n_ch), np.zeros(n_ch), np.zeros(n_ch, np.int64)
@@ -1049,12 +1281,7 @@ def open_job_output(out_dir: str | os.PathLike[str], maps: bool = True) -> dict[
     index, embeddings (N,D), preds/probs (classifiers). explain: paths, labels, index, targets, scores, maps (N,H,W).
     max_patches: records (dict of arrays: channel, rank, score, path, index, label, i, j, top, left, bottom, right)
     and channels (channel, selectivity, mean, std, active)."""
-    out = Path(out_dir).expanduser()
-    m = _read_manifest(out)
-    if m is None:
-        raise BadInput(
-            f"{str(out)!r} is not a convlens job output (no {MANIFEST}); run `convlens job ...` first"
-        )
+    out, m = _job_manifest(out_dir)
     errors = sorted(((p, e) for rec in m["shards"].values() for p, e in rec["errors"]), key=lambda pe: pe[0])
     res: dict[str, Any] = {
         "job": m["job"],
@@ -1067,20 +1294,132 @@ def open_job_output(out_dir: str | os.PathLike[str], maps: bool = True) -> dict[
         "manifest": m,
     }
     if m["job"] == "max_patches":
-        p = out / "max_patches.parquet"
-        if res["complete"] and p.exists():
-            import pyarrow.parquet as pq
-
-            t = pq.read_table(p)
-            res["records"] = {c: _col(t, c) for c in t.column_names}
-            ct = pq.read_table(out / "channels.parquet")
-            res["channels"] = {c: _col(ct, c) for c in ct.column_names}
-        else:
+        files = m.get("output_files", {})
+        if res["complete"] and set(files) == set(MERGED):
+            res["records"], res["channels"] = (_merged_table(out, m, name) for name in MERGED)
+            return res
+    try:
+        if m["job"] == "max_patches":  # running (or recorded before merged files were): merge verified shards
             res["records"], res["channels"] = _merged_patches(out, m, None)
-        return res
+        else:
+            res.update(_arrays(m, _shard_tables(out, m), maps))
+    except BadInput:
+        raise
+    except (KeyError, ValueError, TypeError, AttributeError) as e:  # verified shards, inconsistent manifest
+        raise BadInput(
+            f"{out}: the shards do not match the job manifest ({type(e).__name__}); "
+            f"run `convlens job verify {shlex.quote(str(out))}`, or rerun the job with --overwrite"
+        ) from None
+    return res
+
+
+def _job_manifest(out_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    out = Path(out_dir).expanduser()
+    m = _read_manifest(out)
+    if m is None:
+        raise BadInput(
+            f"{str(out)!r} is not a convlens job output (no {MANIFEST}); run `convlens job ...` first"
+        )
+    return out, m
+
+
+def verify_job_output(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check every file of a job output against its manifest (size and SHA-256 of each shard and merged output;
+    a complete job must record every shard). Returns {'out', 'job', 'status', 'shards', 'verified',
+    'problems': [{'file', 'shard', 'problem'}]}; an empty problem list means every byte is as written."""
+    out, m = _job_manifest(out_dir)
+    problems = _problems(out, m)
+    return {
+        "out": str(out),
+        "job": m["job"],
+        "status": m.get("status"),
+        "shards": m["num_shards"],
+        "verified": len(m["shards"])
+        - sum(p["shard"] is not None and str(p["shard"]) in m["shards"] for p in problems),
+        "problems": problems,
+    }
+
+
+def repair_job_output(
+    out_dir: str | os.PathLike[str],
+    model: str | Backbone | None = None,
+    progress: Progress = None,
+) -> dict[str, Any]:
+    """Recompute exactly the damaged or missing shards of a job output (and its merged files) with the job's own
+    settings, and rewrite its manifest. `model` overrides the recorded model name (the same weights are
+    required). Returns run_job's summary plus 'repaired' (the files that were damaged or missing)."""
+    out, m = _job_manifest(out_dir)
+    problems = _problems(out, m)
+    names = {f.name for f in fields(JobConfig)}
+    cfg = m["config"]
+    try:
+        jc = JobConfig(**{k: v for k, v in cfg.items() if k in names})
+        jc.check()
+    except (TypeError, BadInput) as e:
+        raise BadInput(
+            f"{out / MANIFEST}: the job settings cannot be read back ({e}); rerun the job with --overwrite"
+        ) from None
+    src, count = m["inputs"].get("source"), m["inputs"].get("count")
+    if not isinstance(src, str) or not _is_count(count) or count == 0:
+        raise BadInput(f"{out / MANIFEST}: the job's inputs are not recorded; rerun the job with --overwrite")
+    inputs = list_inputs(src, limit=count)
+    if inputs.sha256() != m["inputs"].get("sha256"):
+        raise BadInput(
+            f"the inputs of the job in {out} changed since it ran ({src}), so its shards cannot be recomputed "
+            "as they were; rerun the whole job with --overwrite"
+        )
+    from .zoo import Backbone, load
+
+    if isinstance(model, Backbone):
+        net = model
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = load(model or jc.model, arch=jc.arch)
+    if net.weights_hash() != m["model"].get("weights"):
+        raise BadInput(
+            f"the model {net.name!r} has other weights than the one that ran the job in {out}; pass the same "
+            "model with --model, or rerun the whole job with --overwrite"
+        )
+    params = {k: getattr(jc, k) for k in names - {"job", "model", "shard_size"}}
+    summary = run_job(
+        jc.job,
+        src,
+        out,
+        model=net,
+        model_name=jc.model,
+        shard_size=jc.shard_size,
+        limit=count,
+        progress=progress,
+        **params,
+    )
+    summary["repaired"] = [p["file"] for p in problems]
+    return summary
+
+
+def _merged_table(out: Path, m: dict[str, Any], name: str) -> dict[str, Any]:
+    """One merged max_patches output as arrays, verified against its recorded size and SHA-256 first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keep: list[bytes] = []
+    why = _file_problem(out, m["output_files"][name] | {"file": name}, keep)
+    if why is not None:
+        raise JobOutputDamaged(out, [{"file": name, "shard": None, "problem": why}])
+    try:
+        t = pq.read_table(pa.BufferReader(keep[0]))
+        return {c: _col(t, c) for c in t.column_names}
+    except Exception:  # noqa: BLE001 - verified bytes that do not parse: not written by convlens
+        raise JobOutputDamaged(
+            out, [{"file": name, "shard": None, "problem": "is not the table the job wrote"}]
+        ) from None
+
+
+def _arrays(m: dict[str, Any], tables: list[pa.Table], maps: bool) -> dict[str, Any]:
+    """The columns of embed / explain shards as numpy arrays (see open_job_output)."""
     import pyarrow as pa
 
-    tables = _shard_tables(out, m)
+    res: dict[str, Any] = {}
     t = pa.concat_tables([x.replace_schema_metadata(None) for x in tables]) if tables else None
     n = 0 if t is None else t.num_rows
     res["paths"] = np.asarray(t.column("path").to_pylist() if n else [], dtype=str)
@@ -1282,13 +1621,16 @@ def _bench_row(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_job_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `job embed|explain|max_patches|bench` to a `convlens` subparsers object; handlers call `cmd_job`."""
+    """Add `job embed|explain|max_patches|verify|repair|bench` to a `convlens` subparsers object; handlers call
+    `cmd_job`."""
     p = subparsers.add_parser(
         "job",
         help="dataset-scale jobs (embed, explain, max_patches) on this machine or a Ray cluster",
         description="Run a job over an image folder (class subfolders = labels), a text list of paths/URIs or a "
         "Parquet manifest with a 'path' column. Outputs: Parquet shards + manifest.json + errors.json in --out; "
-        "an interrupted job resumes where it stopped when run again with the same arguments.",
+        "an interrupted job resumes where it stopped when run again with the same arguments. "
+        "`convlens job verify OUT` checks every shard against the manifest; `convlens job repair OUT` recomputes "
+        "the damaged or missing ones.",
     )
     sub = p.add_subparsers(dest="job", required=True)
     for name, text in (
@@ -1339,6 +1681,26 @@ def add_job_parser(subparsers: Any) -> argparse.ArgumentParser:
             q.add_argument("--window", type=int, default=0, help="occlusion window in pixels (0 = input/7)")
             q.add_argument("--stride", type=int, default=0, help="occlusion stride in pixels (0 = window/2)")
         q.set_defaults(fn=cmd_job)
+    v = sub.add_parser(
+        "verify",
+        help="check every shard of a job output against its manifest (size, SHA-256); exit 2 if any is damaged",
+        description="Lists damaged or missing shards (and merged outputs) of OUT; exit status 2 if there are any.",
+    )
+    v.add_argument("out", help="the job's output folder (the --out of the job)")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(fn=cmd_job)
+    r = sub.add_parser(
+        "repair",
+        help="recompute exactly the damaged or missing shards of a job output and rewrite its manifest",
+        description="Verifies OUT, recomputes the shards that are damaged or missing with the job's own settings "
+        "(same inputs and model weights required) and rewrites the manifest.",
+    )
+    r.add_argument("out", help="the job's output folder (the --out of the job)")
+    r.add_argument(
+        "--model", "-m", default=None, help="the job's model, if its recorded name or path no longer loads"
+    )
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.set_defaults(fn=cmd_job)
     b = sub.add_parser("bench", help="throughput of embed: local vs Ray with 1 and 2 actors")
     b.add_argument("--n", type=int, default=500, help="generated images")
     b.add_argument("--models", default="fashion_cnn", help="comma-separated models")
@@ -1351,7 +1713,8 @@ def add_job_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    """Handler of `convlens job ...`: runs the job with a tqdm progress bar and prints a summary."""
+    """Handler of `convlens job ...`: runs, verifies or repairs a job (progress bar on a terminal) and prints a
+    summary. Errors are raised as BadInput after the progress bar is closed: one stderr line, exit 2."""
     if args.job == "bench":
         rep = bench_jobs(
             n=args.n,
@@ -1363,39 +1726,40 @@ def cmd_job(args: argparse.Namespace) -> int:
         )
         print(rep["markdown"])
         return 0
-    from tqdm import tqdm
-
-    params: dict[str, Any] = {"arch": args.arch, "batch_size": args.batch_size, "backend": args.backend}
-    for name in ("layer", "k", "method", "target", "window", "stride"):
-        if hasattr(args, name):
-            params[name] = getattr(args, name)
-    bar = tqdm(total=1000, desc=f"job {args.job}", unit="‰", leave=False, file=sys.stderr)
-
-    def progress(frac: float, msg: str) -> None:
-        bar.n = int(round(1000 * frac))
-        bar.set_postfix_str(msg, refresh=False)
-        bar.refresh()
-
-    try:
-        s = run_job(
-            args.job,
-            args.input,
-            args.out,
-            model=args.model,
-            engine=args.engine,
-            address=args.address,
-            concurrency=args.concurrency,
-            cpus_per_actor=args.cpus_per_actor,
-            shard_size=args.shard_size,
-            limit=args.limit,
-            overwrite=args.overwrite,
-            progress=progress,
-            **params,
-        )
-    finally:
-        bar.close()
+    if args.job == "verify":
+        return _cmd_verify(args)
+    with _Bar(f"job {args.job}") as bar:
+        if args.job == "repair":
+            s = repair_job_output(args.out, model=args.model, progress=bar.progress)
+        else:
+            params: dict[str, Any] = {
+                "arch": args.arch,
+                "batch_size": args.batch_size,
+                "backend": args.backend,
+            }
+            for name in ("layer", "k", "method", "target", "window", "stride"):
+                if hasattr(args, name):
+                    params[name] = getattr(args, name)
+            s = run_job(
+                args.job,
+                args.input,
+                args.out,
+                model=args.model,
+                engine=args.engine,
+                address=args.address,
+                concurrency=args.concurrency,
+                cpus_per_actor=args.cpus_per_actor,
+                shard_size=args.shard_size,
+                limit=args.limit,
+                overwrite=args.overwrite,
+                progress=bar.progress,
+                **params,
+            )
     if getattr(args, "json", False):
         print(json.dumps(s))
+    elif args.job == "repair":
+        what = ", ".join(s["repaired"]) if s["repaired"] else "nothing was damaged or missing"
+        print(f"repaired {s['out']}: {what} ({s['computed_shards']} shards computed, {s['wall_s']} s)")
     else:
         print(
             f"{s['job']}: {s['ok']}/{s['images']} images -> {s['out']} ({s['computed_shards']} shards computed, "
@@ -1404,15 +1768,73 @@ def cmd_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """`convlens job verify OUT`: one line per damaged or missing file on stdout, then BadInput (exit 2)."""
+    rep = verify_job_output(args.out)
+    if args.json:
+        print(json.dumps(rep))
+    else:
+        for p in rep["problems"]:
+            print(f"{p['file']}: {p['problem']}")
+    if rep["problems"]:
+        raise BadInput(
+            f"{rep['out']}: {len(rep['problems'])} job file(s) damaged or missing; "
+            f"run `convlens job repair {shlex.quote(rep['out'])}` to recompute them"
+        )
+    if not args.json:
+        print(f"{rep['out']}: all {rep['verified']} recorded shards verified ({rep['job']}, {rep['status']})")
+    return 0
+
+
+class _Bar:
+    """A tqdm progress bar on stderr, drawn only on a terminal and only once there is progress, and always
+    closed (its line cleared) before the context exits, so an error prints as one clean line."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar: Any = None
+
+    def progress(self, frac: float, msg: str) -> None:
+        if self.bar is None:
+            if not sys.stderr.isatty():
+                return
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, desc=self.desc, unit="‰", leave=False, file=sys.stderr)
+        self.bar.n = int(round(1000 * frac))
+        self.bar.set_postfix_str(msg, refresh=False)
+        self.bar.refresh()
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        sys.stderr.flush()
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one stderr line and exit 2, like every other convlens error."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m accel.distributed job ...` (the same commands as `convlens job ...`)."""
-    ap = argparse.ArgumentParser(prog="python -m accel.distributed")
+    ap = _OneLineParser(prog="python -m accel.distributed")
     add_job_parser(ap.add_subparsers(dest="cmd", required=True))
     args = ap.parse_args(argv)
     try:
         return int(args.fn(args) or 0)
     except BadInput as e:
-        print(f"convlens: error: {e}", file=sys.stderr)
+        print(f"convlens: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"convlens: error: {e.strerror or e}{where}; check free space and permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convlens: interrupted (run the same command again to resume)", file=sys.stderr)
