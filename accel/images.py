@@ -492,8 +492,21 @@ def _magic_format(head: bytes) -> str | None:
             return fmt
     if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"1234567fF" and head[2:3].isspace():
         return "PPM/PGM/PBM"
-    if head[4:8] == b"ftyp" and head[8:12].decode("ascii", "replace") in _AVIF_BRANDS:
-        return "AVIF"
+    if head[4:8] == b"ftyp":
+        size = int.from_bytes(head[:4], "big")
+        brands = [head[i : i + 4].decode("ascii", "replace") for i in range(8, min(size, len(head), 64), 4)]
+        compatible = brands[2:]  # after the major brand and the minor version
+        if brands and (
+            brands[0] in _HEIF_BRANDS
+            or (
+                brands[0] in ("mif1", "msf1")
+                and "avif" not in compatible
+                and any(b in _HEIF_BRANDS for b in compatible)
+            )
+        ):
+            return "HEIF"
+        if brands and brands[0] in _AVIF_BRANDS:
+            return "AVIF"
     return None
 
 
@@ -506,6 +519,8 @@ def _describe_unidentified(head: bytes, detail: str = "Pillow cannot read it") -
             "(an interrupted download or copy?)"
         )
     fmt = _magic_format(head)
+    if fmt == "HEIF":
+        return "is a HEIF/HEIC image, which this installation cannot decode; convert it to PNG or JPEG"
     if fmt == "AVIF" and "AVIF" not in decodable_formats():
         return "is an AVIF image, which this installation cannot decode (Pillow without AVIF); convert it to PNG or JPEG"
     if fmt is not None:
