@@ -10,6 +10,7 @@ from typing import Any
 import streamlit as st
 
 import accel
+from accel import dataroots
 
 from . import jobs
 from .common import Ctx, guard, link_line, load_run, run_key, run_stored, st_progress
@@ -63,12 +64,15 @@ def run_heavy_aware(
     """`run_stored`, but a heavy method that is not already in the store first waits for its turn in the fair-use
     line (place shown, Stop leaves the line). Returns (run_id, result, from_cache)."""
     spec = accel.get(name)
-    if spec.heavy:
-        image = img if img is not None else (c.img if spec.needs_image else None)
-        if c.store.lookup(run_key(c, name, params, image)) is None:
-            with jobs.heavy_turn(name, key):
-                return run_stored(c, name, params, img=img, progress=progress)
-    return run_stored(c, name, params, img=img, progress=progress)
+    try:
+        if spec.heavy:
+            image = img if img is not None else (c.img if spec.needs_image else None)
+            if c.store.lookup(run_key(c, name, params, image)) is None:
+                with jobs.heavy_turn(name, key):
+                    return run_stored(c, name, params, img=img, progress=progress)
+        return run_stored(c, name, params, img=img, progress=progress)
+    except accel.BadInput as e:  # the same refusal, with server paths (uploads, data roots) shown by name
+        raise type(e)(dataroots.redact(str(e))) from None
 
 
 def needs_image_or_stop(c: Ctx, spec: Any) -> bool:

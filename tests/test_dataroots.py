@@ -410,3 +410,48 @@ def _no_leftover_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("CONVLENS_UPLOAD_ZIP_FILES", "CONVLENS_UPLOAD_ZIP_MB"):
         monkeypatch.delenv(name, raising=False)
     os.environ.setdefault("CONVLENS_OFFLINE", "1")
+
+
+def test_uploaded_names_with_markdown_and_html_show_literally(
+    tree: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Class folders named like a Markdown link and an HTML image: captions, labels and the scatter's legend and
+    hover text show them as text (escaped), and the neighbours run on the uploaded set is allowed."""
+    import json
+
+    monkeypatch.setenv("CONVLENS_STORE", str(tree["tmp"] / "store"))
+    link, tag = "![a](evil.test)", "<img src=x onerror=alert(1)>"
+    data = _zip(
+        {
+            f"{c}/{i}.png": _png(col, 30 + i)
+            for c, col in ((link, (9, 0, 0)), (tag, (0, 9, 0)))
+            for i in range(6)
+        }
+    )
+    at = _app("embeddings", model="fashion_cnn")
+    at.file_uploader(key="emb.embedding.dataset.upload").set_value(("names.zip", data, "application/zip"))
+    at.selectbox(key="emb.embedding.projection").set_value("pca")
+    at.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    at.session_state["emb_sel"] = 0
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    shown_md = [str(x.value) for x in (*at.markdown, *at.caption)]
+    shown_md += [c for im in at.get("image") for c in im.captions]
+    assert any("evil" in s for s in shown_md)  # the names are there ...
+    for s in shown_md:  # ... but never as a live link, image or tag
+        assert "](evil" not in s and "<img" not in s and "![" not in s, s
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t.get("name") for t in spec["data"] if t.get("name")]
+    assert html_escaped(tag) in names and tag not in names
+    assert all(
+        html_escaped(tag) in t.get("text", [""])[0]
+        for t in spec["data"]
+        if t.get("name") == html_escaped(tag)
+    )
+
+
+def html_escaped(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
