@@ -70,7 +70,7 @@ def escape_md(text: Any) -> str:
 
 def public_text(text: Any) -> str:
     """A message fit to show any user: the store's server folder and generated upload names are replaced by
-    `$CONVLENS_STORE` and the user's own file names."""
+    `$CONVLENS_STORE` and the user's own file names, any other server path by its data-root name."""
     s = str(text)
     with contextlib.suppress(Exception):
         root = default_root()
@@ -82,6 +82,10 @@ def public_text(text: Any) -> str:
         names = st.session_state.get("_upload_names") or {}
     for stored, original in names.items():
         s = s.replace(stored, original)
+    with contextlib.suppress(Exception):  # any other server path: its data-root name, or "(server path)"
+        from accel import dataroots
+
+        s = dataroots.redact(s)
     return s
 
 
