@@ -1249,102 +1249,182 @@ def _from_checkpoint(path: Path, arch: str | None, trust: bool, label: str | Non
     return net
 
 
-def _onnx_metadata(path: Path) -> dict[str, str]:
-    import onnx
+def _onnx_metadata(path: Path, model: Any = None) -> dict[str, str]:
+    """The file's metadata properties (convlens records its preprocessing and labels there)."""
+    from .runtime.session import load_onnx
 
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if model is None:
+        model = load_onnx(path)
+    return {p.key: p.value for p in model.metadata_props}
 
 
-def _check_onnx_input(path: Path, ishape: tuple[int, ...]) -> None:
+def _check_onnx_input(path: Path, ishape: tuple[int, ...], label: str | None = None) -> None:
     """The declared image input must be square and within the pixel budget (a huge one would exhaust memory)."""
     from .errors import ResourceLimit
     from .images import ENV_MAX_PIXELS, _pixel_limit
 
+    name = label or path.name
     h, w = int(ishape[-2]), int(ishape[-1])
     if h > 0 and w > 0 and h != w:
-        raise BadInput(f"{path.name}: the input is {h}x{w}; convlens needs a square (N,C,S,S) image input")
+        raise BadInput(f"{name}: the input is {h}x{w}; convlens needs a square (N,C,S,S) image input")
     side = max(h, w)
     limit = _pixel_limit(None)
     if side > 0 and side * side > limit:
         raise ResourceLimit(
-            f"{path.name}: the model takes {side}x{side} = {side * side:,} pixel inputs, over the limit of "
+            f"{name}: the model takes {side}x{side} = {side * side:,} pixel inputs, over the limit of "
             f"{limit:,} pixels; raise it with the environment variable {ENV_MAX_PIXELS}=N if this is genuine"
         )
 
 
-def _check_onnx_weights(path: Path) -> None:
-    """Refuse NaN or inf in the model's (embedded) float initializers, like state dicts."""
+def _check_onnx_weights(path: Path, model: Any = None, label: str | None = None) -> None:
+    """Refuse weights stored outside the file (they would be read from server paths the file names) and NaN or
+    inf in the float initializers, like state dicts."""
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path), load_external_data=False)
+    from .runtime.session import load_onnx
+
+    name = label or path.name
+    if model is None:
+        model = load_onnx(path)
     bad = []
     for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            continue
-        a = numpy_helper.to_array(t)
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
+            raise BadInput(
+                f"{name}: the model keeps weights in external data files; convlens takes self-contained .onnx "
+                "files (save it again with all tensors inside the file)"
+            )
+        try:
+            a = numpy_helper.to_array(t)
+        except Exception:  # noqa: BLE001 - damaged tensors raise ValueError, TypeError, KeyError, ...
+            raise BadInput(
+                f"{name}: a weight tensor is damaged (its data does not match its declared type and shape)"
+            ) from None
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
             bad.append(t.name)
     if bad:
-        raise BadInput(f"{path.name}: weights contain NaN or inf in {len(bad)} tensor(s), e.g. {bad[:3]}")
+        shown = ["".join(c if c.isprintable() else "?" for c in b)[:60] for b in bad[:3]]
+        raise BadInput(f"{name}: weights contain NaN or inf in {len(bad)} tensor(s), e.g. {shown}")
 
 
-def _check_onnx_runs(path: Path) -> None:
-    """ONNX Runtime must be able to build the graph (IR version, opsets, operators); say why if it cannot."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    try:
-        ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for every load failure
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0].split("failed:", 1)[-1]
-        if "onnxruntime_src" in msg:  # drop the C++ source location and signature
-            msg = msg.rsplit(") ", 1)[-1]
-        raise BadInput(f"{path.name}: ONNX Runtime cannot load this model ({msg.strip()[:300]})") from None
-
-
-def _from_onnx(path: Path) -> Backbone:
-    from .runtime.session import check_onnx, onnx_io_shapes
-
-    check_onnx(path)
-    (ishape,), outs = onnx_io_shapes(path)
-    _check_onnx_input(path, ishape)
-    _check_onnx_weights(path)
-    _check_onnx_runs(path)
-    size = int(ishape[-1]) if ishape[-1] > 0 else 224
+def _onnx_preproc(
+    name: str, meta: dict[str, str], ishape: tuple[int, ...], outs: list[tuple[int, ...]]
+) -> tuple[Preproc, list[str] | None]:
+    """The input convention and labels: recorded by convlens' own exports (validated: a damaged record could
+    ask for any resize), else inferred from the input shape (ImageNet statistics, ImageNet labels at 1000)."""
+    size = int(ishape[-1]) if ishape[-1] > 0 else (int(ishape[-2]) if ishape[-2] > 0 else 224)
     channels = "L" if ishape[1] == 1 else "RGB"
     pre = (
         Preproc(size, round(size * 256 / 224))
         if channels == "RGB"
         else Preproc(size, size, (0.5,), (0.5,), 1.0, "L")
     )
-    has_head = len(outs[0]) == 1  # (N, classes); anything else is a feature map, not class scores
-    labels = imagenet_labels() if has_head and outs[0][-1] == 1000 else None
-    meta = _onnx_metadata(path)
-    if "convlens.preproc" in meta:  # exported by convlens: use the recorded convention and labels
-        d = json.loads(meta["convlens.preproc"])
-        pre = Preproc(
-            int(d["size"]),
-            int(d["resize"]),
-            tuple(d["mean"]),
-            tuple(d["std"]),
-            float(d["scale"]),
-            d["channels"],
+    classes = outs[0][-1] if len(outs[0]) == 1 else None
+    labels: list[str] | None = imagenet_labels() if classes == 1000 else None
+    if "convlens.preproc" not in meta:
+        return pre, labels
+
+    def damaged(what: str) -> BadInput:
+        return BadInput(
+            f"{name}: its convlens preprocessing record is damaged ({what}); export the model again"
         )
+
+    try:
+        d = json.loads(meta["convlens.preproc"])
         lab = json.loads(meta.get("convlens.labels", "null"))
-        labels = imagenet_labels() if lab == "imagenet" else lab
-    return Backbone(
+    except ValueError:
+        raise damaged("not JSON") from None
+    if not isinstance(d, dict):
+        raise damaged("not a record")
+    try:
+        rsize, resize, scale, chans = d["size"], d["resize"], d["scale"], d["channels"]
+        mean, std = tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"])
+    except (KeyError, TypeError, ValueError):
+        raise damaged("a field is missing or not a number") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (rsize, resize)):
+        raise damaged("size and resize must be whole numbers")
+    if rsize < 1 or (ishape[-1] > 0 and rsize != ishape[-1]) or (ishape[-2] > 0 and rsize != ishape[-2]):
+        raise damaged(f"size {rsize} does not match the graph's input")
+    if not rsize <= resize <= 4 * rsize:
+        raise damaged(f"resize {resize} for size {rsize}")
+    if chans not in ("RGB", "BGR", "L") or (ishape[1] > 0 and (ishape[1] == 1) != (chans == "L")):
+        raise damaged(f"channels {str(chans)[:10]!r}")
+    need = 1 if chans == "L" else 3
+    if len(mean) < need or len(std) < need or not np.isfinite([*mean, *std]).all() or min(std[:need]) <= 0:
+        raise damaged("mean/std")
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < float(scale) <= 1e4:
+        raise damaged("scale")
+    pre = Preproc(rsize, resize, mean, std, float(scale), chans)
+    if lab == "imagenet":
+        labels = imagenet_labels()
+    elif lab is None:
+        labels = None
+    elif isinstance(lab, list) and all(isinstance(v, str) for v in lab) and len(lab) <= 1_000_000:
+        labels = lab
+    else:
+        raise damaged("labels")
+    if labels is not None and classes is not None and classes > 0 and len(labels) != classes:
+        raise damaged(f"{len(labels)} labels for {classes} classes")
+    if labels is not None and classes is None:
+        labels = None  # a feature extractor has no class names
+    return pre, labels
+
+
+def _check_onnx_runs(
+    net: Backbone, label: str | None = None, declared: tuple[int, ...] | None = None
+) -> None:
+    """One probe forward pass in the sandbox (timeout and memory cap): ONNX Runtime must build and run the
+    graph, its outputs must be finite and have the declared shape; say why if not."""
+    from .runtime.runner import runner
+
+    name = label or (net.onnx_path.name if net.onnx_path is not None else net.name)
+    gen = torch.Generator().manual_seed(0)
+    x01 = torch.rand(1, 3, net.pre.size, net.pre.size, generator=gen)  # one image: no batch halving here
+    out = runner(net, ["logits"], backend="onnxruntime").run(net.normalize(x01).numpy())["logits"]
+    if declared is None:
+        declared = net.output_shape
+    got = tuple(out.shape[1:])
+    if len(declared) != len(got) or any(d > 0 and d != g for d, g in zip(declared, got)):
+        shown = tuple(d if d > 0 else "?" for d in declared)
+        raise BadInput(f"{name}: the graph declares outputs of shape (N, {shown}) but gives (N, {got})")
+    if net.has_head and net.labels is not None and got[-1] != len(net.labels):
+        raise BadInput(f"{name}: the graph gives {got[-1]} class scores for {len(net.labels)} labels")
+
+
+def _onnx_static(path: Path, label: str | None = None) -> tuple[Preproc, list[str] | None, tuple[int, ...]]:
+    """Every check that needs no ONNX Runtime (parse, structure, input, weights, convlens metadata); returns
+    the input convention, labels and the declared shape of the first output without batch (-1: unknown)."""
+    from .runtime.session import check_onnx, load_onnx, onnx_io_shapes
+
+    name = label or path.name
+    model = load_onnx(path)
+    try:
+        check_onnx(path, model)
+    except BadInput as e:
+        raise BadInput(str(e).replace(path.name, name, 1)) from None
+    (ishape,), outs = onnx_io_shapes(path, model)
+    _check_onnx_input(path, ishape, name)
+    _check_onnx_weights(path, model, name)
+    pre, labels = _onnx_preproc(name, _onnx_metadata(path, model), ishape, outs)
+    return pre, labels, tuple(outs[0])
+
+
+def _from_onnx(path: Path, label: str | None = None) -> Backbone:
+    """A forward-only backbone from a user's .onnx file: static checks first, then one probe in the sandbox."""
+    name = label or path.name
+    pre, labels, declared = _onnx_static(path, name)
+    has_head = len(declared) == 1  # (N, classes); anything else is a feature map, not class scores
+    net = Backbone(
         path.stem,
         None,
         pre,
         labels,
-        source=f"ONNX file {path.name} (sha256 {file_sha256(path)[:12]}), forward-only",
+        source=f"ONNX file {name} (sha256 {file_sha256(path)[:12]}), forward-only",
         has_head=has_head,
         onnx_path=path,
     )
+    _check_onnx_runs(net, name, declared)
+    return net
 
 
 def _is_file_path(p: Path) -> bool:

@@ -55,7 +55,7 @@ def test_runner_accepts_images_and_batches_automatically(lite0, imagenet_photos)
     r = accel.runner(lite0, ["logits"], backend="torch", batch_size=2)
     out = r.run(photos)
     assert out["logits"].shape == (5, 1000)
-    assert r.passes == 3
+    assert r.passes == 3 and r.last_passes == 3
     seen = []
     r.run(photos, progress=lambda f, msg: seen.append(f))
     assert seen[-1] == 1.0 and len(seen) == 3
@@ -71,40 +71,12 @@ def test_auto_backend_prefers_onnxruntime(lite0):
     )
 
 
-def test_export_cache_is_reused_and_rebuilt_when_corrupt(lite0):
-    p1 = export_mod.export_backbone(lite0, ["logits", "_act_head"])
-    m1 = os.stat(p1).st_mtime_ns
-    p2 = export_mod.export_backbone(lite0, ["logits", "_act_head"])
-    assert p1 == p2 and os.stat(p2).st_mtime_ns == m1
-    p1.write_bytes(b"corrupt" * 100)
-    with pytest.warns(UserWarning, match="corrupt"):
-        p3 = export_mod.export_backbone(lite0, ["logits", "_act_head"])
-    assert p3 == p1
-    r = OrtRunner(lite0, ["logits", "_act_head"])
-    x = lite0.normalize(torch.rand(1, 3, 224, 224))
-    assert np.abs(r.run(x)["logits"] - TorchRunner(lite0, ["logits"]).run(x)["logits"]).max() < 1e-4
-
-
 def test_cache_key_changes_with_taps_and_weights(lite0):
     k1 = export_mod.export_key(lite0, ["logits"], 17)
     assert k1 != export_mod.export_key(lite0, ["logits", "embedding"], 17)
     assert k1 != export_mod.export_key(lite0, ["logits"], 18)
     other = get_net("efficientnet_lite1")
     assert k1 != export_mod.export_key(other, ["logits"], 17)
-
-
-def test_export_that_disagrees_is_refused(chelsea):
-    net = accel.load("alexnet")
-    taps = ["embedding"]
-    net.weights_hash()
-    export_mod.export_backbone(net, taps)  # export (or reuse) for the pristine weights
-    with torch.no_grad():
-        net.module.features[0].bias += 0.5  # module changes, but the cached hash (and export) do not
-    with pytest.raises(RuntimeError, match="disagrees with torch"):
-        accel.runner(net, taps, backend="onnxruntime")
-    with pytest.warns(UserWarning, match="using torch"):
-        r = accel.runner(net, taps, backend="auto")
-    assert r.backend == "torch"
 
 
 def test_bad_taps_and_inputs(lite0):
@@ -170,7 +142,6 @@ def test_gpu_provider_failure_falls_back_to_cpu_and_is_recorded(tmp_path, monkey
 def test_io_binding_path_equals_plain_run(chelsea):
     """The IO-binding forward (default on GPU providers) gives the same outputs as session.run; exercised here on
     the CPU provider with host OrtValues."""
-    from accel.runtime.runner import OrtRunner
 
     net = get_net("efficientnet_lite0")
     x = net.preprocess_batch([chelsea, chelsea.rotate(90)]).numpy()
@@ -266,3 +237,322 @@ def test_allocator_tuning_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("CONVLENS_TUNE_MALLOC", "0")
     assert alloc.tune_allocator() == {"applied": False, "reason": "CONVLENS_TUNE_MALLOC=0"}
     assert alloc.allocator_state()["applied"] is False
+
+
+# ----------------------------------------------------------------------------------------------- export cache: verified on read
+
+
+def _fresh_cache(tmp_path, monkeypatch):
+    """An empty export cache for this test, and an empty runner pool (so nothing is reused from elsewhere)."""
+    from accel.runtime import runner as runner_mod
+
+    monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path / "cache"))
+    runner_mod.clear_pool()
+    return export_mod.cache_dir()
+
+
+def _fashion_batch(n: int = 4) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((n, 1, 28, 28)).astype(np.float32)
+
+
+def test_tampered_export_is_detected_rebuilt_and_equal_to_a_clean_one(tmp_path, monkeypatch):
+    """Bytes flipped in a cached export: the SHA-256 check catches them on the next open, the graph is rebuilt
+    (with a warning) and parity-checked, and its outputs equal the clean export's to 1e-6."""
+    import copy
+
+    from accel.runtime.session import make_session
+
+    _fresh_cache(tmp_path, monkeypatch)
+    net = get_net("fashion_cnn")
+    taps = ["logits", "embedding"]
+    x = _fashion_batch()
+    r = accel.runner(net, taps, backend="onnxruntime")
+    clean = r.run(x)
+    path = export_mod.cache_path(net, taps)
+    assert str(path) == r.meta["onnx"] and export_mod.recorded_problem(path) is None
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 64, 8):  # inside the weights
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    sess = make_session(path, ("CPUExecutionProvider",))[0]  # the damage matters: it changes the outputs
+    assert np.abs(sess.run(None, {"input": x})[0] - clean["logits"]).max() > 1e-3
+    assert "does not match the SHA-256" in export_mod.recorded_problem(path)
+
+    from accel.runtime import runner as runner_mod
+
+    runner_mod.clear_pool()
+    with pytest.warns(UserWarning, match="does not match the SHA-256 recorded"):
+        r2 = accel.runner(copy.deepcopy(net), taps, backend="onnxruntime")
+    assert export_mod.recorded_problem(path) is None and r2.meta["parity_rel"] < 1e-4
+    again = r2.run(x)
+    for t in taps:
+        assert np.abs(again[t] - clean[t]).max() <= 1e-6, t
+
+
+def test_consistent_but_wrong_export_fails_parity_and_is_rebuilt(tmp_path, monkeypatch):
+    """A cached graph whose sidecar matches but whose weights are not the model's (an old or foreign file): the
+    parity check refuses it, it is rebuilt with a warning, and the rebuilt graph agrees with a clean one."""
+    import copy
+
+    from accel.runtime import runner as runner_mod
+
+    _fresh_cache(tmp_path, monkeypatch)
+    net = get_net("fashion_cnn")
+    x = _fashion_batch()
+    clean = accel.runner(net, ["logits"], backend="onnxruntime").run(x)["logits"]
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other.module.fc.bias += 0.25
+    other._hash = None
+    wrong = export_mod.export_backbone(other, ["logits"], out=tmp_path / "wrong.onnx")
+    target = export_mod.cache_path(net, ["logits"])
+    target.write_bytes(wrong.read_bytes())
+    export_mod.write_record(target)
+    assert export_mod.recorded_problem(target) is None  # the hash cannot tell; parity must
+    runner_mod.clear_pool()
+    with pytest.warns(UserWarning, match="failed its parity check"):
+        r = accel.runner(net, ["logits"], backend="onnxruntime")
+    assert r.meta["rebuilt_export"] and runner_mod.pool_info()["rebuilt_exports"] >= 1
+    assert np.abs(r.run(x)["logits"] - clean).max() <= 1e-6
+
+
+class _ExportsDifferently(torch.nn.Module):
+    """Behaves one way in torch and another inside torch.onnx.export: every export of it disagrees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(self.conv(x).mean((2, 3)))
+        return y + 1.0 if torch.onnx.is_in_onnx_export() else y
+
+
+def test_export_that_keeps_disagreeing_is_refused_as_badinput(tmp_path, monkeypatch):
+    """Rebuilt once, still disagreeing: `backend="onnxruntime"` refuses with ParityError (a BadInput, not a
+    RuntimeError); `backend="auto"` then falls back to torch with a warning, without exporting again."""
+    from accel.runtime.runner import ParityError
+    from accel.zoo import Backbone, Preproc
+
+    _fresh_cache(tmp_path, monkeypatch)
+    net = Backbone("sly", _ExportsDifferently(), Preproc(8, 8, (0.5,), (0.5,), 1.0, "L"), ["a", "b", "c"])
+    with pytest.warns(UserWarning, match="rebuilding it"), pytest.raises(ParityError, match="disagrees") as e:
+        accel.runner(net, ["logits"], backend="onnxruntime")
+    assert isinstance(e.value, BadInput) and not isinstance(e.value, RuntimeError)
+    assert "also after rebuilding" in str(e.value)
+    built = export_mod.cache_path(net, ["logits"]).stat().st_mtime_ns
+    with pytest.warns(UserWarning, match="using torch") as seen:
+        r = accel.runner(net, ["logits"], backend="auto")
+    assert r.backend == "torch" and len(seen) == 1
+    assert export_mod.cache_path(net, ["logits"]).stat().st_mtime_ns == built  # refused once: not exported again
+
+
+# ----------------------------------------------------------------------------------------------- concurrency
+
+
+def test_threads_on_a_cold_cache_export_each_graph_once(tmp_path, monkeypatch):
+    """8 threads (deep copies of one backbone, as dashboard sessions hold them) ask for the same and different
+    exports on an empty cache at once: no errors, one file per key, every file valid with its hash, no
+    temporaries left, one ONNX Runtime session per (taps, options)."""
+    import copy
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnx
+
+    from accel.runtime.session import sessions_started
+
+    cache = _fresh_cache(tmp_path, monkeypatch)
+    net = get_net("fashion_cnn")
+    wants = [["logits"], ["embedding"], ["logits", "embedding"]]
+    jobs = [(copy.deepcopy(net), wants[i % 3]) for i in range(8)]
+    s0 = sessions_started()
+    with ThreadPoolExecutor(8) as ex:
+        futs = [ex.submit(accel.runner, n, t, backend="onnxruntime") for n, t in jobs]
+        runners = [f.result() for f in futs]  # re-raises any error
+    files = sorted(cache.glob("*.onnx"))
+    assert len(files) == 3, files
+    for f in files:
+        assert export_mod.recorded_problem(f) is None
+        onnx.checker.check_model(str(f))
+    assert not list(cache.glob(".*.tmp"))
+    assert sessions_started() - s0 == 3
+    by_taps: dict = {}
+    for r, (_, t) in zip(runners, jobs):
+        assert by_taps.setdefault(tuple(t), r) is r  # one shared runner per key
+    x = _fashion_batch()
+    want = TorchRunner(net, ["logits", "embedding"]).run(x)
+    got = by_taps[("logits", "embedding")].run(x)
+    assert all(np.abs(got[t] - want[t]).max() < 1e-4 for t in want)
+
+
+_EXPORT_SCRIPT = """
+import sys, accel
+from accel.runtime.export import export_backbone
+print(export_backbone(accel.load("fashion_cnn"), ["logits", "embedding"]))
+"""
+
+
+def test_two_processes_exporting_the_same_graph(tmp_path):
+    """Two processes export the same graph into one empty cache at once: both succeed, one valid file."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CONVLENS_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _EXPORT_SCRIPT], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0].strip().splitlines()[-1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outs[0] == outs[1]
+    files = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(files) == 1 and export_mod.recorded_problem(files[0]) is None
+    assert not list((tmp_path / "cache" / "onnx").glob(".*.tmp"))
+
+
+def test_temporaries_of_killed_exports_are_cleaned_on_the_next_start(tmp_path, monkeypatch):
+    """Temporaries whose process is gone (or that are hours old) are removed when a process first uses the
+    cache, and beside an `--out` file when it is exported again; live or foreign files stay."""
+    import subprocess
+    import sys
+    import time
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = gone.pid
+    monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path / "cache"))
+    d = tmp_path / "cache" / "onnx"
+    d.mkdir(parents=True)
+    stale = d / f".fashion_cnn-0123.onnx.{dead}-140000.tmp"
+    live = d / f".fashion_cnn-4567.onnx.{os.getppid()}-1.tmp"  # another running process: still at work
+    old = d / f".fashion_cnn-89ab.onnx.{os.getppid()}-2.tmp"
+    unrelated = d / ".notes.tmp"
+    for f in (stale, live, old, unrelated):
+        f.write_bytes(b"\0" * 4096)
+    hours_ago = time.time() - 3 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    export_mod._CLEANED.discard(str(d))
+    assert export_mod.cache_dir() == d
+    assert not stale.exists() and not old.exists() and live.exists() and unrelated.exists()
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    left = out_dir / f".m.onnx.{dead}-7.tmp"  # what a killed `convlens export --out out/m.onnx` leaves
+    foreign = out_dir / f".n.onnx.{dead}-7.tmp"  # not this target's: not ours to judge
+    left.write_bytes(b"\0" * 4096)
+    foreign.write_bytes(b"\0" * 4096)
+    p = export_mod.export_backbone(get_net("fashion_cnn"), ["logits"], out=out_dir / "m.onnx")
+    assert p.exists() and not left.exists() and foreign.exists()
+    assert sorted(f.name for f in out_dir.iterdir()) == [".n.onnx." + f"{dead}-7.tmp", "m.onnx"]
+
+
+# ----------------------------------------------------------------------------------------------- the runner pool
+
+
+def test_pool_shares_one_session_per_weights_taps_and_options(tmp_path, monkeypatch):
+    """Copies of one backbone share one runner (one ONNX Runtime session) per (taps, options); the pool holds
+    no caller's torch module; it is bounded, least recently used first out; new weights get a new runner."""
+    import copy
+
+    from accel.runtime import runner as runner_mod
+    from accel.runtime.session import sessions_started
+
+    _fresh_cache(tmp_path, monkeypatch)
+    net = get_net("fashion_cnn")
+    a, b = copy.deepcopy(net), copy.deepcopy(net)
+    s0 = sessions_started()
+    ra = accel.runner(a, ["logits"], backend="onnxruntime")
+    assert accel.runner(b, ["logits"], backend="onnxruntime") is ra
+    assert accel.runner(net, ["logits"]) is ra  # "auto" takes the same pooled runner
+    assert sessions_started() - s0 == 1
+    assert (
+        ra.net.module is None and a.module is not None
+    )  # the pooled view drops the module, callers keep theirs
+    rb = accel.runner(b, ["logits", "embedding"], backend="onnxruntime")
+    rc = accel.runner(b, ["logits"], backend="onnxruntime", batch_size=3)
+    assert len({id(ra), id(rb), id(rc)}) == 3 and sessions_started() - s0 == 3
+    changed = copy.deepcopy(net)
+    with torch.no_grad():
+        next(iter(changed.module.parameters())).add_(0.01)
+    changed._hash = None  # the convention for edited weights: a new hash
+    assert accel.runner(changed, ["logits"], backend="onnxruntime") is not ra
+    monkeypatch.setattr(runner_mod, "POOL_MAX", 2)
+    runner_mod.clear_pool()
+    first = accel.runner(a, ["logits"], backend="onnxruntime")
+    accel.runner(a, ["embedding"], backend="onnxruntime")
+    accel.runner(a, ["logits"], backend="onnxruntime")  # touched: now the most recent
+    accel.runner(a, ["logits", "embedding"], backend="onnxruntime")  # evicts "embedding", not "logits"
+    info = runner_mod.pool_info()
+    assert info["size"] == 2 and info["evicted"] >= 1
+    assert accel.runner(b, ["logits"], backend="onnxruntime") is first
+
+
+def test_last_passes_is_per_thread_on_a_shared_runner(tmp_path, monkeypatch):
+    """Two threads sweep and run on one pooled runner at once; each sees its own pass count in last_passes,
+    and `passes` is the exact total."""
+    import threading
+
+    from accel.runtime.sweep import Occlusion
+
+    _fresh_cache(tmp_path, monkeypatch)
+    net = get_net("fashion_cnn")
+    r = accel.runner(net, ["logits"], backend="onnxruntime", batch_size=2)
+    p0 = r.passes
+    x = _fashion_batch(1)
+    errors: list[str] = []
+
+    def runs() -> None:
+        for _ in range(15):
+            r.run(_fashion_batch(9))
+            if r.last_passes != 5:
+                errors.append(f"run: {r.last_passes}")
+
+    def sweeps() -> None:
+        occ = Occlusion(28, 28, (14, 14), (7, 7))  # 9 windows -> 5 passes of 2
+        for _ in range(15):
+            r.sweep(x, occ, reduce=lambda o: o["logits"][:, 0])
+            if r.last_passes != 5:
+                errors.append(f"sweep: {r.last_passes}")
+        r.run(x)
+        if r.last_passes != 1:
+            errors.append(f"single: {r.last_passes}")
+
+    ts = [threading.Thread(target=f) for f in (runs, sweeps, runs)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors[:5]
+    assert r.passes - p0 == 3 * 15 * 5 + 1
+
+
+# ----------------------------------------------------------------------------------------------- fair use
+
+
+def test_occlusion_window_cap_refuses_before_any_work(lite0, chelsea, monkeypatch):
+    """Window 1 / stride 1 on 224 px is 50,176 forward passes: refused at once with the setting's name; the cap
+    is a setting, and drill_down counts the share of windows it evaluates."""
+    import time
+
+    from accel.errors import ResourceLimit
+    from accel.methods.attribute.occlusion import windows_planned
+    from accel.runtime import runner as runner_mod
+
+    before = runner_mod.pool_info()
+    t0 = time.perf_counter()
+    with pytest.raises(ResourceLimit, match="CONVLENS_MAX_WINDOWS") as e:
+        accel.run("occlusion", lite0, chelsea, window=1, stride=1)
+    assert time.perf_counter() - t0 < 2.0 and "50,176" in str(e.value) and "20,000" in str(e.value)
+    assert runner_mod.pool_info() == before  # no runner was even asked for
+    assert windows_planned(224, 224, 1, 1, "plain", 0.3) == 50_176
+    assert windows_planned(224, 224, 32, 8, "drill_down", 0.3) == round(0.3 * 625)
+    assert windows_planned(224, 224, 32, 32, "drill_down", 0.3) == 49  # stride >= window: the full map
+    monkeypatch.setenv("CONVLENS_MAX_WINDOWS", "40")
+    with pytest.raises(ResourceLimit, match="49 occluded copies.*CONVLENS_MAX_WINDOWS=49"):
+        accel.run("occlusion", lite0, chelsea, window=32, stride=32, backend="torch")
+    res = accel.run("occlusion", lite0, chelsea, window=56, stride=56, backend="torch")  # 16 windows
+    assert res.meta["windows"] == 16
+    monkeypatch.setenv("CONVLENS_MAX_WINDOWS", "many")
+    with pytest.raises(BadInput, match="CONVLENS_MAX_WINDOWS='many' is not a number"):
+        accel.run("occlusion", lite0, chelsea, window=56, stride=56, backend="torch")

@@ -1,21 +1,32 @@
 """torch -> ONNX export of a backbone with its taps as extra outputs and a dynamic batch axis, cached on disk.
 
 The cache key covers the weights hash, taps, input shape, opset and library versions, so a changed model or
-library never reuses a stale graph. Files are written atomically; an unreadable cache entry is rebuilt.
+library never reuses a stale graph. Every cached graph carries its SHA-256 in a sidecar (`<file>.sha256`) that is
+checked on each open; a graph that fails it (tampered or bit-rotted) is rebuilt with a warning, and the runner's
+parity check runs on the rebuilt graph. Exports are safe under concurrency: `torch.onnx.export` keeps global
+state, so one export runs at a time per process (`TORCH_EXPORT_LOCK`); a lock per target in this process and a
+file lock across processes make sure each graph is built once; temporaries carry the process *and* thread id,
+and those left by a killed export are removed on the next start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
+import threading
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from .. import settings
 from ..errors import BadInput
 
 if TYPE_CHECKING:
@@ -23,11 +34,21 @@ if TYPE_CHECKING:
 
 EXPORT_VERSION = "2"  # 2: zero Pads folded into Conv (graphopt.fold_pads)
 DEFAULT_OPSET = 17
+RECORD_FORMAT = "convlens-graph-sha256-1"
+STALE_TMP_S = 30 * 60  # a temporary this old is an orphan whatever its pid says (pids get reused)
+
+# torch.onnx.export keeps global state (GLOBALS.in_onnx_export): every export in this process takes this lock.
+TORCH_EXPORT_LOCK = threading.RLock()
+_TARGET_LOCKS: dict[str, threading.Lock] = {}
+_TARGET_LOCKS_LOCK = threading.Lock()
+_CLEANED: set[str] = set()
+_TMP_RE = re.compile(r"^\..+\.(\d+)-(\d+)\.tmp$")
 
 
 def cache_dir() -> Path:
-    """Where exports live: $CONVLENS_CACHE or the user cache directory."""
-    env = os.environ.get("CONVLENS_CACHE")
+    """Where exports live: $CONVLENS_CACHE/onnx or the user cache directory; stale temporaries of killed
+    exports are removed the first time a process uses it."""
+    env = settings.get("CONVLENS_CACHE")
     if env:
         root = Path(env)
     else:
@@ -35,7 +56,16 @@ def cache_dir() -> Path:
 
         root = Path(user_cache_dir("convlens"))
     d = root / "onnx"
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(
+            f"the convlens cache folder cannot be created ({e.strerror or type(e).__name__}); point "
+            "CONVLENS_CACHE at a writable folder"
+        ) from None
+    if str(d) not in _CLEANED:
+        _CLEANED.add(str(d))
+        clean_stale_temporaries(d)
     return d
 
 
@@ -86,58 +116,229 @@ def export_key(net: Backbone, taps: list[str], opset: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _valid(path: Path) -> bool:
-    import onnx
+# ----------------------------------------------------------------------------------------------- hash records
 
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def record_path(path: Path) -> Path:
+    """The sidecar holding a cached graph's size and SHA-256."""
+    return path.with_name(path.name + ".sha256")
+
+
+def write_record(path: Path, graph: Path | None = None) -> None:
+    """Record the size and SHA-256 of `graph` (default `path`) as the sidecar of `path`, atomically."""
+    size, digest = file_digest(graph or path)
+    rec = record_path(path)
+    tmp = rec.with_name(f".{rec.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
-        onnx.checker.check_model(str(path))
-        return True
-    except Exception:  # noqa: BLE001
+        tmp.write_text(
+            json.dumps({"format": RECORD_FORMAT, "file": path.name, "bytes": size, "sha256": digest})
+        )
+        os.replace(tmp, rec)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def recorded_problem(path: Path) -> str | None:
+    """None if `path` is byte for byte the graph its sidecar records, else what is wrong (for the warning)."""
+    try:
+        rec = json.loads(record_path(path).read_text())
+    except FileNotFoundError:
+        return "has no recorded SHA-256"
+    except (OSError, ValueError):
+        return "has an unreadable SHA-256 record"
+    if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT or rec.get("file") != path.name:
+        return "has a SHA-256 record that is not its own"
+    try:
+        size, digest = file_digest(path)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or type(e).__name__})"
+    if size != rec.get("bytes"):
+        return f"is {size} bytes, but {rec.get('bytes')} were recorded when it was built (damaged)"
+    if digest != rec.get("sha256"):
+        return "does not match the SHA-256 recorded when it was built (tampered or damaged)"
+    return None
+
+
+def discard(path: Path) -> None:
+    """Remove a cached graph and its record."""
+    path.unlink(missing_ok=True)
+    record_path(path).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------- temporaries, locks
+
+
+def temp_name(target: Path) -> Path:
+    """A temporary beside `target`, unique per process and thread: `.<name>.<pid>-<thread>.tmp`."""
+    return target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temporaries(folder: Path, prefix: str = "") -> list[str]:
+    """Remove temporaries `.<prefix>*.<pid>-<thread>.tmp` in `folder` whose process is gone, or older than
+    STALE_TMP_S from another process; returns the names removed."""
+    gone = []
+    now = time.time()
+    try:
+        entries = list(folder.glob(f".{prefix}*.tmp"))
+    except OSError:
+        return gone
+    for f in entries:
+        m = _TMP_RE.match(f.name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid():
+            continue
+        try:
+            old = now - f.stat().st_mtime > STALE_TMP_S
+        except OSError:
+            continue
+        if old or not _pid_alive(pid):
+            with contextlib.suppress(OSError):
+                f.unlink()
+                gone.append(f.name)
+    return gone
+
+
+@contextlib.contextmanager
+def build_lock(target: Path, cross_process: bool) -> Iterator[None]:
+    """One builder of `target`: a thread lock per target here and (for the cache) an advisory file lock across
+    processes."""
+    with _TARGET_LOCKS_LOCK:
+        lock = _TARGET_LOCKS.setdefault(str(target), threading.Lock())
+    with lock:
+        if not cross_process:
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: threads only
+            yield
+            return
+        fd = os.open(target.parent / ".export.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def torch_export(module: nn.Module, args: tuple[Any, ...], path: Path, **kwargs: Any) -> None:
+    """`torch.onnx.export(module, args, path, **kwargs)` holding TORCH_EXPORT_LOCK, warnings silenced (the one
+    way convlens calls the exporter, whose global state forbids two exports at once in a process)."""
+    with TORCH_EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def cache_path(net: Backbone, taps: list[str], opset: int = DEFAULT_OPSET) -> Path:
+    """Where the cached export of `net` with `taps` lives."""
+    return cache_dir() / f"{net.name.replace('/', '_').replace('@', '_')}-{export_key(net, taps, opset)}.onnx"
 
 
 def export_backbone(
-    net: Backbone, taps: list[str], opset: int = DEFAULT_OPSET, out: Path | None = None
+    net: Backbone,
+    taps: list[str],
+    opset: int = DEFAULT_OPSET,
+    out: Path | None = None,
+    *,
+    rebuild: bool = False,
 ) -> Path:
-    """Export `net` with `taps` as outputs (cached unless `out` is given); returns the .onnx path."""
+    """Export `net` with `taps` as outputs (cached unless `out` is given); returns the .onnx path.
+
+    A cached graph is used only if it matches its recorded SHA-256, else it is rebuilt with a warning;
+    `rebuild=True` rebuilds it regardless (the runner asks for that when a cached graph fails its parity check)."""
     if not taps:
         raise BadInput("export needs at least one tap (e.g. 'logits')")
     if len(set(taps)) != len(taps):
         raise BadInput(f"duplicate taps in {taps}")
-    target = (
-        out
-        or cache_dir() / f"{net.name.replace('/', '_').replace('@', '_')}-{export_key(net, taps, opset)}.onnx"
-    )
-    if out is None and target.exists():
-        if _valid(target):
-            return target
-        warnings.warn(f"ONNX cache entry {target.name} is corrupt; rebuilding it", stacklevel=2)
-        target.unlink(missing_ok=True)
+    cached = out is None
+    target = Path(out) if out is not None else cache_path(net, taps, opset)
+    if cached and not rebuild and target.exists() and recorded_problem(target) is None:
+        return target
+    if not cached:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(target.parent, prefix=target.name)
+    with build_lock(target, cross_process=cached):
+        if cached:
+            if not rebuild and target.exists():
+                problem = recorded_problem(target)
+                if problem is None:
+                    return target  # another thread or process built it while we waited
+                warnings.warn(f"ONNX cache entry {target.name} {problem}; rebuilding it", stacklevel=2)
+            discard(target)
+        _build(net, taps, opset, target, record=cached)
+    return target
+
+
+def _build(net: Backbone, taps: list[str], opset: int, target: Path, record: bool) -> None:
+    """Export into a unique temporary, fold pads, stamp metadata, record the hash, then move it into place."""
+    from .graphopt import fold_pads
+
     wrapper = TapModule(net, taps).eval()
     x = torch.zeros(2, *net.input_shape)
     names = [safe_name(t) for t in taps]
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.no_grad():
-            torch.onnx.export(
-                wrapper,
-                (x,),
-                str(tmp),
-                input_names=["input"],
-                output_names=names,
-                dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    from .graphopt import fold_pads
+    tmp = temp_name(target)
+    try:
+        torch_export(
+            wrapper,
+            (x,),
+            tmp,
+            input_names=["input"],
+            output_names=names,
+            dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        fold_pads(tmp)
+        _stamp_metadata(tmp, net, taps)
+        _check_written(tmp, target)
+        if record:
+            write_record(target, graph=tmp)
+        os.replace(tmp, target)
+    except OSError as e:
+        raise BadInput(
+            f"could not write the ONNX export {target.name} ({e.strerror or type(e).__name__}); check the free "
+            "space and permissions of its folder"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
-    fold_pads(tmp)
-    _stamp_metadata(tmp, net, taps)
-    os.replace(tmp, target)
-    return target
+
+def _check_written(tmp: Path, target: Path) -> None:
+    """The exported file must be a valid ONNX model before it takes the target's name."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(tmp))
+    except Exception as e:  # noqa: BLE001 - onnx raises many types
+        raise BadInput(f"the ONNX export {target.name} came out invalid ({type(e).__name__})") from None
 
 
 def _stamp_metadata(path: Path, net: Backbone, taps: list[str]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,44 +33,70 @@ def packaged_photo_batches(net: Backbone) -> tuple[np.ndarray, np.ndarray]:
     return x[::2], x[1::2]
 
 
+def _cached_copy(out: Path, build: Callable[[Path], None]) -> Path:
+    """`out` if it matches its recorded SHA-256, else rebuilt by `build(tmp)` into a unique temporary (one
+    builder at a time across threads and processes), recorded and moved into place."""
+    from .export import build_lock, discard, recorded_problem, temp_name, write_record
+
+    if out.exists() and recorded_problem(out) is None:
+        return out
+    with build_lock(out, cross_process=True):
+        if out.exists():
+            problem = recorded_problem(out)
+            if problem is None:
+                return out
+            warnings.warn(f"ONNX cache entry {out.name} {problem}; rebuilding it", stacklevel=3)
+        discard(out)
+        tmp = temp_name(out)
+        try:
+            build(tmp)
+            write_record(out, graph=tmp)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return out
+
+
 def quantize_int8(src: Path, calib: np.ndarray, input_name: str = "input") -> Path:
     """Write (or reuse) a QDQ int8 copy of the ONNX model `src` calibrated on `calib`; returns its path."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     digest = hashlib.sha256(calib.tobytes()).hexdigest()[:12]
     out = src.with_name(f"{src.stem}-int8-{digest}.onnx")
-    if out.exists():
-        return out
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([{input_name: calib[i : i + 1]} for i in range(len(calib))])
+    def build(tmp: Path) -> None:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.items, None)
+        from .export import temp_name
 
-    pre = src.with_name(f".{src.stem}.{os.getpid()}.pre.onnx")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        except Exception:  # noqa: BLE001 - pre-processing is an optimisation only
-            pre = src
-        quantize_static(
-            str(pre),
-            str(tmp),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
-    os.replace(tmp, out)
-    if pre != src:
-        pre.unlink(missing_ok=True)
-    return out
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.items = iter([{input_name: calib[i : i + 1]} for i in range(len(calib))])
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self.items, None)
+
+        pre = temp_name(src.with_name(f"{src.stem}.pre.onnx"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                try:
+                    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+                    first = pre
+                except Exception:  # noqa: BLE001 - pre-processing is an optimisation only
+                    first = src
+                quantize_static(
+                    str(first),
+                    str(tmp),
+                    Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                )
+            finally:
+                pre.unlink(missing_ok=True)
+
+    return _cached_copy(out, build)
 
 
 def accuracy_cost(
@@ -92,12 +118,11 @@ def to_fp16(src: Path) -> Path:
 
     src = Path(src)
     out = src.with_name(f"{src.stem}-fp16.onnx")
-    if out.exists():
-        return out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.onnx")
-    onnx.save(m, str(tmp))
-    os.replace(tmp, out)
-    return out
+
+    def build(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        onnx.save(m, str(tmp))
+
+    return _cached_copy(out, build)

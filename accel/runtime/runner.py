@@ -2,20 +2,32 @@
 
 `runner(net, taps)` returns a Runner whose `.run(batch)` gives {tap: numpy array}. Taps are "logits",
 "embedding" (the backbone's pooled feature vector) or any layer name from `net.layers()`. The ONNX Runtime
-runner checks itself against torch on first use and refuses an export that disagrees.
+runner checks itself against torch before use; a cached export that disagrees is rebuilt once, and refused
+(`ParityError`, a `BadInput`) if the fresh export disagrees too.
+
+ONNX Runtime runners come from one pool keyed by the weights hash, taps and options (never the object's id), so
+every caller holding a copy of the same weights (each dashboard session deep-copies its backbone) shares one
+session. Pooled runners are shared between threads: `passes` is their running total, and `last_passes` the
+passes of the calling thread's latest `run`/`sweep`. A user's .onnx file runs in a sandbox process
+(`accel.runtime.sandbox`); outputs with NaN or inf are refused on every backend.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..errors import BadInput
+from .. import settings
+from ..errors import BadInput, ResourceLimit
 from ..taps import capture
 from .sweep import Perturbation
 
@@ -24,6 +36,11 @@ if TYPE_CHECKING:
 
 Progress = Callable[[float, str], None]
 PARITY_RTOL = 1e-4  # allowed max abs difference, relative to max(1, max |torch output|)
+POOL_MAX = 16  # ONNX Runtime runners kept (least recently used dropped first)
+
+
+class ParityError(BadInput):
+    """An ONNX export's outputs disagree with the torch module it was exported from (refused, never used)."""
 
 
 def forward_taps(net: Backbone, x: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -75,7 +92,7 @@ def auto_batch_size(net: Backbone, budget_bytes: int | None = None) -> int:
     if budget_bytes is None:
         import os
 
-        env = os.environ.get("CONVLENS_MEMORY_BUDGET_MB")
+        env = settings.get("CONVLENS_MEMORY_BUDGET_MB")
         if env:
             budget_bytes = int(float(env) * 2**20)
         else:
@@ -101,6 +118,27 @@ def max_auto_batch() -> int:
     return 64 if gpu_driver_present() else 8
 
 
+def _check_finite(net: Backbone, taps: Sequence[str], outs: Sequence[np.ndarray]) -> None:
+    """Refuse outputs holding NaN or inf (the input was checked finite, so the model is numerically broken)."""
+    for t, o in zip(taps, outs):
+        # a float64 sum of float32 values cannot overflow: it is finite exactly when every value is
+        with np.errstate(invalid="ignore", over="ignore"):
+            total = o.sum(dtype=np.float64) if o.dtype.kind == "f" and o.size else 0.0
+        if not np.isfinite(total):
+            bad = int(o.size - np.isfinite(o).sum())
+            raise BadInput(
+                f"{net.name}: the model's output {t!r} holds NaN or inf ({bad} of {o.size} values) for a "
+                "finite input; its weights or graph are numerically broken, so no result is given"
+            )
+
+
+def _alloc_message(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    msg = str(e).lower()
+    return "alloc" in msg or "out of memory" in msg
+
+
 class Runner:
     """Batched forward passes returning numpy arrays per tap."""
 
@@ -116,12 +154,25 @@ class Runner:
         self.batch_size = batch_size or auto_batch_size(net)
         self.meta: dict[str, Any] = {"backend": self.backend, "batch_size": self.batch_size}
         self.passes = 0
+        self._count_lock = threading.Lock()
+        self._local = threading.local()
+
+    @property
+    def last_passes(self) -> int:
+        """Forward passes of the calling thread's latest `run` or `sweep` (shared runners: not mixed up between
+        threads, unlike differences of `passes`)."""
+        return int(getattr(self._local, "passes", 0))
+
+    def _count(self, n: int) -> None:
+        with self._count_lock:
+            self.passes += n
 
     def _forward(self, x: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
     def run(self, batch: Any, progress: Progress | None = None) -> dict[str, np.ndarray]:
         """Forward a batch (array, tensor or list of PIL images) in chunks; returns {tap: array with batch axis}."""
+        self._local.passes = 0
         a = _as_batch(self.net, batch)
         parts: list[list[np.ndarray]] = [[] for _ in self.taps]
         n = len(a)
@@ -131,7 +182,8 @@ class Runner:
             outs = self._forward_safe(a[i:stop])
             if outs is None:
                 continue  # batch size was halved; retry the same slice
-            self.passes += 1
+            self._local.passes += 1
+            self._count(1)
             for p, o in zip(parts, outs):
                 p.append(o)
             i = stop
@@ -144,16 +196,23 @@ class Runner:
     __call__ = run
 
     def _forward_safe(self, x: np.ndarray) -> list[np.ndarray] | None:
-        """Forward one chunk; on an allocation failure halve the batch size, say so, and ask for a retry."""
+        """Forward one chunk; on an allocation failure halve the batch size, say so, and ask for a retry.
+
+        Outputs are checked: one array per tap with the chunk's batch size, no NaN or inf."""
         try:
-            return self._forward(x)
+            outs = self._forward(x)
         except (MemoryError, RuntimeError) as e:
-            msg = str(e).lower()
-            if not isinstance(e, MemoryError) and "alloc" not in msg and "out of memory" not in msg:
+            if not _alloc_message(e):
                 raise
             if len(x) == 1:
+                setting = getattr(e, "setting", None)
+                if setting:
+                    raise ResourceLimit(
+                        f"{e}; even one image does not fit (the limit is the setting {setting}; raise it if "
+                        "the model is genuine)"
+                    ) from None
                 raise BadInput(
-                    f"{self.net.name}: one image does not fit in memory ({str(e)[:120]})"
+                    f"{self.net.name}: one image does not fit in memory ({str(e)[:160]})"
                 ) from None
             self.batch_size = max(1, len(x) // 2)
             self.meta["batch_size"] = self.batch_size
@@ -162,6 +221,16 @@ class Runner:
                 f"allocation failed; halving batch size to {self.batch_size} and retrying", stacklevel=3
             )
             return None
+        if len(outs) != len(self.taps):
+            raise BadInput(f"{self.net.name}: the model gave {len(outs)} outputs for {len(self.taps)} taps")
+        for t, o in zip(self.taps, outs):
+            if o.ndim == 0 or o.shape[0] != len(x):
+                raise BadInput(
+                    f"{self.net.name}: output {t!r} has shape {tuple(o.shape)} for a batch of {len(x)}; "
+                    "convlens needs the batch as the first axis of every output"
+                )
+        _check_finite(self.net, self.taps, outs)
+        return outs
 
     def sweep(
         self,
@@ -174,7 +243,9 @@ class Runner:
 
         Without `reduce`, returns {tap: (N, ...) array}. With `reduce`, each batch's outputs are reduced first
         (e.g. to the target probability) and the reduced pieces are concatenated, so big taps never pile up.
+        The passes it made are `last_passes` afterwards (in this thread).
         """
+        self._local.passes = 0
         a = _as_batch(self.net, x0)
         if len(a) != 1:
             raise BadInput(f"sweep perturbs one image, got a batch of {len(a)}")
@@ -188,7 +259,8 @@ class Runner:
             if got is None:
                 continue
             outs = dict(zip(self.taps, got))
-            self.passes += 1
+            self._local.passes += 1
+            self._count(1)
             pieces.append(reduce(outs) if reduce is not None else outs)
             i = stop
             if progress is not None:
@@ -219,7 +291,10 @@ class TorchRunner(Runner):
 
 
 class OrtRunner(Runner):
-    """ONNX Runtime forward passes over a cached export of the backbone with its taps as outputs."""
+    """ONNX Runtime forward passes over a cached export of the backbone with its taps as outputs.
+
+    A forward-only backbone (a user's .onnx file) runs in a sandbox process with a timeout and a memory cap;
+    convlens' own exports run in this process."""
 
     backend = "onnxruntime"
 
@@ -241,22 +316,22 @@ class OrtRunner(Runner):
                 f"precision must be 'fp32', 'int8' (CPU, static QDQ) or 'fp16' (GPU), got {precision!r}"
             )
         self.precision = precision
+        self.sandboxed = net.module is None
+        self._graph: Any = None
+        self.fixed_batch: int | None = None
 
         t0 = time.perf_counter()
-        if net.module is None:
-            if self.taps != ["logits"]:
-                raise BadInput(
-                    f"{net.name!r} is an ONNX file: only the 'logits' tap is available, not {self.taps}"
-                )
-            path = net.onnx_path
-            check_parity = False
-        else:
-            from .export import export_backbone
+        if self.sandboxed:
+            self._init_sandboxed(net, precision)
+            self._parity_pending = False
+            self.meta["setup_s"] = round(time.perf_counter() - t0, 3)
+            return
+        from .export import export_backbone
 
-            for t in self.taps:
-                if t not in ("logits", "embedding"):
-                    net.layer(t.partition(":")[0])
-            path = export_backbone(net, self.taps)
+        for t in self.taps:
+            if t not in ("logits", "embedding"):
+                net.layer(t.partition(":")[0])
+        path = export_backbone(net, self.taps)
         fp32_path = path
         if precision != "fp32":
             from .quantize import packaged_photo_batches, quantize_int8
@@ -291,14 +366,50 @@ class OrtRunner(Runner):
         )
         self._parity_pending = check_parity
 
+    def _init_sandboxed(self, net: Backbone, precision: str) -> None:
+        """A user's ONNX file: logits only, fp32, run in a sandbox process (timeout and memory cap)."""
+        from .sandbox import MEMORY_VAR, TIMEOUT_VAR, SandboxedGraph
+
+        if self.taps != ["logits"]:
+            raise BadInput(
+                f"{net.name!r} is an ONNX file: only the 'logits' tap is available, not {self.taps}"
+            )
+        if precision != "fp32":
+            raise BadInput(
+                f"precision {precision!r} is offered for convlens' own exports only; {net.name!r} is a "
+                "user-supplied ONNX file, which convlens runs as it is, in its sandbox"
+            )
+        if net.onnx_path is None:
+            raise BadInput(f"{net.name!r} has neither a torch module nor an ONNX file")
+        self.path = Path(net.onnx_path)
+        self._graph = SandboxedGraph(self.path, name=self.path.name)
+        ishape = self._graph.inputs[0][1] if self._graph.inputs else []
+        if ishape and isinstance(ishape[0], int) and ishape[0] > 0:  # a fixed batch: feed that many (padded)
+            self.fixed_batch = int(ishape[0])
+            self.batch_size = min(self.batch_size, self.fixed_batch)
+            self.meta["batch_size"] = self.batch_size
+        self.input_name = self._graph.inputs[0][0] if self._graph.inputs else "input"
+        self.output_names = [n for n, _ in self._graph.outputs]
+        self.provider = "CPUExecutionProvider"
+        self.io_binding = False
+        self.meta.update(
+            provider=self.provider,
+            provider_failures=[],
+            onnx=str(self.path),
+            io_binding=False,
+            sandbox={"timeout_s": TIMEOUT_VAR, "max_mb": MEMORY_VAR},
+        )
+
     def _record_cost(self, fp32_path: Any, held_out: np.ndarray) -> None:
         """Accuracy cost of a reduced-precision session against the fp32 graph on held-out packaged photos."""
         from .quantize import accuracy_cost
-        from .session import make_session
+        from .session import make_session, run_session
 
         ref_sess, _, _ = make_session(fp32_path, ("CPUExecutionProvider",))
-        ref = ref_sess.run(None, {"input": held_out})
-        got = self.session.run(None, {self.session.get_inputs()[0].name: held_out})
+        ref = run_session(ref_sess, {"input": held_out}, f"{self.net.name} (fp32 reference)")
+        got = run_session(
+            self.session, {self.session.get_inputs()[0].name: held_out}, f"{self.net.name} ({self.precision})"
+        )
         self.meta["accuracy_cost"] = accuracy_cost(ref, got, self.taps) | {"held_out_images": len(held_out)}
         self.meta["precision"] = self.precision
 
@@ -306,6 +417,8 @@ class OrtRunner(Runner):
         """One batch through IO binding: on CUDA the input goes from pinned host memory to the device
         asynchronously (torch) and outputs stay on the device until one copy back; elsewhere host OrtValues."""
         import onnxruntime as ort
+
+        from .session import ort_error
 
         b = self.session.io_binding()
         on_gpu = self.provider != "CPUExecutionProvider" and torch.cuda.is_available()
@@ -317,19 +430,36 @@ class OrtRunner(Runner):
             b.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x))
         for name in self.output_names:
             b.bind_output(name, "cuda" if on_gpu else "cpu")
-        self.session.run_with_iobinding(b)
-        return b.copy_outputs_to_cpu()
+        try:
+            self.session.run_with_iobinding(b)
+            return b.copy_outputs_to_cpu()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 - ORT's own exception types
+            raise ort_error(e, f"running {self.net.name}") from None
 
     def _forward(self, x: np.ndarray) -> list[np.ndarray]:
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if self._graph is not None:
+            return self._forward_sandboxed(x)
         if self.io_binding:
             outs = self._forward_bound(x)
         else:
-            outs = self.session.run(None, {self.input_name: x})
+            from .session import run_session
+
+            outs = run_session(self.session, {self.input_name: x}, f"running {self.net.name}")
         if self._parity_pending:
             self._parity_pending = False
             self._check(x[:2], outs)
         return outs
+
+    def _forward_sandboxed(self, x: np.ndarray) -> list[np.ndarray]:
+        n = len(x)
+        if self.fixed_batch is not None and n < self.fixed_batch:  # pad to the graph's fixed batch, then cut
+            pad = np.repeat(x[-1:], self.fixed_batch - n, axis=0)
+            outs = self._graph.run(np.concatenate([x, pad]), self.output_names[:1])
+            return [o[:n] if o.ndim and o.shape[0] == self.fixed_batch else o for o in outs]
+        return self._graph.run(x, self.output_names[:1])
 
     def _check(self, x: np.ndarray, outs: list[np.ndarray]) -> None:
         with torch.no_grad():
@@ -337,12 +467,17 @@ class OrtRunner(Runner):
         worst = 0.0
         for t, o in zip(self.taps, outs):
             r = ref[t].float().numpy()
+            if o.shape[1:] != r.shape[1:]:
+                raise ParityError(
+                    f"ONNX export of {self.net.name} gives tap {t!r} the shape {o.shape[1:]}, torch "
+                    f"{r.shape[1:]}; refusing to use it"
+                )
             d = float(np.abs(o[: len(r)] - r).max()) if r.size else 0.0
             scale = max(1.0, float(np.abs(r).max()) if r.size else 1.0)
-            worst = max(worst, d / scale)
+            worst = max(worst, d / scale) if d == d else float("inf")
             self.meta.setdefault("parity_max_abs", {})[t] = d
-            if d > PARITY_RTOL * scale:
-                raise RuntimeError(
+            if not d <= PARITY_RTOL * scale:  # NaN differences fail too
+                raise ParityError(
                     f"ONNX export of {self.net.name} disagrees with torch on tap {t!r}: max abs diff {d:.3g} "
                     f"(allowed {PARITY_RTOL * scale:.3g}); refusing to use it"
                 )
@@ -360,6 +495,8 @@ def runner(
     """A batched forward runner: backend "torch", "onnxruntime", or "auto" (ONNX Runtime when it works).
 
     `precision="int8"` (ONNX Runtime on CPU, opt-in) quantizes statically and reports its accuracy cost in meta.
+    ONNX Runtime runners are pooled (see `pool_info`); under "auto" an export that fails its parity check even
+    after a rebuild falls back to torch with a warning, under "onnxruntime" it is refused (`ParityError`).
     """
     if precision != "fp32" and backend == "torch":
         raise BadInput("reduced precision is offered on the ONNX Runtime backend only")
@@ -369,24 +506,40 @@ def runner(
         return TorchRunner(net, taps, batch_size)
     from .session import ort_available
 
-    if backend in ("onnxruntime", "ort"):
+    if backend in ("onnxruntime", "ort") or net.module is None:
         if not ort_available():
             raise BadInput("onnxruntime is not installed; use backend='torch'")
         return _cached_ort(net, taps, batch_size, providers, precision)
-    if net.module is None or ort_available():
+    if ort_available():
         try:
             return _cached_ort(net, taps, batch_size, providers, precision)
+        except ParityError as e:
+            warnings.warn(f"ONNX Runtime refused for {net.name} ({e}); using torch", stacklevel=2)
         except BadInput:
             raise
         except Exception as e:  # noqa: BLE001 - export or session failure: torch still works
-            if net.module is None:
-                raise
             warnings.warn(f"ONNX Runtime unavailable for {net.name} ({e}); using torch", stacklevel=2)
     return TorchRunner(net, taps, batch_size)
 
 
-_ORT_CACHE: dict[tuple, OrtRunner] = {}
-_ORT_CACHE_MAX = 16
+# ----------------------------------------------------------------------------------------------- the runner pool
+
+_POOL: OrderedDict[tuple, OrtRunner] = OrderedDict()
+_POOL_LOCK = threading.Lock()
+_KEY_LOCKS: dict[tuple, threading.Lock] = {}
+_POOL_STATS = {"built": 0, "hits": 0, "evicted": 0, "rebuilt_exports": 0}
+_REFUSED: OrderedDict[tuple, str] = OrderedDict()  # keys whose fresh export failed parity: not exported again
+
+
+def pool_key(
+    net: Backbone,
+    taps: Sequence[str],
+    batch_size: int | None = None,
+    providers: tuple[str, ...] | None = None,
+    precision: str = "fp32",
+) -> tuple:
+    """What identifies a pooled runner: weights hash, taps and options (never the backbone object)."""
+    return (net.weights_hash(), tuple(dict.fromkeys(taps)), batch_size, providers, precision)
 
 
 def _cached_ort(
@@ -396,16 +549,82 @@ def _cached_ort(
     providers: tuple[str, ...] | None,
     precision: str,
 ) -> OrtRunner:
-    """One parity-checked ONNX Runtime runner per (backbone, weights, taps, options): sessions are costly to
-    start and safe to share between threads."""
-    key = (id(net), net.weights_hash(), tuple(taps), batch_size, providers, precision)
-    r = _ORT_CACHE.get(key)
-    if r is None:
-        r = _parity_checked(OrtRunner(net, taps, batch_size, providers, precision=precision))
-        if len(_ORT_CACHE) >= _ORT_CACHE_MAX:
-            _ORT_CACHE.pop(next(iter(_ORT_CACHE)))
-        _ORT_CACHE[key] = r
+    """The pooled, parity-checked ONNX Runtime runner for (weights, taps, options): built once even when many
+    threads ask at the same moment, shared by every copy of the same weights, least recently used dropped."""
+    key = pool_key(net, taps, batch_size, providers, precision)
+    with _POOL_LOCK:
+        r = _POOL.get(key)
+        if r is not None:
+            _POOL.move_to_end(key)
+            _POOL_STATS["hits"] += 1
+            return r
+        if key in _REFUSED:
+            raise ParityError(_REFUSED[key])
+        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with lock:  # one builder per key; the others wait and take its runner
+        with _POOL_LOCK:
+            r = _POOL.get(key)
+            if r is not None:
+                _POOL.move_to_end(key)
+                _POOL_STATS["hits"] += 1
+                return r
+        try:
+            r = _build_ort(net, taps, batch_size, providers, precision)
+        except ParityError as e:
+            with _POOL_LOCK:
+                _REFUSED[key] = str(e)
+                while len(_REFUSED) > 4 * POOL_MAX:
+                    _REFUSED.popitem(last=False)
+            raise
+        finally:
+            with _POOL_LOCK:
+                _KEY_LOCKS.pop(key, None)
+        with _POOL_LOCK:
+            _POOL[key] = r
+            _POOL_STATS["built"] += 1
+            while len(_POOL) > POOL_MAX:
+                _POOL.popitem(last=False)
+                _POOL_STATS["evicted"] += 1
+        return r
+
+
+def _build_ort(
+    net: Backbone,
+    taps: Sequence[str],
+    batch_size: int | None,
+    providers: tuple[str, ...] | None,
+    precision: str,
+) -> OrtRunner:
+    """A new runner, parity-checked; a cached export that fails the check is rebuilt once (with a warning)."""
+    r = OrtRunner(net, taps, batch_size, providers, precision=precision)
+    try:
+        _parity_checked(r)
+    except ParityError as e:
+        from .export import export_backbone
+
+        warnings.warn(
+            f"the cached ONNX export of {net.name} failed its parity check ({e}); rebuilding it", stacklevel=4
+        )
+        export_backbone(net, r.taps, rebuild=True)
+        with _POOL_LOCK:
+            _POOL_STATS["rebuilt_exports"] += 1
+        r = OrtRunner(net, taps, batch_size, providers, precision=precision)
+        r.meta["rebuilt_export"] = True
+        try:
+            _parity_checked(r)
+        except ParityError as e:  # a fresh export that disagrees is refused
+            raise ParityError(f"{e}, also after rebuilding it; use backend='torch'") from None
+    if r.net.module is not None:
+        r.net = _detached(r.net)
     return r
+
+
+def _detached(net: Backbone) -> Backbone:
+    """A module-less view of `net` for a pooled runner after its parity check: preprocessing, name and shapes
+    only, so the pool never keeps one caller's copy of the weights alive."""
+    view = copy.copy(net)
+    view.module = None
+    return view
 
 
 def _parity_checked(r: OrtRunner) -> OrtRunner:
@@ -415,3 +634,16 @@ def _parity_checked(r: OrtRunner) -> OrtRunner:
         x01 = torch.rand(2, 3, r.net.pre.size, r.net.pre.size, generator=g)
         r._forward(r.net.normalize(x01).numpy())
     return r
+
+
+def pool_info() -> dict[str, Any]:
+    """The pool's size and counters (runners built, hits, evictions, exports rebuilt after a parity failure)."""
+    with _POOL_LOCK:
+        return {"size": len(_POOL), "max": POOL_MAX, **_POOL_STATS}
+
+
+def clear_pool() -> None:
+    """Drop every pooled runner (their sessions close when no caller holds them)."""
+    with _POOL_LOCK:
+        _POOL.clear()
+        _REFUSED.clear()

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from ...errors import BadInput
+from ... import settings
+from ...errors import BadInput, ResourceLimit
 from ...registry import param, register
 from ...result import Result
 from ...runtime.incremental import (
@@ -38,6 +39,38 @@ from ._base import (
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
+
+MAX_WINDOWS_VAR = "CONVLENS_MAX_WINDOWS"
+settings.declare(
+    MAX_WINDOWS_VAR,
+    "int",
+    20_000,
+    "cap: occluded windows one occlusion request evaluates (window 1, stride 1 on 224 px is 50,176 passes)",
+    1,
+)
+
+
+def windows_planned(height: int, width: int, window: int, stride: int, engine: str, refine: float) -> int:
+    """How many occluded copies a request will forward: the whole window grid, or for drill_down about
+    `refine` of it (never fewer than one)."""
+    rows = (height - window) // stride + 1
+    cols = (width - window) // stride + 1
+    n = max(0, rows) * max(0, cols)
+    return max(1, int(round(refine * n))) if engine == "drill_down" and stride < window else n
+
+
+def check_windows(height: int, width: int, p: OcclusionParams) -> int:
+    """Refuse a request over CONVLENS_MAX_WINDOWS before any work (ResourceLimit naming the setting)."""
+    n = windows_planned(height, width, p.window, p.stride, p.engine, p.refine)
+    limit = int(settings.get(MAX_WINDOWS_VAR))
+    if n > limit:
+        raise ResourceLimit(
+            f"occlusion: window {p.window} at stride {p.stride} on the {height}x{width} input means {n:,} "
+            f"occluded copies, over the cap of {limit:,} per request; use a larger stride or window, "
+            f"engine='drill_down' with a smaller refine, or raise the cap with the setting {MAX_WINDOWS_VAR} "
+            f"(e.g. {MAX_WINDOWS_VAR}={n})"
+        )
+    return n
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -155,6 +188,7 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress 
         raise BadInput(
             f"occlusion: window {p.window} is larger than the {h}x{w} input of {net.name!r}; use window <= {min(h, w)}"
         )
+    check_windows(h, w, p)
     x = input_tensor(net, img)
     base = make_baseline(net, x, p.baseline, p.blur_sigma)
     occ = Occlusion(h, w, (p.window, p.window), (p.stride, p.stride), baseline=base)
