@@ -318,6 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("limits", help="the resource caps, their environment variables and current values")
     p.set_defaults(fn=cmd_limits)
 
+    p = sub.add_parser(
+        "store",
+        help="check the run store, or rebuild its index from the run folders",
+        description="`check` reports rows, run folders, damaged rows and artifacts (exit 1 if anything is wrong); "
+        "`rebuild` re-creates the index from every run folder's manifest (a damaged index is kept aside).",
+    )
+    p.add_argument("action", choices=("check", "rebuild"))
+    p.add_argument(
+        "--store", default=None, help="store folder (default: CONVLENS_STORE or the user data dir)"
+    )
+    p.add_argument("--quick", action="store_true", help="check: skip reading every artifact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_store)
+
     p = sub.add_parser("config", help="every CONVLENS_* setting: default, current value and meaning")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_config)
@@ -368,6 +382,16 @@ def cmd_limits(args: argparse.Namespace) -> int:
     if bad:
         raise BadInput(bad[0])
     return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """`convlens store check|rebuild`: the store's health, or its index rebuilt from the run folders."""
+    from .store import RunStore
+
+    store = RunStore.unopened(args.store)
+    rep: Any = store.check(deep=not args.quick) if args.action == "check" else store.rebuild()
+    print(json.dumps(rep.to_dict(), indent=2, default=str) if args.json else "\n".join(rep.lines()))
+    return 0 if args.action == "rebuild" or rep.ok else 1
 
 
 def cmd_config(args: argparse.Namespace) -> int:

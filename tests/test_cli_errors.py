@@ -171,3 +171,37 @@ def test_unusable_cache_folder_is_one_line(tmp_path: Path) -> None:
     )
     line = one_error_line(r)
     assert "cache" in line.lower() or "CONVLENS_CACHE" in line, line
+
+
+def test_store_check_and_rebuild_from_the_cli(tmp_path: Path) -> None:
+    """`convlens store check` finds a damaged index and says what to do; `rebuild` restores every run from its
+    folder; a garbage index is one clear error line elsewhere, never a traceback."""
+    import accel
+    from accel.images import sample_image
+    from accel.store import RunStore
+    from tests.conftest import get_net
+
+    root = tmp_path / "store"
+    store = RunStore(root)
+    net = get_net("fashion_cnn")
+    img = sample_image("chelsea")
+    ids = [
+        store.put(accel.run(m, net, img), model="fashion_cnn", method=m, params={}, image_key="k", title=m)
+        for m in ("saliency", "gradcam")
+    ]
+    env = {"CONVLENS_STORE": str(root)}
+    ok = convlens("store", "check", env=env)
+    assert ok.returncode == 0 and "verdict: ok" in ok.stdout, ok.stdout + ok.stderr
+    (root / "runs.sqlite").write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (root / f"runs.sqlite{suffix}").unlink(missing_ok=True)
+    bad = convlens("store", "check", env=env)
+    assert bad.returncode == 1 and "rebuild" in bad.stdout, bad.stdout + bad.stderr
+    fixed = convlens("store", "rebuild", env=env)
+    assert fixed.returncode == 0 and "indexed 2 run(s)" in fixed.stdout, fixed.stdout + fixed.stderr
+    assert convlens("store", "check", env=env).returncode == 0
+    again = RunStore(root)
+    assert sorted(r.id for r in again.list()) == sorted(ids)
+    assert [p.name for p in root.iterdir() if p.name.startswith("runs.sqlite.damaged")], (
+        "damaged index not kept"
+    )
