@@ -190,8 +190,6 @@ def _serve_with_sign_in(oidc_url: str, tmp: Path) -> Iterator[str]:
             "none",
             "--secrets.files",
             str(secrets_file),
-            "--client.toolbarMode",
-            "minimal",
         ],
         cwd=tmp,
         env=env,
