@@ -15,6 +15,7 @@ import functools
 import io
 import random
 import struct
+import time
 import warnings
 import zlib
 from collections import Counter
@@ -306,11 +307,13 @@ def _decode(data: bytes) -> object:
 def test_fuzz_image_bytes(record_property: Callable[[str, object], None]) -> None:
     """8,000 generated inputs (short byte strings and mutations of every seed): 0 escapes, bounded memory."""
     seeds = [d for d, _, _ in seed_files().values()]
-    before = _peak_rss_mb()
+    before, cpu = _peak_rss_mb(), time.process_time()
     rep = fuzz("images", _decode, byte_inputs(seeds), FUZZ_INPUTS)
-    growth = _peak_rss_mb() - before
+    growth, cpu = _peak_rss_mb() - before, time.process_time() - cpu
     record_property(
-        "summary_line", f"images: peak RSS growth {growth:.0f} MiB over {rep.tried} fuzzed inputs"
+        "summary_line",
+        f"images: {rep.tried} fuzzed inputs in {cpu:.1f} s of CPU ({rep.seconds:.1f} s wall), "
+        f"peak RSS growth {growth:.0f} MiB",
     )
     rep.assert_clean()
     assert rep.ok > 0 and rep.refused > 0  # both outcomes are reached: the mutations are not all fatal
