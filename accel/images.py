@@ -363,9 +363,14 @@ def _decode(fp: IO[bytes], label: str, limit: int, bg: tuple[int, int, int]) -> 
         return _decode_pillow(fp, label, limit, bg, head)
     except ResourceLimit:
         raise
-    except BadInput:
+    except BadInput as e:
         if not tiff:
             raise
+        if _import_tifffile() is None:
+            raise BadInput(
+                f"{e}. If the TIFF is valid, it may hold samples Pillow has no mode for (float, signed, 32-bit "
+                "or planar): install tifffile (pip install tifffile) to decode those, or re-save it as 8/16-bit PNG"
+            ) from None
         better = _decode_tiff(fp, label, limit, bg, fallback=True)
         if better is None:  # tifffile cannot parse it either: Pillow's message stands
             raise
@@ -662,9 +667,8 @@ def _decode_tiff(
     First pass (`fallback=False`): only the variants Pillow gets wrong or cannot read (samples other than 8-bit
     unsigned, planar layouts) that tifffile decodes here; None for the rest. Fallback pass (Pillow failed): every
     variant tifffile can parse, refusing the unsupported ones by name; None when tifffile cannot parse the file."""
-    try:
-        import tifffile
-    except ImportError:
+    tifffile = _import_tifffile()
+    if tifffile is None:
         return None
     try:
         fp.seek(0)
@@ -710,6 +714,15 @@ def _decode_tiff(
                 f"{label}: the TIFF ({variant}) data is truncated or corrupt ({_why(e)}); the file may be "
                 "incomplete (an interrupted download or copy?)"
             ) from None
+
+
+def _import_tifffile() -> Any:
+    """The tifffile module (installed with scikit-image), or None where it is not installed."""
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    return tifffile
 
 
 def _pillow_unreliable(f: dict[str, Any]) -> bool:

@@ -819,3 +819,12 @@ def test_dashboard_shows_an_error_box_and_keeps_working(
     upload("scan.tif", _tiff(to_array(photo).astype(np.float32) / 255.0, photometric="rgb"))
     assert not at.error, [e.value for e in at.error]
     assert len(at.get("progress")) == 5  # the top-5 predictions are back
+
+
+def test_without_tifffile_a_float_tiff_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _tiff(np.zeros((4, 4, 3), np.float32), photometric="rgb")
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # as if it were not installed: `import tifffile` fails
+    with pytest.raises(BadInput) as info:
+        open_image(data, name="scan.tif")
+    msg = str(info.value)
+    assert msg.startswith("'scan.tif': ") and "pip install tifffile" in msg and "float" in msg
