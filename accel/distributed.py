@@ -823,6 +823,9 @@ class JobOutputDamaged(BadInput):
             f"run `convlens job repair {shlex.quote(str(out))}` to recompute them"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.out, self.problems))
+
 
 def _problems(
     out: Path,

@@ -51,6 +51,7 @@ INCREMENTAL_BATCH = (
 STAGE_VERSION = "v4"  # v4: SHA-256 sidecar + parity check on open (v3 graphs were reused unchecked)
 STAGE_RECORD = "convlens-incremental-stage/1"
 STAGE_RTOL = 1e-4  # parity: max abs difference allowed, relative to max(1, max |torch output|)
+PARITY_PROBE = 48  # side of the probe input of a dynamic-H/W stage (rounded up to its stride)
 _THREAD_LOCK = threading.Lock()  # torch.onnx.export holds global state: one export at a time per process
 _TMP_RE = re.compile(r"^\.incr-.*\.(\d+)-\d+\.tmp$")
 
@@ -396,7 +397,7 @@ class IncrementalOcclusion:
                 paths = []
                 for st in self.stages:
                     path, st.sess = self._verified_graph(
-                        st.module, f"stage{st.lo}_{st.hi}", st.in_shape, dynamic_hw=True
+                        st.module, f"stage{st.lo}_{st.hi}", st.in_shape, dynamic_hw=True, align=st.align
                     )
                     paths.append(path)
                 if precision == "int8":
@@ -524,12 +525,18 @@ class IncrementalOcclusion:
         return cache_dir() / f"incr-{name}-{self.net.weights_hash()[:16]}-{part}-{taps}-{STAGE_VERSION}.onnx"
 
     def _verified_graph(
-        self, module: nn.Module, part: str, shape: tuple[int, ...], dynamic_hw: bool
+        self, module: nn.Module, part: str, shape: tuple[int, ...], dynamic_hw: bool, align: int = 1
     ) -> tuple[Path, Any]:
         """The cached ONNX graph of one piece and its session, verified before use: the file must match the
         SHA-256 recorded when it was built, and its outputs must equal `module`'s (parity) on a probe input.
-        A cached graph that fails either is rebuilt with a warning; a fresh one that fails is refused."""
+        A cached graph that fails either is rebuilt with a warning; a fresh one that fails is refused.
+        Stages with dynamic H/W are probed on a crop-sized input (a multiple of `align`, as the sweep's crops
+        are): every weight takes part at any size, and torch's side of the check stays cheap."""
         path = self._stage_path(part)
+        probe = shape
+        if dynamic_hw:
+            side = align * -(-PARITY_PROBE // align)
+            probe = (shape[0], min(shape[1], side), min(shape[2], side))
         built = False
         for _attempt in range(2):
             problem = _recorded_problem(path) if path.exists() else None
@@ -539,7 +546,7 @@ class IncrementalOcclusion:
             if problem is None:
                 try:
                     sess = self._session(path)
-                    problem = _parity_problem(sess, module, shape)
+                    problem = _parity_problem(sess, module, probe)
                 except Exception as e:  # noqa: BLE001 - a damaged graph can fail inside ONNX Runtime any way
                     sess, problem = None, f"does not open in ONNX Runtime ({type(e).__name__})"
                 if problem is None:
