@@ -121,48 +121,48 @@ def open_image(
     *,
     max_pixels: int | None = None,
     background: tuple[int, int, int] = (255, 255, 255),
-    name: str | None = None,
+    label: str | None = None,
 ) -> Image.Image:
     """A path, bytes or binary file as a fully loaded, upright RGB image, or `BadInput` saying what is wrong.
 
-    Images over `max_pixels` (default: CONVLENS_MAX_PIXELS, else 50 M) are refused from the header alone. `name`
+    Images over `max_pixels` (default: CONVLENS_MAX_PIXELS, else 50 M) are refused from the header alone. `label`
     is what messages call the input (e.g. the user's original file name instead of a server-side storage path)."""
     limit = _pixel_limit(max_pixels)
     bg = _check_background(background)
-    shown = _shown_name(name)
+    shown = _shown_name(label)
     if isinstance(src, Image.Image):
-        label = shown or "image"
-        _guarded(lambda: _check_size(src.size, limit, label), label, "image", limit)
-        return _guarded(lambda: _to_rgb(src, bg).copy(), label, "image", limit)
+        what = shown or "image"
+        _guarded(lambda: _check_size(src.size, limit, what), what, "image", limit)
+        return _guarded(lambda: _to_rgb(src, bg).copy(), what, "image", limit)
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
-        label = shown or "image bytes"
+        what = shown or "image bytes"
         if not data:
-            raise BadInput(f"{label}: the input is empty (0 bytes)")
-        return _decode(io.BytesIO(data), label, limit, bg)
+            raise BadInput(f"{what}: the input is empty (0 bytes)")
+        return _decode(io.BytesIO(data), what, limit, bg)
     if isinstance(src, (str, os.PathLike)):
-        label = shown or _path_label(src)
-        path = _check_path(src, label)
+        what = shown or _path_label(src)
+        path = _check_path(src, what)
         try:
             fp = open(path, "rb")  # noqa: SIM115 - closed below, after decoding
         except OSError as e:
-            raise BadInput(f"{label}: cannot be read ({e.strerror or type(e).__name__})") from None
+            raise BadInput(f"{what}: cannot be read ({e.strerror or type(e).__name__})") from None
         with fp:
-            return _decode(fp, label, limit, bg)
+            return _decode(fp, what, limit, bg)
     if hasattr(src, "read"):
         stream_name = getattr(src, "name", None)
-        label = shown or (repr(stream_name[:_MAX_NAME]) if isinstance(stream_name, str) else "image stream")
+        what = shown or (repr(stream_name[:_MAX_NAME]) if isinstance(stream_name, str) else "image stream")
         try:
             data = src.read()
         except Exception as e:  # noqa: BLE001 - a caller's stream may raise anything; it is their input
-            raise BadInput(f"{label}: cannot be read ({_why(e)})") from None
+            raise BadInput(f"{what}: cannot be read ({_why(e)})") from None
         if isinstance(data, str):
-            raise BadInput(f"{label}: is a text stream; open the file in binary mode ('rb')")
+            raise BadInput(f"{what}: is a text stream; open the file in binary mode ('rb')")
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise BadInput(f"{label}: read() returned {type(data).__name__}, not bytes")
+            raise BadInput(f"{what}: read() returned {type(data).__name__}, not bytes")
         if not data:
-            raise BadInput(f"{label}: the input is empty (0 bytes)")
-        return _decode(io.BytesIO(bytes(data)), label, limit, bg)
+            raise BadInput(f"{what}: the input is empty (0 bytes)")
+        return _decode(io.BytesIO(bytes(data)), what, limit, bg)
     raise BadInput(
         f"cannot open an image from a {type(src).__name__}; pass a file path, bytes, or a binary file object"
     )
@@ -174,7 +174,7 @@ def _shown_name(name: str | None) -> str | None:
         return None
     if not isinstance(name, str):
         raise BadInput(
-            f"name must be a string (the file name to show in messages), got {type(name).__name__}"
+            f"label must be a string (the file name to show in messages), got {type(name).__name__}"
         )
     text = name.strip() or "(unnamed file)"
     if len(text) > _MAX_NAME:

@@ -567,20 +567,20 @@ def test_messages_never_echo_file_bytes() -> None:
         assert "first bytes" not in msg
 
 
-def test_name_is_what_messages_call_the_input(tmp_path: Path) -> None:
+def test_label_is_what_messages_call_the_input(tmp_path: Path) -> None:
     """A front end names the user's file, not the server's storage name for it."""
     stored = write(tmp_path, "upload-5f2c9a.bin", b"<html><body>404</body></html>")
     for src in (stored, stored.read_bytes(), io.BytesIO(stored.read_bytes())):
         with pytest.raises(BadInput) as info:
-            open_image(src, name="holiday photo.jpg")
+            open_image(src, label="holiday photo.jpg")
         msg = str(info.value)
         assert msg.startswith("'holiday photo.jpg': looks like HTML"), msg
         assert "upload-5f2c9a" not in msg and str(tmp_path) not in msg
     with pytest.raises(BadInput, match="^'cat.png': file not found"):
-        open_image(tmp_path / "upload-gone.bin", name="cat.png")
-    with pytest.raises(BadInput, match="name must be a string"):
-        open_image(stored, name=b"cat.png")  # type: ignore[arg-type]
-    assert open_image(encode(noisy_rgb(4, 4), "PNG"), name="x" * 10_000).size == (4, 4)
+        open_image(tmp_path / "upload-gone.bin", label="cat.png")
+    with pytest.raises(BadInput, match="label must be a string"):
+        open_image(stored, label=b"cat.png")  # type: ignore[arg-type]
+    assert open_image(encode(noisy_rgb(4, 4), "PNG"), label="x" * 10_000).size == (4, 4)
 
 
 def test_bomb_beyond_pils_own_limit_names_size_and_our_cap() -> None:
@@ -722,7 +722,7 @@ def test_odd_but_valid_tiffs() -> None:
 def test_unsupported_tiff_variant_is_named_with_a_way_out() -> None:
     a = np.random.default_rng(2).random((8, 8, 3)).astype(np.float32)
     with pytest.raises(BadInput) as info:
-        open_image(_tiff(a, photometric="rgb", compression="lzma"), name="scan.tif")
+        open_image(_tiff(a, photometric="rgb", compression="lzma"), label="scan.tif")
     msg = str(info.value)
     assert msg.startswith(
         "'scan.tif': this TIFF (32-bit float RGB, LZMA compression) is a variant convlens cannot"
@@ -825,6 +825,6 @@ def test_without_tifffile_a_float_tiff_says_what_to_install(monkeypatch: pytest.
     data = _tiff(np.zeros((4, 4, 3), np.float32), photometric="rgb")
     monkeypatch.setitem(sys.modules, "tifffile", None)  # as if it were not installed: `import tifffile` fails
     with pytest.raises(BadInput) as info:
-        open_image(data, name="scan.tif")
+        open_image(data, label="scan.tif")
     msg = str(info.value)
     assert msg.startswith("'scan.tif': ") and "pip install tifffile" in msg and "float" in msg
