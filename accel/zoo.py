@@ -1470,7 +1470,7 @@ def load(
         if size == 0:
             raise BadInput(f"{label} is empty")
         if p.suffix.lower() == ".onnx":
-            return _from_onnx(p)
+            return _from_onnx(p, display_name)
         return _from_checkpoint(p, arch, trust, display_name)
     if s in ZOO:
         return ZOO[s].build()
