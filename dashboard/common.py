@@ -449,9 +449,8 @@ def _fashion_test() -> Any:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _upload_image(data: bytes, name: str) -> Image.Image:
-    if "label" in inspect.signature(accel.open_image).parameters:  # messages name the user's file
-        return accel.open_image(data, label=name)  # type: ignore[call-arg]
-    return accel.open_image(data)
+    """An uploaded image, decoded safely; refusals name the user's file (never a storage name)."""
+    return accel.open_image(data, label=name)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -639,8 +638,8 @@ def _image_picker() -> tuple[Image.Image | None, str, int | None]:
         return None, "", None
     try:
         return _upload_image(up.getvalue(), up.name), up.name, None
-    except accel.BadInput as e:
-        raise accel.BadInput(f"cannot use {up.name!r} as an image: {e}") from None
+    except accel.BadInput as e:  # the message already starts with the file's name
+        raise accel.BadInput(f"cannot use this upload as an image: {e}") from None
 
 
 def unset(key: str, **default: Any) -> dict[str, Any]:
