@@ -3,7 +3,9 @@
 The input (an image folder, a text list of paths/URIs, or a Parquet manifest with a `path` column) is sorted and cut
 into fixed-size shards. Each shard is decoded with `accel.open_image` semantics (unreadable files are listed in the
 output, never fatal), pushed through one runner and written atomically as a Parquet file that `manifest.json`
-records with its SHA-256; a restarted job verifies and skips finished shards. The local engine (the default) never
+records with its size and SHA-256; a restarted job verifies and skips finished shards, every reader verifies each
+shard before parsing it (a damaged or missing one is named, never returned), and `convlens job verify` /
+`convlens job repair` check an output and recompute exactly its damaged shards. The local engine (the default) never
 imports Ray. The Ray engine maps the very same shard function over a Ray Data actor pool (one ONNX Runtime session
 per actor, one GPU per actor when the cluster has GPUs) and the driver writes what the actors return, so `--out`
 needs no shared disk. Jobs: `embed` (embedding, label, path, prediction), `explain` (occlusion or Grad-CAM maps),

@@ -9,6 +9,10 @@ pasted in; the tail after the last cut runs whole, batched. Results equal the pl
 Supported: backbones whose module is `features` (nn.Sequential) -> `pool` -> optional `fc` (alexnet, vgg16,
 vgg19, fashion_cnn), and EfficientNet-Lite (stem -> MBConv blocks -> head; crop mode, crops rounded to the
 split's stride so TF-SAME padding stays where it is on the whole image). Others use the plain sweep.
+
+Stage graphs are cached on disk and verified before use: each carries the SHA-256 recorded when it was built
+(a `.sha256` sidecar) and is parity-checked against its torch module when opened; one that fails is rebuilt with
+a warning, never used.
 """
 
 from __future__ import annotations
