@@ -28,6 +28,8 @@ from accel.errors import BadInput
 SCALE = float(os.environ.get("FUZZ_SCALE", "1") or 1)
 # Any single input that takes longer than this is an escape ("bounded time").
 MAX_SECONDS_PER_INPUT = 10.0
+# Examples per hypothesis run (a long fuzz is several runs with their own seeds).
+CHUNK = 2000
 
 # Every domain's report lands here; test_fuzz_summary prints one line over all of them.
 REPORTS: dict[str, FuzzReport] = {}
@@ -60,7 +62,9 @@ class FuzzReport:
     def assert_clean(self) -> None:
         """Fail with the first few escapes (type, message, the input's first bytes) if there were any."""
         if self.escapes:
-            shown = "\n".join(f"  {d}\n    input[:64]={b[:64]!r} ({len(b)} bytes)" for d, b in self.escapes[:5])
+            shown = "\n".join(
+                f"  {d}\n    input[:64]={b[:64]!r} ({len(b)} bytes)" for d, b in self.escapes[:5]
+            )
             raise AssertionError(f"{self.line()}\nkinds: {dict(self.escape_kinds)}\n{shown}")
 
 
@@ -73,7 +77,9 @@ def _mutated(draw: Any, seeds: Sequence[bytes]) -> bytes:
     overwritten / inserted, a splice of two seeds, or an edit of one of the first 64 bytes (headers)."""
     data = bytearray(draw(st.sampled_from(list(seeds))))
     n = len(data)
-    kind = draw(st.sampled_from(("flip", "truncate", "delete", "dup", "overwrite", "insert", "splice", "head")))
+    kind = draw(
+        st.sampled_from(("flip", "truncate", "delete", "dup", "overwrite", "insert", "splice", "head"))
+    )
     if n == 0:
         return bytes(draw(st.binary(max_size=32)))
     if kind == "flip":
@@ -131,17 +137,7 @@ def fuzz(
     rep = FuzzReport(domain)
     runs = scaled(n)
 
-    @seed(rng_seed)
-    @settings(
-        max_examples=runs,
-        deadline=None,
-        database=None,
-        derandomize=False,
-        suppress_health_check=list(HealthCheck),
-        phases=("generate",),  # counts, not minimal examples: escapes are reported with their input
-    )
-    @given(strategy)
-    def one(data: bytes) -> None:
+    def one_input(data: bytes) -> None:
         rep.tried += 1
         t0 = time.perf_counter()
         try:
@@ -161,9 +157,30 @@ def fuzz(
             rep.escape_kinds["slow"] += 1
             rep.escapes.append((f"took {dt:.1f} s (> {MAX_SECONDS_PER_INPUT} s)", data))
 
-    random.seed(rng_seed)
+    # Hypothesis remembers every choice of a run (to avoid repeats), so long runs are split into chunks with
+    # their own seeds: memory stays bounded at any FUZZ_SCALE.
     t0 = time.perf_counter()
-    one()
+    done, chunk = 0, 0
+    while done < runs:
+        size = min(CHUNK, runs - done)
+
+        @seed(rng_seed * 1_000_003 + chunk)
+        @settings(
+            max_examples=size,
+            deadline=None,
+            database=None,
+            derandomize=False,
+            suppress_health_check=list(HealthCheck),
+            phases=("generate",),  # counts, not minimal examples: escapes are reported with their input
+        )
+        @given(strategy)
+        def one(data: bytes) -> None:
+            one_input(data)
+
+        random.seed(rng_seed + chunk)
+        one()
+        done += size
+        chunk += 1
     rep.seconds = time.perf_counter() - t0
     REPORTS[domain] = rep
     return rep
