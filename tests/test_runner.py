@@ -346,7 +346,9 @@ def test_export_that_keeps_disagreeing_is_refused_as_badinput(tmp_path, monkeypa
     with pytest.warns(UserWarning, match="using torch") as seen:
         r = accel.runner(net, ["logits"], backend="auto")
     assert r.backend == "torch" and len(seen) == 1
-    assert export_mod.cache_path(net, ["logits"]).stat().st_mtime_ns == built  # refused once: not exported again
+    assert (
+        export_mod.cache_path(net, ["logits"]).stat().st_mtime_ns == built
+    )  # refused once: not exported again
 
 
 # ----------------------------------------------------------------------------------------------- concurrency
@@ -556,3 +558,58 @@ def test_occlusion_window_cap_refuses_before_any_work(lite0, chelsea, monkeypatc
     monkeypatch.setenv("CONVLENS_MAX_WINDOWS", "many")
     with pytest.raises(BadInput, match="CONVLENS_MAX_WINDOWS='many' is not a number"):
         accel.run("occlusion", lite0, chelsea, window=56, stride=56, backend="torch")
+
+
+def test_killed_cli_export_leaves_a_temporary_that_the_next_export_removes(tmp_path):
+    """A real `convlens export --out X` killed (SIGKILL) while writing: it leaves `.X.<pid>-<thread>.tmp` beside
+    X and no X; the next export to X removes it and writes a valid X."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import onnx
+
+    exe = shutil.which("convlens", path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip("the convlens console script is not installed in this environment")
+    out = tmp_path / "out" / "m.onnx"
+    out.parent.mkdir()
+    env = dict(os.environ, CONVLENS_CACHE=str(tmp_path / "cache"))
+    p = subprocess.Popen([exe, "export", "--model", "fashion_cnn", "--out", str(out)], env=env)
+    left: list = []
+    deadline = time.monotonic() + 240
+    while p.poll() is None and time.monotonic() < deadline:
+        left = list(out.parent.glob(".m.onnx.*.tmp"))
+        if left:
+            os.kill(p.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    p.wait(timeout=60)
+    if not left:
+        pytest.skip("the export finished before it could be killed mid-write")
+    assert p.returncode == -signal.SIGKILL and not out.exists() and all(f.exists() for f in left)
+    export_mod.export_backbone(get_net("fashion_cnn"), ["logits"], out=out)
+    assert [f.name for f in out.parent.iterdir()] == ["m.onnx"]
+    onnx.checker.check_model(str(out))
+
+
+def test_check_file_parity_of_an_out_file(tmp_path):
+    """The parity check for an exported file itself (what `convlens export --out` should report): a faithful
+    export passes with its per-tap differences, another model's graph is refused with ParityError."""
+    import copy
+
+    from accel.runtime.runner import ParityError, check_file_parity
+
+    net = get_net("fashion_cnn")
+    good = export_mod.export_backbone(net, ["logits", "embedding"], out=tmp_path / "good.onnx")
+    meta = check_file_parity(net, ["logits", "embedding"], good)
+    assert set(meta["parity_max_abs"]) == {"logits", "embedding"} and meta["parity_rel"] < 1e-4
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other.module.fc.bias += 0.5
+    other._hash = None
+    wrong = export_mod.export_backbone(other, ["logits", "embedding"], out=tmp_path / "wrong.onnx")
+    with pytest.raises(ParityError, match="disagrees with torch on tap 'logits'"):
+        check_file_parity(net, ["logits", "embedding"], wrong)
