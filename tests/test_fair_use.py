@@ -214,11 +214,11 @@ def _job(at):
     return at.session_state["_jobs"]["syn:t_heavy"]
 
 
-def _until(pred, timeout: float = 30.0) -> None:
+def _until(pred, timeout: float = 30.0, state=None) -> None:
     t0 = time.time()
     while not pred():
         if time.time() - t0 > timeout:
-            raise AssertionError("condition not reached in time")
+            raise AssertionError(f"condition not reached in time; state: {state() if state else '?'}")
         time.sleep(0.05)
 
 
@@ -338,3 +338,128 @@ def test_jobs_stop_and_uploads_go_when_the_session_ends(heavy_method: str) -> No
     _until(lambda: not _job(a).running and not _job(b).running, 10)
     assert _job(a).state == "stopped" and _job(b).state == "stopped" and not folder.exists()
     assert GATE.snapshot() == {"running": [], "waiting": []}
+
+
+# ---------------------------------------------------------------------------------------------------- browser
+
+PROBE_APP = """
+import sys
+sys.path.insert(0, {root!r})
+import streamlit as st
+from dashboard.jobs import GATE, heavy_turn
+
+if st.button("hold"):  # another heavy run of this user holds the only slot
+    st.session_state["holder"] = GATE.enter("local", "holder")
+if st.button("free") and "holder" in st.session_state:
+    st.session_state.pop("holder").release()
+if st.button("go"):
+    with heavy_turn("work", "w"):
+        st.text("RAN")
+st.button("refresh")
+st.text("LINE " + repr(GATE.snapshot()))
+"""
+
+
+def test_in_page_wait_shows_its_place_and_stop_leaves_the_line_in_a_browser(tmp_path: Path) -> None:
+    """In a real browser: a heavy request waiting in its page shows its place; Stop interrupts the wait and gives
+    the place back (nothing is left in line), and the next request runs once the slot is free."""
+    from selenium.webdriver.common.by import By
+
+    from tests.test_browser import CHROMIUM, DRIVER, HAVE_SELENIUM, chrome
+
+    if not (CHROMIUM and DRIVER and HAVE_SELENIUM):
+        pytest.skip("headless Chromium (apt-get install -y chromium chromium-driver) and selenium are needed")
+    app = tmp_path / "probe.py"
+    app.write_text(PROBE_APP.format(root=str(ROOT)))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(app),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.fileWatcherType",
+            "none",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    drv = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _until(lambda: _health(url), 90)
+        drv = chrome(tmp_path / "chromium")
+        drv.get(url)
+
+        def text() -> str:
+            return drv.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
+
+        def click(label: str) -> None:
+            from selenium.common.exceptions import WebDriverException
+
+            t0 = time.time()
+            while time.time() - t0 < 20:
+                try:
+                    for b in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button'):
+                        if b.text.strip().splitlines()[-1:] == [label]:
+                            b.click()
+                            return
+                except WebDriverException:  # re-rendered while we looked
+                    pass
+                time.sleep(0.2)
+            raise AssertionError(f"no button {label!r} in {text()!r}")
+
+        _until(lambda: "LINE" in text(), 60, text)
+        click("hold")
+        _until(lambda: "'running': [('local', 'holder')]" in text(), 30, text)
+        click("go")
+        _until(lambda: "work: waiting in line, position 1" in text(), 30, text)
+        assert "your other heavy run must finish first (CONVLENS_HEAVY_PER_USER=1)" in text()
+        time.sleep(1.5)  # still waiting, still shown
+        assert "work: waiting in line, position 1" in text() and "RAN" not in text()
+        # the click reruns the page; the waiting run stops at its next update and leaves the line
+        click("Stop")
+        _until(lambda: "waiting in line" not in text(), 30, text)
+        time.sleep(1.0)
+        click("refresh")
+        _until(lambda: "LINE {'running': [('local', 'holder')], 'waiting': []}" in text(), 30, text)
+        assert "RAN" not in text()
+        click("free")
+        _until(lambda: "LINE {'running': [], 'waiting': []}" in text(), 30, text)
+        click("go")
+        _until(lambda: "RAN" in text(), 30, text)
+    finally:
+        if drv is not None:
+            drv.quit()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _health(url: str) -> bool:
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok"
+    except OSError:
+        return False
