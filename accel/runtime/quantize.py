@@ -93,6 +93,13 @@ def quantize_int8(src: Path, calib: np.ndarray, input_name: str = "input") -> Pa
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                 )
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:  # noqa: BLE001 - calibration runs ONNX Runtime (its own exception types)
+                from .session import ort_error
+
+                err = ort_error(e, f"INT8 quantization of {src.name}")
+                raise BadInput(f"{err}; use precision='fp32'") from None
             finally:
                 pre.unlink(missing_ok=True)
 
