@@ -208,8 +208,7 @@ class Runner:
                 setting = getattr(e, "setting", None)
                 if setting:
                     raise ResourceLimit(
-                        f"{e}; even one image does not fit (the limit is the setting {setting}; raise it if "
-                        "the model is genuine)"
+                        f"{e}; even one image does not fit: raise the setting {setting} if the model is genuine"
                     ) from None
                 raise BadInput(
                     f"{self.net.name}: one image does not fit in memory ({str(e)[:160]})"
