@@ -136,8 +136,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def oidc() -> Iterator[str]:
     """A local OpenID Connect provider on 127.0.0.1 (any client id/secret; the user types a subject)."""
+    import warnings
+
     import werkzeug.serving
-    from oidc_provider_mock import User, app
+
+    with (
+        warnings.catch_warnings()
+    ):  # Authlib's deprecation notices about its own modules, imported by the provider
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from oidc_provider_mock import User, app
 
     provider = app(
         user_claims=[User(sub="alice@example.com", claims={"email": "alice@example.com", "name": "Alice"})]
@@ -271,7 +278,6 @@ def _only_sign_in_page(drv) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Authlib's own imports in the provider
 @pytest.mark.skipif(
     not (CHROMIUM and DRIVER),
     reason="headless Chromium is not installed (apt-get install -y chromium chromium-driver)",
