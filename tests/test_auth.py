@@ -140,9 +140,10 @@ def oidc() -> Iterator[str]:
 
     import werkzeug.serving
 
-    with (
-        warnings.catch_warnings()
-    ):  # Authlib's deprecation notices about its own modules, imported by the provider
+    # Authlib warns about its own modules when the provider imports them
+    with warnings.catch_warnings():
+        import authlib.deprecate  # noqa: F401 - it installs an "always" filter for its warnings when imported
+
         warnings.simplefilter("ignore", DeprecationWarning)
         from oidc_provider_mock import User, app
 
@@ -278,6 +279,9 @@ def _only_sign_in_page(drv) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings(
+    "ignore:get_jwt_config:DeprecationWarning"
+)  # inside the provider, per token request
 @pytest.mark.skipif(
     not (CHROMIUM and DRIVER),
     reason="headless Chromium is not installed (apt-get install -y chromium chromium-driver)",
