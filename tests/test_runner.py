@@ -41,11 +41,11 @@ def test_ort_matches_torch_on_real_photos(name, imagenet_photos):
         for t in taps:
             assert a[t].shape == b[t].shape and a[t].shape[0] == bs, t
             d = float(np.abs(a[t] - b[t]).max())
-            # Activations, embeddings and logits: 1e-4 absolute. Un-activated block outputs of EfficientNet
-            # reach |x| ~ 40 and VGG19 (Caffe convention, 0..255 inputs) reaches |x| ~ 1e3-1e4, where fp32
-            # rounding alone exceeds 1e-4; there the bound is 1e-4 relative to the tap's largest value.
-            relative = t.startswith("_blocks.") or name == "vgg19"
-            bound = 1e-4 * (max(1.0, float(np.abs(b[t]).max())) if relative else 1.0)
+            # 1e-4 relative to the tap's largest value when that exceeds 1 (the product's own parity rule), else
+            # 1e-4 absolute: fp32 rounding grows with magnitude (EfficientNet block outputs reach |x| ~ 40, VGG19's
+            # Caffe-scale activations 1e3-1e4, AlexNet features.7 ~ 54, where an AVX2-only CPU's kernels differ
+            # from torch's by 1.2e-4 = 2.3e-6 relative).
+            bound = 1e-4 * max(1.0, float(np.abs(b[t]).max()))
             assert d <= bound, f"{name} tap {t} batch {bs}: max abs diff {d} > {bound}"
     assert set(ort_r.meta["parity_max_abs"]) == set(taps)
 
