@@ -10,6 +10,7 @@ colour-matched style image, Gatys et al. 2017).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,10 @@ from ...result import Result
 from . import _opt
 
 
+@functools.lru_cache(maxsize=1)
 def _style_presets() -> tuple[str, ...]:
-    """The style names `style` accepts besides image files: the procedural styles and the packaged sample photos."""
+    """The style names `style` accepts besides image files: the procedural styles and the packaged sample photos
+    (listed once per process: installed packages do not change under a running server)."""
     from ...images import sample_images
 
     return (*_opt.PROCEDURAL_STYLES, *sample_images())
