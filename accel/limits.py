@@ -35,6 +35,8 @@ CAPS: dict[str, Cap] = {
         Cap("passes", "CONVLENS_MAX_PASSES", 1024, "forward/backward passes per image (samples, IG steps)"),
         Cap("dataset", "CONVLENS_MAX_DATASET", 100_000, "images streamed from one dataset"),
         Cap("synth_mb", "CONVLENS_SYNTH_MAX_MB", 8192, "memory in MiB a synthesis run may plan for"),
+        Cap("zip_files", "CONVLENS_UPLOAD_ZIP_FILES", 20_000, "images in one uploaded dataset .zip"),
+        Cap("zip_mb", "CONVLENS_UPLOAD_ZIP_MB", 512, "uncompressed MiB of one uploaded dataset .zip"),
         Cap(
             "checkpoint_mb",
             "CONVLENS_MAX_CHECKPOINT_MB",
@@ -55,7 +57,7 @@ CAPS: dict[str, Cap] = {
         ),
     )
 }
-_MIB_CAPS = ("upload_mb", "synth_mb", "checkpoint_mb")  # sizes in MiB may be fractional
+_MIB_CAPS = ("upload_mb", "synth_mb", "checkpoint_mb", "zip_mb")  # sizes in MiB may be fractional
 for _c in CAPS.values():
     if _c.kind in _MIB_CAPS:
         settings.declare(_c.env, "float", _c.default, f"cap: {_c.what}", 1e-6)

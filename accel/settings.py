@@ -81,7 +81,8 @@ VARS: dict[str, Var] = {}
 
 
 def declare(name: str, kind: str, default: Any, meaning: str, minimum: float | None = None) -> Var:
-    """Add a variable to the table (module import time only); returns its declaration."""
+    """Add a variable to the table; called here (and by accel.limits for its caps) at import time only, so the
+    table is whole wherever settings is imported."""
     if not name.startswith("CONVLENS_"):
         raise ValueError(f"setting names start with CONVLENS_, got {name!r}")
     var = Var(name, kind, default, meaning, minimum)
@@ -106,6 +107,64 @@ declare("CONVLENS_ORT_SPIN", "bool", False, "let ONNX Runtime threads busy-wait 
 declare("CONVLENS_FORCE_GPU_PROBE", "bool", False, "try GPU providers even without a visible NVIDIA driver")
 declare("CONVLENS_TUNE_MALLOC", "bool", True, "raise glibc's mmap/trim thresholds in convlens processes")
 declare("CONVLENS_TSNE_JOBS", "int", None, "threads for openTSNE (default: cores - 1)", 1)
+# Untrusted ONNX graphs run in sandbox processes (accel.runtime.sandbox)
+declare(
+    "CONVLENS_ONNX_TIMEOUT_S",
+    "float",
+    60.0,
+    "cap: seconds one request (session start or one batch) of an uploaded ONNX graph may run before its sandbox "
+    "process is killed",
+    0.01,
+)
+declare(
+    "CONVLENS_ONNX_MAX_MB",
+    "float",
+    4096.0,
+    "cap: address space in MiB of each sandbox process that runs uploaded ONNX graphs",
+    256,
+)
+declare(
+    "CONVLENS_MAX_WINDOWS",
+    "int",
+    20_000,
+    "cap: occluded windows one occlusion request evaluates (window 1, stride 1 on 224 px is 50,176 passes)",
+    1,
+)
+# The shared dashboard
+declare(
+    "CONVLENS_AUTH",
+    "str",
+    "off",
+    "dashboard sign-in: off (one local user) or required (st.login with the OIDC provider in .streamlit/secrets.toml)",
+)
+declare(
+    "CONVLENS_ADMINS",
+    "str",
+    "",
+    "comma-separated e-mails of signed-in users who may run the quick bench from the dashboard (when sign-in is "
+    "required)",
+)
+declare(
+    "CONVLENS_DATA_ROOTS",
+    "paths",
+    [],
+    "folders whose datasets, style images, masks and checkpoints dashboard users may pick (':'-separated; none by "
+    "default)",
+)
+declare(
+    "CONVLENS_HEAVY_PER_USER",
+    "int",
+    1,
+    "heavy dashboard runs (synthesis, dataset passes, the bench) one user may run at once; more wait in line",
+    1,
+)
+declare(
+    "CONVLENS_HEAVY_SERVER",
+    "int",
+    2,
+    "heavy dashboard runs the whole server runs at once; more wait in line",
+    1,
+)
 
 
 def get(name: str) -> Any:

@@ -26,8 +26,9 @@ from PIL import Image
 from torch import nn
 
 from .errors import BadInput, UntrustedFile
+from .settings import get as get_setting
 
-MODELS_DIR = Path(os.environ.get("CONVLENS_MODELS_DIR", Path(__file__).resolve().parent.parent / "models"))
+MODELS_DIR = get_setting("CONVLENS_MODELS_DIR") or Path(__file__).resolve().parent.parent / "models"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -96,6 +97,7 @@ class Backbone:
         self.card = card or {}
         self.onnx_path = onnx_path
         self._layers: list[LayerInfo] | None = None
+        self._onnx_out: tuple[int, ...] | None = None
         self._hash: str | None = None
 
     def __repr__(self) -> str:
@@ -224,9 +226,11 @@ class Backbone:
     @property
     def output_shape(self) -> tuple[int, ...]:
         if self.module is None:
-            from .runtime.session import onnx_io_shapes
+            if self._onnx_out is None:  # read once: parsing the file is not free
+                from .runtime.session import onnx_io_shapes
 
-            return onnx_io_shapes(self.onnx_path)[1][0]
+                self._onnx_out = tuple(onnx_io_shapes(self.onnx_path)[1][0])
+            return self._onnx_out
         layers = self.layers()
         return layers[-1].out_shape if layers else ()
 
@@ -634,7 +638,7 @@ def _torchvision(name: str, pretrained: bool | None) -> Backbone:
         if cached.exists():
             module.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
             loaded = True
-        elif os.environ.get("CONVLENS_OFFLINE", "") not in ("1", "true", "yes"):
+        elif not get_setting("CONVLENS_OFFLINE"):
             try:
                 module.load_state_dict(weights.get_state_dict(progress=False, check_hash=True))
                 loaded = True

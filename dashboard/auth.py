@@ -19,20 +19,6 @@ from accel.settings import SettingError
 LOCAL_USER = "local"
 AUTH_MODES = ("off", "required")
 
-settings.declare(
-    "CONVLENS_AUTH",
-    "str",
-    "off",
-    "dashboard sign-in: off (one local user) or required (st.login with the OIDC provider in .streamlit/secrets.toml)",
-)
-settings.declare(
-    "CONVLENS_ADMINS",
-    "str",
-    "",
-    "comma-separated e-mails of signed-in users who may run the quick bench from the dashboard (when sign-in is "
-    "required)",
-)
-
 
 def current_user() -> str:
     """The signed-in user's e-mail (or subject) when sign-in is in use, else "local" (single-user mode)."""

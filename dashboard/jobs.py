@@ -31,21 +31,6 @@ from .auth import current_user
 from .common import Ctx, accepts, call_method, link_line, load_run, run_key
 from .widgets import loss_figure, plain, session_space, show_result, shown, shown_error
 
-settings.declare(
-    "CONVLENS_HEAVY_PER_USER",
-    "int",
-    1,
-    "heavy dashboard runs (synthesis, dataset passes, the bench) one user may run at once; more wait in line",
-    1,
-)
-settings.declare(
-    "CONVLENS_HEAVY_SERVER",
-    "int",
-    2,
-    "heavy dashboard runs the whole server runs at once; more wait in line",
-    1,
-)
-
 log = logging.getLogger("convlens.dashboard")
 _LOSS_RE = re.compile(r"loss[\s=:]+([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 

@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 from ..errors import BadInput
+from .export import torch_export
+from .session import run_session
 from .sweep import Occlusion, _baseline
 
 if TYPE_CHECKING:
@@ -111,7 +113,7 @@ def _recorded_problem(path: Path) -> str | None:
 def _parity_problem(sess: Any, module: nn.Module, shape: tuple[int, ...]) -> str | None:
     """None if the session's outputs equal `module`'s on a fixed probe input (to STAGE_RTOL), else the gap."""
     x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
-    got = sess.run(None, {"input": x})
+    got = run_session(sess, {"input": x}, "parity check of an incremental stage")
     with torch.no_grad():
         ref = module(torch.from_numpy(x))
     refs = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else (ref,))]
@@ -380,7 +382,9 @@ class IncrementalOcclusion:
         self.batch_size = batch_size
         self.backend = backend
         self.mode = mode
-        self.passes = 0
+        self.passes = 0  # running total over every call (shared object: use last_passes per call)
+        self._count_lock = threading.Lock()
+        self._local = threading.local()
         self._tail_torch = (
             _LiteTail(net, self.k, self.taps) if lite else _Tail(net, self.k, self.taps)
         ).eval()
@@ -580,18 +584,16 @@ class IncrementalOcclusion:
             axes = {0: "batch", 2: "h", 3: "w"} if dynamic_hw else {0: "batch"}
             outs = [f"o{i}" for i in range(len(self.taps) if isinstance(module, (_Tail, _LiteTail)) else 1)]
             try:
-                with warnings.catch_warnings(), torch.no_grad():
-                    warnings.simplefilter("ignore")
-                    torch.onnx.export(
-                        module,
-                        (torch.zeros(2, *shape),),
-                        str(tmp),
-                        input_names=["input"],
-                        output_names=outs,
-                        dynamic_axes={"input": axes, **{o: axes for o in outs}},
-                        opset_version=17,
-                        dynamo=False,
-                    )
+                torch_export(  # one torch.onnx.export at a time in the process (it keeps global state)
+                    module,
+                    (torch.zeros(2, *shape),),
+                    tmp,
+                    input_names=["input"],
+                    output_names=outs,
+                    dynamic_axes={"input": axes, **{o: axes for o in outs}},
+                    opset_version=17,
+                    dynamo=False,
+                )
                 fold_pads(tmp)
                 size, digest = _digest(tmp)
                 _write_record(path, size, digest)
@@ -619,14 +621,14 @@ class IncrementalOcclusion:
         q_paths = []
         for path in paths:
             q_paths.append(quantize_int8(path, a[:n]))
-            a = self._session(path).run(None, {"input": a})[0]
+            a = run_session(self._session(path), {"input": a}, "INT8 calibration")[0]
         q_tail = quantize_int8(tail_path, a[:n])
-        ref = self._session(tail_path).run(None, {"input": a[n:]})
+        ref = run_session(self._session(tail_path), {"input": a[n:]}, "INT8 calibration")
         return q_paths, q_tail, held, ref
 
     def _tail(self, a: np.ndarray) -> list[np.ndarray]:
         if self._tail_sess is not None:
-            return self._tail_sess.run(None, {"input": np.ascontiguousarray(a)})
+            return run_session(self._tail_sess, {"input": np.ascontiguousarray(a)}, "incremental occlusion")
         with torch.no_grad():
             return [t.numpy() for t in self._tail_torch(torch.from_numpy(a))]
 
@@ -658,6 +660,16 @@ class IncrementalOcclusion:
         steps.append(("out", (r0, r1, c0, c1), None))
         return steps
 
+    @property
+    def last_passes(self) -> int:
+        """Graph calls of the calling thread's latest `sweep` (the object is shared between threads)."""
+        return int(getattr(self._local, "passes", 0))
+
+    def _count(self, n: int) -> None:
+        with self._count_lock:
+            self.passes += n
+        self._local.passes = getattr(self._local, "passes", 0) + n
+
     def sweep(
         self, x0: np.ndarray, occ: Occlusion, reduce: Reduce | None = None, progress: Any = None
     ) -> Any:
@@ -666,6 +678,7 @@ class IncrementalOcclusion:
         mode "crop" runs the prefix (one ONNX graph) batched on the stride-aligned input crop each changed
         region needs; "layerwise" grows the changed region layer by layer (Krypton's projection, less arithmetic
         but many small torch calls)."""
+        self._local.passes = 0
         if self.mode == "crop":
             return self._sweep_crop(x0, occ, reduce, progress)
         x = torch.from_numpy(
@@ -678,7 +691,7 @@ class IncrementalOcclusion:
             for m in self.prefix:
                 cur = m(cur)
                 bases.append(cur[0])
-        self.passes += 1
+        self._count(1)
         base_split = bases[-1].numpy()
         wh, ww = occ.window
         plans = []
@@ -719,7 +732,7 @@ class IncrementalOcclusion:
                     r0, r1, c0, c1 = chunk[j][1][-1][1]
                     acts[j, :, r0:r1, c0:c1] = R[n]
             outs_t = dict(zip(self.taps, self._tail(acts)))
-            self.passes += 1
+            self._count(1)
             pieces.append(reduce(outs_t) if reduce is not None else outs_t)
             if progress is not None:
                 stop = min(occ.n, i + self.batch_size)
@@ -730,7 +743,7 @@ class IncrementalOcclusion:
 
     def _run_stage(self, st: _Stage, a: np.ndarray) -> np.ndarray:
         if st.sess is not None:
-            return st.sess.run(None, {"input": np.ascontiguousarray(a)})[0]
+            return run_session(st.sess, {"input": np.ascontiguousarray(a)}, "incremental occlusion")[0]
         with torch.no_grad():
             return st.module(torch.from_numpy(np.ascontiguousarray(a))).numpy()
 
@@ -768,7 +781,7 @@ class IncrementalOcclusion:
                             :, ra - a0 : rb - a0, ca - b0 : cb - b0
                         ]
                 out = self._run_stage(st, crops)
-                self.passes += 1
+                self._count(1)
                 for n, idx in enumerate(ids):
                     (u0, u1, y0, _), (v0, v1, xa, _) = spans[idx]
                     oy, ox = u0 - y0 // st.gy.stride, v0 - xa // st.gx.stride
@@ -787,7 +800,7 @@ class IncrementalOcclusion:
         for st in self.stages:  # the unoccluded activation at every cut
             bases.append(cur[0])
             cur = self._run_stage(st, cur)
-            self.passes += 1
+            self._count(1)
         base_split = cur[0]
         wh, ww = occ.window
         base_img = _baseline(x[0], occ.baseline)
@@ -811,7 +824,7 @@ class IncrementalOcclusion:
                 u0, u1, v0, v1 = boxes[idx]
                 acts[j, :, u0:u1, v0:v1] = vals[idx]
             outs_t = dict(zip(self.taps, self._tail(acts)))
-            self.passes += 1
+            self._count(1)
             pieces.append(reduce(outs_t) if reduce is not None else outs_t)
             tick(stop - i)
         if reduce is not None:
@@ -990,6 +1003,7 @@ def net_macs(net: Backbone) -> float:
 
 _CACHE: dict[tuple, IncrementalOcclusion] = {}
 _CACHE_MAX = 8
+_CACHE_LOCK = threading.Lock()
 
 
 def incremental(
@@ -1000,15 +1014,18 @@ def incremental(
     precision: str = "fp32",
     backend: str = "onnxruntime",
 ) -> IncrementalOcclusion:
-    """A shared IncrementalOcclusion with the stages planned for `window` (sessions are costly to start)."""
+    """A shared IncrementalOcclusion with the stages planned for `window` (sessions are costly to start), keyed by
+    weights, taps and options (never object identity: every copy of the same weights shares it); thread-safe,
+    least recently used dropped first."""
     cuts = IncrementalOcclusion.choose_stages(net, window)
-    key = (id(net), net.weights_hash(), tuple(taps), tuple(cuts), batch_size, precision, backend)
-    inc = _CACHE.get(key)
-    if inc is None:
-        inc = IncrementalOcclusion(
-            net, taps, stages=cuts, batch_size=batch_size, precision=precision, backend=backend
-        )
-        if len(_CACHE) >= _CACHE_MAX:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = inc
+    key = (net.weights_hash(), tuple(taps), tuple(cuts), batch_size, precision, backend)
+    with _CACHE_LOCK:  # one builder per key: sessions and stage graphs are built once
+        inc = _CACHE.pop(key, None)
+        if inc is None:
+            inc = IncrementalOcclusion(
+                net, taps, stages=cuts, batch_size=batch_size, precision=precision, backend=backend
+            )
+            while len(_CACHE) >= _CACHE_MAX:
+                _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = inc  # re-inserted: most recently used last
     return inc

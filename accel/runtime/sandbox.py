@@ -41,22 +41,6 @@ from ..errors import BadInput, ResourceLimit
 
 TIMEOUT_VAR = "CONVLENS_ONNX_TIMEOUT_S"
 MEMORY_VAR = "CONVLENS_ONNX_MAX_MB"
-settings.declare(
-    TIMEOUT_VAR,
-    "float",
-    60.0,
-    "cap: seconds one request (session start or one batch) of an uploaded ONNX graph may run before its "
-    "sandbox process is killed",
-    0.01,
-)
-settings.declare(
-    MEMORY_VAR,
-    "float",
-    4096.0,
-    "cap: address space in MiB of the sandbox process that runs uploaded ONNX graphs",
-    256,
-)
-
 POOL_SIZE = 2  # host processes; a graph stays on one host
 IDLE_S = 300.0  # a host idle this long is stopped (its memory goes back); the next request starts a fresh one
 SESSIONS_PER_HOST = 8  # sessions a host keeps open (least recently used closed first)

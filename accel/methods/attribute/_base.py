@@ -512,10 +512,9 @@ class CAMBase:
                 self.net, [self.layer, "logits"], backend=self.requested_backend, batch_size=self.batch_size
             )
             self.runner = r
-            passes0 = r.passes  # runners are shared (cached): count only this call's passes
             out = r.run(self.x.numpy())
             self.backend = r.backend
-            self.passes += r.passes - passes0
+            self.passes += r.last_passes  # this thread's passes (pooled runners are shared)
             self.acts = torch.from_numpy(out[self.layer])
             self.logits = out["logits"]
             return self.logits

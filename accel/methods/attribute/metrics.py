@@ -283,7 +283,6 @@ def deletion_insertion_many(
         e = np.exp(z)
         return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
-    passes0 = r.passes
     probs = r.sweep(x[None], chain, reduce=reduce, progress=progress)  # (n_total, classes)
     wall = time.perf_counter() - t0
     results = []
@@ -300,7 +299,7 @@ def deletion_insertion_many(
             "steps": int(steps),
             "baseline": baseline if isinstance(baseline, (str, int, float)) else "array",
             "backend": r.backend,
-            "passes": r.passes - passes0,
+            "passes": r.last_passes,  # this thread's sweep (pooled runners are shared)
             "perturbations": chain.n,
             "maps_in_sweep": len(maps),
             "seed": seed,

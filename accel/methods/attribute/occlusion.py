@@ -41,13 +41,6 @@ if TYPE_CHECKING:
     from ...zoo import Backbone
 
 MAX_WINDOWS_VAR = "CONVLENS_MAX_WINDOWS"
-settings.declare(
-    MAX_WINDOWS_VAR,
-    "int",
-    20_000,
-    "cap: occluded windows one occlusion request evaluates (window 1, stride 1 on 224 px is 50,176 passes)",
-    1,
-)
 
 
 def windows_planned(height: int, width: int, window: int, stride: int, engine: str, refine: float) -> int:
@@ -193,8 +186,8 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress 
     base = make_baseline(net, x, p.baseline, p.blur_sigma)
     occ = Occlusion(h, w, (p.window, p.window), (p.stride, p.stride), baseline=base)
     r = runner(net, ["logits"], backend=p.backend, batch_size=p.batch_size)
-    passes0 = r.passes  # runners are shared (cached): count only this call's passes
     logits = r.run(x.numpy())["logits"]
+    passes = r.last_passes  # this thread's passes (pooled runners and engines are shared)
     t = resolve_target(net, p.target, logits, "occlusion")
 
     def value(z: np.ndarray) -> np.ndarray:
@@ -203,7 +196,6 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress 
     ref = float(value(logits)[0])
     inc = _incremental_engine(net, p, r.backend)
     sweeper = inc if inc is not None else r
-    passes1 = sweeper.passes
     xs = x.numpy()
     extra: dict = {}
     if p.engine == "drill_down" and p.stride < p.window:  # (at stride >= window there is nothing to refine)
@@ -211,15 +203,24 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress 
         def score(o: Occlusion) -> np.ndarray:
             return ref - np.asarray(sweeper.sweep(xs, o, reduce=lambda out: value(out["logits"])), np.float64)
 
+        calls: list[int] = []
+
+        def counted(o: Occlusion) -> np.ndarray:
+            out = score(o)
+            calls.append(sweeper.last_passes)
+            return out
+
         d = drill_down(
-            score, h, w, p.window, p.stride, refine=p.refine, baseline=base, progress=progress_cb(progress)
+            counted, h, w, p.window, p.stride, refine=p.refine, baseline=base, progress=progress_cb(progress)
         )
+        passes += sum(calls)
         drops = d["map"].ravel().astype(np.float32)
         extra = {"windows_evaluated": d["windows"], "refined": d["refined"]}
     else:
         scores = sweeper.sweep(
             xs, occ, reduce=lambda o: value(o["logits"]), progress=progress_cb(progress, 0.0, 1.0)
         )
+        passes += sweeper.last_passes
         drops = (ref - np.asarray(scores, np.float64)).astype(np.float32)
     grid = drops.reshape(occ.grid)
     engine_used = "drill_down" if extra else ("incremental" if inc is not None else "plain")
@@ -231,7 +232,7 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress 
         pix if p.form == "per_pixel" else gmap,
         t0,
         target=target_meta(net, t, logits),
-        passes=(r.passes - passes0) + (sweeper.passes - passes1 if inc is not None else 0),
+        passes=passes,
         backend=r.backend,
         extras={"grid": grid, "per_pixel": pix, "grid_map": gmap, "coverage": occ.coverage(), **extra},
         windows=occ.n,

@@ -70,7 +70,6 @@ class ScoreCAMWeights(CAMBase):
         r = self.runner or runner(
             self.net, ["logits"], backend=self.requested_backend, batch_size=self.batch_size
         )
-        passes0 = r.passes
         coefs = score.coefs
 
         def reduce(outs: dict[str, np.ndarray]) -> np.ndarray:
@@ -81,8 +80,9 @@ class ScoreCAMWeights(CAMBase):
         probs = r.sweep(
             x0, Masks(masks, baseline=0.0), reduce=reduce, progress=progress_cb(self.progress, 0.1, 1.0)
         )
+        self.passes += r.last_passes  # this thread's passes (pooled runners are shared)
         base = reduce(r.run(np.zeros_like(x0)))
-        self.passes += r.passes - passes0
+        self.passes += r.last_passes
         self.backend = r.backend
         w[0, chosen] = torch.from_numpy(np.asarray(probs, dtype=np.float64) - float(base[0])).float()
         return w

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +26,7 @@ from PIL import Image
 from ...errors import BadInput
 from ...registry import param, register
 from ...result import Result
+from ...runtime.session import run_session
 from . import _opt
 
 PARITY_ATOL = 1e-3
@@ -87,23 +87,25 @@ def _load_checked(path: str, _mtime: int, sha: str) -> torch.nn.Module:
 
 def export_onnx(model: torch.nn.Module, out: Path, opset: int = 17) -> Path:
     """Export a TransformerNet to ONNX with dynamic batch, height and width (written atomically)."""
+    from ...runtime.export import temp_name, torch_export
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.no_grad():
-            torch.onnx.export(
-                model.eval(),
-                (torch.rand(1, 3, 64, 64),),
-                str(tmp),
-                input_names=["image"],
-                output_names=["stylized"],
-                dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "stylized": {0: "n", 2: "h", 3: "w"}},
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    os.replace(tmp, out)
+    tmp = temp_name(out)
+    try:
+        torch_export(  # one torch.onnx.export at a time in the process (it keeps global state)
+            model.eval(),
+            (torch.rand(1, 3, 64, 64),),
+            tmp,
+            input_names=["image"],
+            output_names=["stylized"],
+            dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "stylized": {0: "n", 2: "h", 3: "w"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -117,7 +119,7 @@ def parity(
         x = torch.rand(1, 3, h, w, generator=g)
         with torch.no_grad():
             ref = model(x).numpy()
-        got = session.run(None, {"image": x.numpy()})[0]
+        got = run_session(session, {"image": x.numpy()}, "fast style parity check")[0]
         worst = max(worst, float(np.abs(got - ref).max()))
     return worst
 
@@ -178,7 +180,7 @@ def run_peer(x01: np.ndarray, style_index: int) -> np.ndarray:
     sess, _, names = _peer_session()
     w = np.zeros(PEER_STYLES, np.float32)
     w[style_index] = 1.0
-    return sess.run(None, {names[0]: x01.astype(np.float32), names[1]: w})[0]
+    return run_session(sess, {names[0]: x01.astype(np.float32), names[1]: w}, "the packaged style network")[0]
 
 
 def _styles_choices() -> tuple[str, ...]:
@@ -282,8 +284,8 @@ def run(
         if p.backend == "onnxruntime":
             sess, provider, diff = onnx_session(p.style)
             meta.update(provider=provider, parity_max_abs=diff)
-            sess.run(None, {"image": xp[..., :64, :64].numpy().copy()})  # warm-up
-            y, secs = _timed(lambda: sess.run(None, {"image": xp.numpy()})[0], p.repeats)
+            run_session(sess, {"image": xp[..., :64, :64].numpy().copy()}, "fast style")  # warm-up
+            y, secs = _timed(lambda: run_session(sess, {"image": xp.numpy()}, "fast style")[0], p.repeats)
         else:
             model = load_transformer(p.style)
             with torch.no_grad():
