@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 PORT ?= 8501
 
-.PHONY: run test lint format bench system-deps clean-cache
+.PHONY: run test lint format bench fuzz system-deps clean-cache
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,11 @@ format: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q
+
+# The long byte-level fuzz: ten times the slice `make test` runs (200,000 generated inputs).
+fuzz: $(STAMP)
+	FUZZ_SCALE=10 $(BIN)/python -m pytest -q tests/test_fuzz_images.py tests/test_fuzz_checkpoints.py \
+	  tests/test_fuzz_onnx.py tests/test_fuzz_shards.py
 
 bench: $(STAMP) system-deps
 	$(BIN)/convlens bench --quick

@@ -335,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="every CONVLENS_* setting: default, current value and meaning")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="the README's table of settings and defaults")
     p.set_defaults(fn=cmd_config)
 
     from .distributed import add_job_parser
@@ -397,8 +398,11 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """Print every CONVLENS_* setting (accel.settings) with its kind, default, current value and meaning."""
-    from .settings import table
+    from .settings import markdown_table, table
 
+    if args.markdown:
+        print(markdown_table())
+        return 0
     rows = table()
     if args.json:
         print(json.dumps(rows, indent=2, default=str))

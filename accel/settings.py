@@ -220,6 +220,26 @@ def table() -> list[dict[str, Any]]:
     return rows
 
 
+def markdown_table() -> str:
+    """The settings as the README's Markdown table (defaults, not this environment's values); a test keeps the README
+    equal to it, `convlens config --markdown` prints it."""
+
+    def fmt(v: Any) -> str:
+        if v is None or v == [] or v == "":
+            return "(unset)"
+        if isinstance(v, bool):
+            return "1" if v else "0"
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    _load_caps()
+    rows = ["| variable | default | meaning |", "|---|---:|---|"]
+    for var in sorted(VARS.values(), key=lambda v: v.name):
+        rows.append(f"| `{var.name}` | {fmt(var.default)} | {var.meaning} |")
+    return "\n".join(rows)
+
+
 _CAPS_LOADED: list[bool] = []
 
 

@@ -527,21 +527,46 @@ class Ctx:
     def img_key(self) -> str | None:
         return image_key(self.img) if self.img is not None else None
 
-    def work_net(self) -> Any:
-        """This session's private copy of the backbone for running methods (forward hooks and autograd state of
-        one session never touch another's)."""
-        copies: dict[str, Any] = st.session_state.setdefault("_net_copies", {})
-        key = f"{self.model}|{self.net.weights_hash()}"
-        if key not in copies:
-            copies.clear()
+    def borrow_net(self) -> contextlib.AbstractContextManager[Any]:
+        """A private copy of the backbone for the length of one run (forward hooks and autograd state of one run
+        never touch another's), lent from one server-wide set per weights: memory grows with runs in flight, not
+        with browser sessions."""
+        return _net_copies(self.model, self.net.weights_hash(), self.net).borrow()
+
+
+class NetCopies:
+    """Deep copies of one backbone lent to runs in flight, at most `keep` kept between runs (thread-safe)."""
+
+    def __init__(self, net: Any, keep: int = 2) -> None:
+        self.net, self.keep = net, keep
+        self.free: list[Any] = []
+        self.made = 0
+        self.lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[Any]:
+        with self.lock:
+            mine = self.free.pop() if self.free else None
+        if mine is None:
             mine = copy.deepcopy(self.net)
             if (
                 getattr(self.net, "_layers", 1) is None
             ):  # layer index + receptive fields: computed once, shared
                 with contextlib.suppress(Exception):
                     self.net._layers = mine.layers()
-            copies[key] = mine
-        return copies[key]
+            with self.lock:
+                self.made += 1
+        try:
+            yield mine
+        finally:
+            with self.lock:
+                if len(self.free) < self.keep:
+                    self.free.append(mine)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _net_copies(model: str, weights_hash: str, _net: Any) -> NetCopies:
+    return NetCopies(_net)
 
 
 def ctx() -> Ctx | None:
@@ -818,7 +843,11 @@ def run_stored(
         with contextlib.suppress(accel.BadInput):  # unreadable or no longer shared: compute it again
             run, res = load_run(hit)
             return hit, res, True
-    res = call_method(name, net or c.work_net(), image, params, progress, **hooks)
+    if net is not None:
+        res = call_method(name, net, image, params, progress, **hooks)
+    else:
+        with c.borrow_net() as mine:
+            res = call_method(name, mine, image, params, progress, **hooks)
     rid = c.store.put(
         res,
         model=c.model,

@@ -10,7 +10,6 @@ stops when its browser session ends (the session's resources are released by Str
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import re
 import threading
@@ -277,20 +276,21 @@ class Job:
     def for_method(cls, c: Ctx, name: str, params: dict[str, Any], img: Image.Image | None) -> Job:
         """A job that runs technique `name` on a private copy of the backbone and stores its result."""
         spec = accel.get(name)
-        net = copy.deepcopy(c.net)  # private: another run in this session cannot touch its hooks
+        borrow = c.borrow_net  # a private copy for the run (another run cannot touch its hooks)
         key = run_key(c, name, params, img)
         model, store, params = c.model, c.store, dict(params)
 
         def work(j: Job) -> tuple[str | None, accel.Result | None]:
-            res = call_method(
-                name,
-                net,
-                img,
-                params,
-                j._progress,
-                should_stop=j.stop_event.is_set,
-                snapshot=j._snapshot,
-            )
+            with borrow() as net:
+                res = call_method(
+                    name,
+                    net,
+                    img,
+                    params,
+                    j._progress,
+                    should_stop=j.stop_event.is_set,
+                    snapshot=j._snapshot,
+                )
             stopped = j.stop_event.is_set()
             res.meta.setdefault("stopped", stopped)
             j.result = res

@@ -58,9 +58,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# url -> the server process of every dashboard `serve` has running (tests read its memory)
+SERVERS: dict[str, subprocess.Popen] = {}
+
+
 @contextlib.contextmanager
-def serve(store: Path, logdir: Path) -> Iterator[str]:
-    """The dashboard served by `streamlit run` on a free local port with run store `store`; yields its URL."""
+def serve(store: Path, logdir: Path, env_extra: dict[str, str] | None = None) -> Iterator[str]:
+    """The dashboard served by `streamlit run` on a free local port with run store `store`; yields its URL
+    (its process is SERVERS[url])."""
     port = _free_port()
     env = dict(os.environ)
     env.update(
@@ -69,6 +74,7 @@ def serve(store: Path, logdir: Path) -> Iterator[str]:
         CONVLENS_CACHE=env.get("CONVLENS_CACHE", str(ROOT / ".cache" / "convlens")),
         STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
     )
+    env.update(env_extra or {})
     log = open(logdir / "streamlit.log", "w+")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [
@@ -106,8 +112,10 @@ def serve(store: Path, logdir: Path) -> Iterator[str]:
                 log.seek(0)
                 pytest.fail(f"streamlit did not start:\n{log.read()[-3000:]}")
             time.sleep(0.5)
+        SERVERS[url] = proc
         yield url
     finally:
+        SERVERS.pop(url, None)
         proc.terminate()
         try:
             proc.wait(timeout=15)

@@ -205,3 +205,16 @@ def test_store_check_and_rebuild_from_the_cli(tmp_path: Path) -> None:
     assert [p.name for p in root.iterdir() if p.name.startswith("runs.sqlite.damaged")], (
         "damaged index not kept"
     )
+
+
+def test_readme_settings_table_matches_the_declarations() -> None:
+    """The README's table of CONVLENS_* settings is exactly `convlens config --markdown`."""
+    from accel.settings import markdown_table
+
+    text = (ROOT / "README.md").read_text()
+    begin, end = "<!-- settings:begin -->\n", "\n<!-- settings:end -->"
+    assert begin in text and end in text, "README lost its settings table markers"
+    table = text.split(begin, 1)[1].split(end, 1)[0].strip()
+    assert table == markdown_table(), (
+        "README settings table is stale: paste `convlens config --markdown` into it"
+    )

@@ -243,9 +243,10 @@ elif st.button(
                 bar((k + f) / max(1, len(maps)), f"{name}: {msg}")
 
             tgt = target_index(res.meta)
-            out[r["name"]] = faithfulness.sanity(
-                c.work_net(), c.img, r["name"], params, int(tgt) if tgt is not None else target, prog
-            )
+            with c.borrow_net() as net:
+                out[r["name"]] = faithfulness.sanity(
+                    net, c.img, r["name"], params, int(tgt) if tgt is not None else target, prog
+                )
     bar.done()  # type: ignore[attr-defined]
     st.session_state["cmp_sanity"] = {k: v for k, v in out.items() if v}
 san = st.session_state.get("cmp_sanity")
