@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -168,13 +169,31 @@ def _fn_name(node: fx.Node) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
+_TRACE_LOCK = threading.Lock()  # fx patches nn.Module.__call__ / __getattr__ process-wide while it traces
+
+
 class _Tracer(fx.Tracer):
-    """fx tracer keeping conv/pool/pad modules and ``leaf_types`` as leaves; remembers module outputs."""
+    """fx tracer keeping conv/pool/pad modules and ``leaf_types`` as leaves; remembers module outputs.
+
+    Thread-safe: fx patches `nn.Module.__call__` for the whole process while tracing, so a forward pass in another
+    thread would be traced into this graph (and fail: "module is not installed as a submodule"). Calls and
+    attribute reads from any thread but the tracing one pass straight through, and traces run one at a time."""
 
     def __init__(self, leaf_types: tuple[type, ...]) -> None:
         super().__init__()
         self._leaf_types = tuple(leaf_types)
         self.outputs: dict[str, fx.Node] = {}
+        self._thread = threading.get_ident()
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        with _TRACE_LOCK:
+            self._thread = threading.get_ident()
+            return super().trace(root, concrete_args)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if threading.get_ident() != self._thread:  # another thread's forward: plain attribute
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, _SPATIAL_LEAVES) or (self._leaf_types and isinstance(m, self._leaf_types)):
@@ -182,6 +201,10 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if (
+            threading.get_ident() != self._thread
+        ):  # another thread's forward during the trace: run it untraced
+            return forward(*args, **kwargs)
         out = super().call_module(m, forward, args, kwargs)
         try:
             name = self.path_of_module(m)
@@ -193,7 +216,8 @@ class _Tracer(fx.Tracer):
 
 
 class _Recorder(fx.Interpreter):
-    """Runs the graph once and keeps every node's value (fake tensors, ints, shapes)."""
+    """Runs the graph once and keeps every node's value, tensors as data-free meta tensors of the same shape,
+    dtype and strides (so memory stays that of one forward pass: each real activation is freed after its last use)."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
@@ -201,22 +225,26 @@ class _Recorder(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
-        self.values[n] = out
+        self.values[n] = _meta_like(out)
         return out
 
 
-def _record_values(gm: fx.GraphModule, x_shape: Sequence[int], device: torch.device, dtype: torch.dtype):
-    """Node values from one run on a shape-only (fake) tensor; a real zero tensor if fake mode fails."""
-    try:
-        from torch._subclasses.fake_tensor import FakeTensorMode
+def _meta_like(v: Any) -> Any:
+    """`v` with every tensor replaced by an empty meta tensor of the same shape, strides and dtype."""
+    if isinstance(v, torch.Tensor):
+        return torch.empty_strided(tuple(v.shape), tuple(v.stride()), dtype=v.dtype, device="meta")
+    if isinstance(v, (tuple, list)):
+        return (
+            type(v)(_meta_like(x) for x in v) if not hasattr(v, "_fields") else type(v)(*map(_meta_like, v))
+        )
+    if isinstance(v, dict):
+        return {k: _meta_like(x) for k, x in v.items()}
+    return v
 
-        rec = _Recorder(gm)
-        with FakeTensorMode(allow_non_fake_inputs=True):
-            x = torch.zeros(tuple(x_shape), device=device, dtype=dtype)
-            rec.run(x)
-        return rec.values
-    except Exception:  # fake mode is only an optimisation: fall back to a real run
-        pass
+
+def _record_values(gm: fx.GraphModule, x_shape: Sequence[int], device: torch.device, dtype: torch.dtype):
+    """Node values (shapes) from one real run on a zero tensor. Not FakeTensorMode: constructing it imports
+    torch._dynamo (+150 MiB resident in every process that asks for a layer index)."""
     rec = _Recorder(gm)
     with torch.no_grad():
         rec.run(torch.zeros(tuple(x_shape), device=device, dtype=dtype))

@@ -6,6 +6,7 @@ Every backbone carries its own input convention (size, mean/std, scale, channel 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -58,7 +59,19 @@ class Preproc:
 
 @lru_cache(maxsize=1)
 def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet class names (shipped inside torchvision, no download)."""
+    """The 1000 ImageNet class names (shipped inside torchvision, no download).
+
+    Read from torchvision's metadata file without importing torchvision when possible: its import loads the C
+    extension (+160 MiB resident with the CUDA build), which a server on EfficientNet-Lite never needs."""
+    spec = importlib.util.find_spec("torchvision")
+    meta = Path(spec.origin).parent / "models" / "_meta.py" if spec and spec.origin else None
+    if meta is not None and meta.is_file():
+        names: dict[str, Any] = {}
+        with contextlib.suppress(Exception):  # a pure-Python list; if its layout changes, ask torchvision
+            exec(compile(meta.read_text(), str(meta), "exec"), names)  # noqa: S102 - torchvision's own file
+        cats = names.get("_IMAGENET_CATEGORIES")
+        if isinstance(cats, list) and len(cats) == 1000 and all(isinstance(c, str) for c in cats):
+            return list(cats)
     from torchvision.models import ResNet18_Weights
 
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])

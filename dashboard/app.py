@@ -17,10 +17,11 @@ if str(ROOT) not in sys.path:
 
 from accel.runtime.alloc import tune_allocator  # noqa: E402
 from dashboard.auth import account_box, require_sign_in  # noqa: E402
-from dashboard.common import sidebar  # noqa: E402
+from dashboard.common import sidebar, start_idle_trimmer  # noqa: E402
 from dashboard.runview import show_shared_run  # noqa: E402
 
 tune_allocator()  # torch eager (gradients, synthesis) without a page fault per activation; once per process
+start_idle_trimmer()  # freed memory goes back to the OS while the server is idle
 st.set_page_config(page_title="convlens", page_icon=":material/visibility:", layout="wide")
 require_sign_in()  # stops here with only the sign-in page for a signed-out browser when sign-in is required
 P = ROOT / "dashboard" / "views"  # not "pages/": Streamlit would serve that folder itself on deep links

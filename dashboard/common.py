@@ -30,6 +30,7 @@ from PIL import Image
 import accel
 from accel import limits, registry, zoo
 from accel.images import foolbox_imagenet, sample_image, sample_images
+from accel.runtime.alloc import release_memory
 from accel.store import (
     RunStore,
     StoredRun,
@@ -534,8 +535,33 @@ class Ctx:
         return _net_copies(self.model, self.net.weights_hash(), self.net).borrow()
 
 
+_IN_FLIGHT = [0]  # runs holding a borrowed backbone, server-wide
+_IN_FLIGHT_LOCK = threading.Lock()
+IDLE_TRIM_S = 10.0  # how often an idle server gives freed memory back (closed sessions free theirs later)
+
+
+@st.cache_resource(show_spinner=False)
+def start_idle_trimmer() -> threading.Thread:
+    """Once per server: a daemon thread that returns the C heap's free memory to the OS every IDLE_TRIM_S seconds
+    while no run is in flight (sessions closed by their browser free their results after the disconnect TTL,
+    long after their last run)."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(IDLE_TRIM_S)
+            with _IN_FLIGHT_LOCK:
+                idle = _IN_FLIGHT[0] == 0
+            if idle:
+                release_memory()
+
+    t = threading.Thread(target=loop, name="convlens-idle-trim", daemon=True)
+    t.start()
+    return t
+
+
 class NetCopies:
-    """Deep copies of one backbone lent to runs in flight, at most `keep` kept between runs (thread-safe)."""
+    """Deep copies of one backbone lent to runs in flight, at most `keep` kept between runs (thread-safe). When the
+    last run in flight on the server returns its copy, the C heap's free memory goes back to the OS."""
 
     def __init__(self, net: Any, keep: int = 2) -> None:
         self.net, self.keep = net, keep
@@ -556,12 +582,19 @@ class NetCopies:
                     self.net._layers = mine.layers()
             with self.lock:
                 self.made += 1
+        with _IN_FLIGHT_LOCK:
+            _IN_FLIGHT[0] += 1
         try:
             yield mine
         finally:
             with self.lock:
                 if len(self.free) < self.keep:
                     self.free.append(mine)
+            with _IN_FLIGHT_LOCK:
+                _IN_FLIGHT[0] -= 1
+                idle = _IN_FLIGHT[0] == 0
+            if idle:
+                release_memory()
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

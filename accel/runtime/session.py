@@ -283,6 +283,10 @@ def session_options(threads: int | None = None, optimized_path: str | os.PathLik
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
     so.log_severity_level = QUIET
+    # No per-session CPU arena: it grows to the sum of the runs in flight on a shared session and never shrinks
+    # (8 concurrent occlusions on lite0 kept ~0.8 GiB); plain malloc is as fast here (625-window sweep 5.89 vs
+    # 5.83 s, incremental 3.47 vs 3.72 s) and gives memory back (`alloc.release_memory`).
+    so.enable_cpu_mem_arena = False
     if not settings.get("CONVLENS_ORT_SPIN"):  # shared machines: do not busy-wait between ops
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path is not None:
