@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import importlib
 import inspect
 import logging
@@ -540,6 +541,19 @@ _IN_FLIGHT_LOCK = threading.Lock()
 IDLE_TRIM_S = 10.0  # how often an idle server gives freed memory back (closed sessions free theirs later)
 
 
+def _expire_closed_sessions() -> None:
+    """Drop the state of browser sessions closed longer than server.disconnectedSessionTTL ago. Streamlit keeps them
+    in a TTL cache that only expires entries when another session disconnects, so on a quiet server the last
+    sessions' results would stay in memory for good (internal API: any change just leaves them to Streamlit)."""
+    with contextlib.suppress(Exception):
+        from streamlit.runtime import Runtime
+
+        cache = getattr(Runtime.instance()._session_mgr._session_storage, "_cache", None)  # noqa: SLF001
+        expire = getattr(cache, "expire", None)
+        if callable(expire):
+            expire()
+
+
 @st.cache_resource(show_spinner=False)
 def start_idle_trimmer() -> threading.Thread:
     """Once per server: a daemon thread that returns the C heap's free memory to the OS every IDLE_TRIM_S seconds
@@ -552,6 +566,8 @@ def start_idle_trimmer() -> threading.Thread:
             with _IN_FLIGHT_LOCK:
                 idle = _IN_FLIGHT[0] == 0
             if idle:
+                _expire_closed_sessions()
+                gc.collect()
                 release_memory()
 
     t = threading.Thread(target=loop, name="convlens-idle-trim", daemon=True)
@@ -707,7 +723,7 @@ def unset(key: str, **default: Any) -> dict[str, Any]:
 
 
 def apply_link_params() -> None:
-    """Deep links: `?model=vgg16&photo=coffee` (or `imagenet=3`, `backend=torch`) preselect the sidebar, once per
+    """Deep links: `?model=vgg16&photo=coffee` (or `model=upload`, `imagenet=3`, `backend=torch`) preselect the sidebar, once per
     session, so a link reproduces a setup; unknown values are ignored (the pickers keep their defaults)."""
     if st.session_state.get("_link_applied"):
         return
@@ -716,6 +732,8 @@ def apply_link_params() -> None:
     rows = {r["name"] for r in _zoo_rows()}
     if qp.get("model") in rows:
         st.session_state["model"] = qp["model"]
+    elif qp.get("model") == "upload":  # ?model=upload opens the checkpoint uploader
+        st.session_state["model"] = UPLOAD_MODEL
     if qp.get("photo") in sample_images():
         st.session_state["img_source"] = "Sample photo"
         st.session_state["img_sample"] = qp["photo"]
