@@ -455,7 +455,7 @@ def _upload_image(data: bytes, name: str) -> Image.Image:
     return accel.open_image(data, label=name)
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
+@st.cache_resource(show_spinner=False, max_entries=16)  # a reopened run reads its folder in milliseconds
 def _stored_result(root: str, run_id: str) -> accel.Result:
     return _store_for(root).get(run_id).result
 
