@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import methods
 from .errors import BadInput, NotDifferentiable, ResourceLimit, UntrustedFile
-from .registry import MethodSpec, get, run
-from .result import Result
+from .registry import MethodSpec, Observer, ProgressObserver, get, run
+from .registry import methods as list_methods
+from .result import LossRecord, Result
 
 __version__ = "0.1.0"
 
@@ -17,9 +17,12 @@ __all__ = [
     "ResourceLimit",
     "UntrustedFile",
     "MethodSpec",
+    "Observer",
+    "ProgressObserver",
+    "LossRecord",
     "Result",
     "get",
-    "methods",
+    "list_methods",
     "run",
     "load",
     "open_image",

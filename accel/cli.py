@@ -162,7 +162,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         meta = check_file_parity(net, taps, path)  # the file just written, not a cached copy
     except BadInput:
-        path.unlink(missing_ok=True)  # never leave a graph that disagrees with its model under the user's name
+        path.unlink(
+            missing_ok=True
+        )  # never leave a graph that disagrees with its model under the user's name
         raise
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB), taps {taps}, opset {args.opset}")
     print(f"parity vs torch (max abs diff per tap): {json.dumps(meta.get('parity_max_abs', {}))}")
@@ -249,14 +251,23 @@ def cmd_method(args: argparse.Namespace) -> int:
     net = _load(args)
     params = {k[2:]: v for k, v in vars(args).items() if k.startswith("p_") and v is not None}
     bar = _progress_bar(spec.name)
+    run_id = ""
     try:
-        res = registry.run(spec.name, net, img, progress=bar, **params)
+        obs = registry.ProgressObserver(bar)
+        if args.save:  # the stored-run service: an identical request is answered from the store
+            from .runs import answer
+            from .store import RunStore
+
+            a = answer(RunStore(), spec.name, net, img, params, model=args.model, observer=obs)
+            res, run_id = a.result, a.run_id + (" (answered from the store)" if a.from_store else "")
+        else:
+            res = registry.run(spec.name, net, img, observer=obs, **params)
     finally:
         bar.close()
     picture = res.overlay() if res.kind == "map" else res.to_image()
     _save_output(lambda tmp: picture.save(tmp, format=_pil_format(out)), out, "--out")
     summary = {k: v for k, v in res.meta.items() if isinstance(v, (int, float, str, bool))}
-    print(f"wrote {out}  {json.dumps(summary)}")
+    print(f"wrote {out}  {json.dumps(summary)}" + (f"  run {run_id}" if run_id else ""))
     return 0
 
 
@@ -354,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         model_args(p)
         p.add_argument("--out", default=None, help="output PNG (default: <method>.png)")
+        p.add_argument(
+            "--save",
+            action="store_true",
+            help="keep the result in the run store (CONVLENS_STORE) and answer an identical request from it",
+        )
         p.set_defaults(fn=cmd_method, family=family)
     return ap
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 from .errors import BadInput
-from .result import Result
+from .result import LossRecord, Result
 
 FAMILIES = ("inspect", "attribute", "synthesize")
 
@@ -218,7 +218,64 @@ def validate(params_cls: type, values: dict[str, Any], method: str = "method") -
     return params_cls(**kw)
 
 
-RunFn = Callable[..., Result]
+class Observer:
+    """How a long run talks back to whoever started it: progress, cancellation, snapshot images, loss records.
+
+    Every registered `run(net, img, p, obs)` receives one explicitly (accel.run passes a silent one when the caller
+    gives none). Front ends subclass it (a progress bar, a dashboard job); the base class ignores everything."""
+
+    def progress(self, frac: float, msg: str = "") -> None:
+        """`frac` of the work (0..1) is done; `msg` says what is happening."""
+
+    def should_stop(self) -> bool:
+        """Whether the caller asked to stop; a method that can stop early returns what it has so far."""
+        return False
+
+    def snapshot(self, img: Any, step: int) -> None:
+        """An intermediate image of an optimisation at `step` (callers decide how often to look)."""
+
+    def loss(self, record: LossRecord) -> None:
+        """One optimisation step's loss, as it happens (the whole curve also ends up in Result.losses)."""
+
+    def span(self, lo: float, hi: float) -> Observer:
+        """This observer with progress mapped onto lo..hi (a part of a longer run)."""
+        return _Span(self, lo, hi)
+
+    def callback(self) -> Callable[[float, str], None]:
+        """`progress` as a plain callable, for the runtime layer's sweeps."""
+        return self.progress
+
+
+class _Span(Observer):
+    def __init__(self, inner: Observer, lo: float, hi: float) -> None:
+        self.inner, self.lo, self.hi = inner, float(lo), float(hi)
+
+    def progress(self, frac: float, msg: str = "") -> None:
+        self.inner.progress(self.lo + (self.hi - self.lo) * float(frac), msg)
+
+    def should_stop(self) -> bool:
+        return self.inner.should_stop()
+
+    def snapshot(self, img: Any, step: int) -> None:
+        self.inner.snapshot(img, step)
+
+    def loss(self, record: LossRecord) -> None:
+        self.inner.loss(record)
+
+
+class ProgressObserver(Observer):
+    """An observer that forwards progress to a `callback(frac, msg)` (e.g. a progress bar) and ignores the rest."""
+
+    def __init__(self, callback: Callable[[float, str], None]) -> None:
+        self._callback = callback
+
+    def progress(self, frac: float, msg: str = "") -> None:
+        self._callback(frac, msg)
+
+
+SILENT = Observer()
+
+RunFn = Callable[[Any, Any, Any, Observer], Result]
 
 
 @dataclass(frozen=True)
@@ -234,6 +291,7 @@ class MethodSpec:
     needs_image: bool = True
     needs_grad: bool = False
     declared_heavy: bool | None = None
+    stoppable: bool = False
 
     def param_infos(self) -> list[ParamInfo]:
         """The declared parameters, in declaration order."""
@@ -261,10 +319,12 @@ def register(
     needs_image: bool = True,
     needs_grad: bool = False,
     heavy: bool | None = None,
+    stoppable: bool | None = None,
 ) -> Callable[[RunFn], RunFn]:
-    """Decorator: register `fn(net, img, p) -> Result` as technique `name` with parameter dataclass `params`.
+    """Decorator: register `fn(net, img, p, obs) -> Result` as technique `name` with parameter dataclass `params`.
 
-    `heavy` overrides the default rule of MethodSpec.heavy (synthesis and dataset-scale methods are heavy)."""
+    `heavy` overrides the default rule of MethodSpec.heavy (synthesis and dataset-scale methods are heavy);
+    `stoppable` says the method asks `obs.should_stop()` and returns what it has (default: the synthesis family)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}")
 
@@ -279,6 +339,7 @@ def register(
             needs_image,
             needs_grad,
             heavy,
+            family == "synthesize" if stoppable is None else stoppable,
         )
         return fn
 
@@ -349,10 +410,9 @@ def get(name: str) -> MethodSpec:
     return _REGISTRY[name]
 
 
-def run(
-    name: str, net: Any, img: Any = None, progress: Callable[[float, str], None] | None = None, **params: Any
-) -> Result:
-    """Run technique `name` on backbone `net` and image `img` with validated parameters; the one verb."""
+def run(name: str, net: Any, img: Any = None, *, observer: Observer | None = None, **params: Any) -> Result:
+    """Run technique `name` on backbone `net` and image `img` with validated parameters; the one verb every front
+    end uses. `observer` receives progress, is asked whether to stop, and gets snapshots and loss records."""
     spec = get(name)
     p = validate(spec.params, params, name)
     if spec.needs_image and img is None:
@@ -365,8 +425,7 @@ def run(
             "load the PyTorch weights instead"
         )
     t0 = time.perf_counter()
-    kwargs = {"progress": progress} if progress is not None else {}
-    res = spec.run(net, img, p, **kwargs)
+    res = spec.run(net, img, p, observer if observer is not None else SILENT)
     res.meta.setdefault("method", name)
     res.meta.setdefault("params", dataclasses.asdict(p))
     res.meta.setdefault("model", getattr(net, "name", None))

@@ -11,6 +11,15 @@ from PIL import Image
 KINDS = ("map", "image", "grid", "points", "patches")
 
 
+@dataclass(frozen=True)
+class LossRecord:
+    """One step of an optimisation: the total loss and, where the objective has named parts, each part's value."""
+
+    step: int
+    value: float
+    parts: dict[str, float] = field(default_factory=dict)
+
+
 def colorize(
     m: np.ndarray, cmap: str = "jet", vmin: float | None = None, vmax: float | None = None
 ) -> np.ndarray:
@@ -28,13 +37,15 @@ def colorize(
 
 @dataclass
 class Result:
-    """What a method produced: `data` (numpy), its `kind`, the input it explains, and metadata (params, timings)."""
+    """What a method produced: `data` (numpy), its `kind`, the input it explains, metadata (params, timings) and,
+    for optimisation methods, the loss history (`losses`, one typed record per step)."""
 
     kind: str
     data: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
     image: Image.Image | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    losses: list[LossRecord] = field(default_factory=list)  # optimisation methods: the loss curve, step by step
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -55,6 +66,10 @@ class Result:
             return heat
         base = self.image.convert("RGB").resize(heat.size, Image.BILINEAR)
         return Image.blend(base, heat, float(alpha))
+
+    def loss_curve(self) -> list[float]:
+        """The total loss per recorded step (empty for methods that do not optimise)."""
+        return [r.value for r in self.losses]
 
     def to_image(self, cmap: str = "jet") -> Image.Image:
         """A PIL image for display: the synthesized image, the rendered grid, or a colour-mapped map."""

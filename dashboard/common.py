@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import gc
-import importlib
-import inspect
 import logging
 import math
-import pkgutil
 import re
 import tempfile
 import threading
@@ -29,7 +25,7 @@ import streamlit as st
 from PIL import Image
 
 import accel
-from accel import limits, registry, zoo
+from accel import limits, registry, runs, zoo
 from accel.images import foolbox_imagenet, sample_image, sample_images
 from accel.runtime.alloc import release_memory
 from accel.store import (
@@ -38,7 +34,6 @@ from accel.store import (
     StoreError,
     default_root,
     image_key,
-    request_key,
     save_upload_to,
 )
 
@@ -795,80 +790,21 @@ def require_ctx(need_image: bool = True) -> Ctx:
 # ---------------------------------------------------------------------------------------------------- running
 
 
-BROKEN_MODULES: dict[str, str] = {}
-
-
-def _import_methods() -> None:
-    """Import every technique module (what `accel.methods()` promises) one by one, so a technique whose module
-    fails to import is reported instead of taking every page down."""
-    for fam in registry.FAMILIES:
-        try:
-            sub = importlib.import_module(f"accel.methods.{fam}")
-        except ImportError:
-            continue
-        for m in pkgutil.iter_modules(sub.__path__):
-            name = f"{sub.__name__}.{m.name}"
-            if m.name.startswith("_") or name in BROKEN_MODULES:
-                continue
-            try:
-                importlib.import_module(name)
-            except Exception as e:  # noqa: BLE001 - one broken technique must not take the dashboard down
-                BROKEN_MODULES[name] = f"{type(e).__name__}: {e}"
-                log.error("cannot import technique module %s: %s", name, e)
-    with contextlib.suppress(Exception):  # lets the registry mark itself loaded (broken modules fail again)
-        registry.methods()
-
-
 def method_names(family: str) -> list[str]:
-    """Registered techniques of one family (empty when none has landed yet); broken modules are shown as a
-    warning on the page."""
-    _import_methods()
-    broken = [k for k in BROKEN_MODULES if k.startswith(f"accel.methods.{family}.")]
+    """Registered techniques of one family; technique modules that failed to import (the registry records them
+    instead of failing) are shown as a warning on the page."""
+    broken = {k: v for k, v in registry.broken_modules().items() if k.startswith(f"accel.methods.{family}.")}
     if broken:
         st.warning(
             "Some techniques could not be loaded: "
-            + "; ".join(f"`{k.rsplit('.', 1)[1]}` ({BROKEN_MODULES[k][:160]})" for k in broken)
+            + "; ".join(f"`{k.rsplit('.', 1)[1]}` ({v[:160]})" for k, v in broken.items())
         )
     return [s.name for s in registry.methods(family)]
 
 
-def accepts(fn: Callable[..., Any], name: str) -> bool:
-    """Whether `fn` takes a keyword argument `name` (or **kwargs)."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return False
-    return name in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-
-
-def call_method(
-    name: str, net: Any, img: Image.Image | None, params: dict[str, Any], progress: Any = None, **hooks: Any
-) -> accel.Result:
-    """`accel.run`, plus the optional `should_stop`/`snapshot` hooks when the method's run function accepts them."""
-    spec = accel.get(name)
-    extra = {k: v for k, v in hooks.items() if v is not None and accepts(spec.run, k)}
-    if not extra:
-        return accel.run(name, net, img, progress=progress, **params)
-    from accel.registry import validate
-
-    p = validate(spec.params, params, name)
-    if spec.needs_image and img is None:
-        raise accel.BadInput(f"{name} needs an input image")
-    if spec.needs_grad and not getattr(net, "differentiable", True):
-        raise accel.NotDifferentiable(f"{name} needs gradients, but backbone {net.name!r} is forward-only")
-    t0 = time.perf_counter()
-    kw = {"progress": progress} if progress is not None else {}
-    res = spec.run(net, img, p, **kw, **extra)
-    res.meta.setdefault("method", name)
-    res.meta.setdefault("params", dataclasses.asdict(p))
-    res.meta.setdefault("model", getattr(net, "name", None))
-    res.meta.setdefault("wall_s", time.perf_counter() - t0)
-    return res
-
-
 def run_key(c: Ctx, name: str, params: dict[str, Any], img: Image.Image | None) -> str:
-    """The store key of a request (weights, method, params, image pixels)."""
-    return request_key(c.net.weights_hash(), name, params, image_key(img) if img is not None else None)
+    """The store key of a request (weights, method, params, image pixels): the stored-run service's own."""
+    return runs.request_of(c.net, name, params, img)
 
 
 def run_stored(
@@ -878,37 +814,27 @@ def run_stored(
     *,
     img: Image.Image | None = None,
     use_image: bool = True,
-    progress: Any = None,
-    net: Any = None,
-    **hooks: Any,
+    observer: accel.Observer | None = None,
 ) -> tuple[str, accel.Result, bool]:
-    """Answer from the store when the identical request was run before, else run and store it.
-    Returns (run_id, result, from_cache)."""
+    """The stored-run service (accel.runs) for this session: answer from the store when the identical request ran
+    before, else run it on a borrowed backbone copy and store it. Returns (run_id, result, from_store)."""
     spec = accel.get(name)
     image = (
         (img if img is not None else c.img) if (use_image and spec.needs_image) or img is not None else None
     )
-    key = run_key(c, name, params, image)
-    hit = c.store.lookup(key)
-    if hit is not None:
-        with contextlib.suppress(accel.BadInput):  # unreadable or no longer shared: compute it again
-            run, res = load_run(hit)
-            return hit, res, True
-    if net is not None:
-        res = call_method(name, net, image, params, progress, **hooks)
-    else:
-        with c.borrow_net() as mine:
-            res = call_method(name, mine, image, params, progress, **hooks)
-    rid = c.store.put(
-        res,
+    a = runs.answer(
+        c.store,
+        name,
+        c.net,
+        image,
+        params,
         model=c.model,
-        method=name,
-        params=params,
-        image_key=image_key(image) if image is not None else None,
-        key=key,
         title=f"{name} · {c.model}" + (f" · {c.img_name}" if image is c.img and c.img_name else ""),
+        observer=observer,
+        borrow=c.borrow_net,
+        open_run=lambda rid: load_run(rid)[1],
     )
-    return rid, res, False
+    return a.run_id, a.result, a.from_store
 
 
 def st_progress(text: str = "") -> Callable[[float, str], None]:

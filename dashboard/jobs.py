@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import time
 import traceback
@@ -27,11 +26,10 @@ from accel import settings
 from accel.store import image_key
 
 from .auth import current_user
-from .common import Ctx, accepts, call_method, link_line, load_run, run_key
+from .common import Ctx, link_line, load_run, run_key
 from .widgets import loss_figure, plain, session_space, show_result, shown, shown_error
 
 log = logging.getLogger("convlens.dashboard")
-_LOSS_RE = re.compile(r"loss[\s=:]+([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 
 
 # ---------------------------------------------------------------------------------------------------- fair use
@@ -238,6 +236,29 @@ def _as_image(v: Any) -> Image.Image | None:
     return None
 
 
+class JobObserver(accel.Observer):
+    """What a running method reports to its job: progress, snapshots and loss records land on the job (the page's
+    fragment polls them); Stop is `should_stop()`."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def progress(self, frac: float, msg: str = "") -> None:
+        self.job._progress(frac, msg)
+
+    def should_stop(self) -> bool:
+        return self.job.stop_event.is_set()
+
+    def snapshot(self, img: Any, step: int) -> None:
+        im = _as_image(img)
+        if im is not None:
+            self.job.snapshot = im
+
+    def loss(self, record: accel.LossRecord) -> None:
+        if np.isfinite(record.value):
+            self.job.losses.append(float(record.value))
+
+
 class Job:
     """Work running in a background thread, with progress, snapshots, losses, a stop flag and, for heavy work, a
     place in the fair-use line. `work(job)` returns (run_id, result) or raises."""
@@ -262,6 +283,7 @@ class Job:
         self.msg = "starting"
         self.snapshot: Image.Image | None = None
         self.losses: list[float] = []
+        self.observer = JobObserver(self)
         self.state = "queued" if heavy else "running"
         self.error = ""
         self.run_id: str | None = None
@@ -282,15 +304,7 @@ class Job:
 
         def work(j: Job) -> tuple[str | None, accel.Result | None]:
             with borrow() as net:
-                res = call_method(
-                    name,
-                    net,
-                    img,
-                    params,
-                    j._progress,
-                    should_stop=j.stop_event.is_set,
-                    snapshot=j._snapshot,
-                )
+                res = accel.run(name, net, img, observer=j.observer, **params)
             stopped = j.stop_event.is_set()
             res.meta.setdefault("stopped", stopped)
             j.result = res
@@ -305,9 +319,7 @@ class Job:
             )
             return rid, res
 
-        job = cls(
-            name, work, user=current_user(), heavy=spec.heavy, stoppable=accepts(spec.run, "should_stop")
-        )
+        job = cls(name, work, user=current_user(), heavy=spec.heavy, stoppable=spec.stoppable)
         job.params = params  # type: ignore[attr-defined]
         return job
 
@@ -338,25 +350,12 @@ class Job:
         """Ask the job to stop (it leaves the line at once when still waiting)."""
         self.stop_event.set()
 
-    # -- callbacks the method sees ------------------------------------------------------------------------------
+    # -- what the method sees -----------------------------------------------------------------------------------
     def _progress(self, frac: float, msg: str = "") -> None:
         self.frac = float(min(1.0, max(0.0, frac)))
         self.msg = str(msg)
-        m = _LOSS_RE.search(self.msg)
-        if m:
-            self.losses.append(float(m.group(1)))
         if self.stop_event.is_set() and not self.stoppable:
-            raise Stopped()
-
-    def _snapshot(self, *args: Any, **kwargs: Any) -> None:
-        for v in (*args, *kwargs.values()):
-            im = _as_image(v)
-            if im is not None:
-                self.snapshot = im
-                break
-        loss = kwargs.get("loss")
-        if isinstance(loss, (int, float)) and np.isfinite(loss):
-            self.losses.append(float(loss))
+            raise Stopped()  # a method that never asks should_stop() ends at its next progress report
 
     def _main(self) -> None:
         try:
@@ -415,16 +414,9 @@ def start_or_reuse(c: Ctx, slot: str, name: str, params: dict[str, Any], img: Im
 
 
 def _loss_from_result(res: accel.Result) -> list[float] | None:
-    for src in (res.meta, res.extras):
-        for k in ("losses", "loss_curve", "loss_history", "history", "loss"):
-            v = src.get(k)
-            if isinstance(v, dict):
-                v = v.get("loss") or v.get("total")
-            if isinstance(v, (list, tuple, np.ndarray)) and len(v) > 1:
-                a = np.asarray(v, dtype=np.float64).ravel()
-                if np.isfinite(a).any():
-                    return a.tolist()
-    return None
+    """The run's loss curve from its typed field (None when the method does not optimise)."""
+    curve = res.loss_curve()
+    return curve if len(curve) > 1 else None
 
 
 def live_status(j: Job, slot: str) -> None:

@@ -64,13 +64,14 @@ def run_heavy_aware(
     """`run_stored`, but a heavy method that is not already in the store first waits for its turn in the fair-use
     line (place shown, Stop leaves the line). Returns (run_id, result, from_cache)."""
     spec = accel.get(name)
+    obs = accel.ProgressObserver(progress) if progress is not None else None
     try:
         if spec.heavy:
             image = img if img is not None else (c.img if spec.needs_image else None)
             if c.store.lookup(run_key(c, name, params, image)) is None:
                 with jobs.heavy_turn(name, key):
-                    return run_stored(c, name, params, img=img, progress=progress)
-        return run_stored(c, name, params, img=img, progress=progress)
+                    return run_stored(c, name, params, img=img, observer=obs)
+        return run_stored(c, name, params, img=img, observer=obs)
     except accel.BadInput as e:  # the same refusal, with server paths (uploads, data roots) shown by name
         raise type(e)(dataroots.redact(str(e))) from None
 

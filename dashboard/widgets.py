@@ -1,7 +1,7 @@
 """Controls generated from a method's parameter declaration, result display, image grids and Plotly figures.
 
 `param_controls` is the one place that turns `spec.param_infos()` into Streamlit widgets, so a technique that
-lands in `accel.methods()` gets its controls with no page-specific code. Controls are chosen by the parameter's
+lands in `accel.list_methods()` gets its controls with no page-specific code. Controls are chosen by the parameter's
 declared kind (layer, class, backend, dataset, image, checkpoint), never by its name. Path-like kinds offer only
 what this server allows (packaged sets, this session's uploads, files under the data roots: accel.dataroots), and
 every user-supplied string is shown as text, never as Markdown or HTML (`plain`, `shown`)."""

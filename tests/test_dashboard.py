@@ -40,7 +40,7 @@ def store_and_fakes(tmp_path_factory: pytest.TempPathFactory):
     import torch
 
     from accel.registry import _REGISTRY, param, register
-    from accel.result import Result
+    from accel.result import LossRecord, Result
 
     old_store = os.environ.get("CONVLENS_STORE")
     os.environ["CONVLENS_STORE"] = str(tmp_path_factory.mktemp("store"))
@@ -50,15 +50,14 @@ def store_and_fakes(tmp_path_factory: pytest.TempPathFactory):
         target: int | None = param(None, "class index (default: the top-1 prediction)")
         power: float = param(1.0, "exponent applied to |gradient|", min=0.5, max=3.0)
 
-    def grad(net, img, p, progress=None):
+    def grad(net, img, p, obs):
         CALLS["grad"] = CALLS.get("grad", 0) + 1
         x = net.preprocess(img).requires_grad_(True)
         y = net.logits(x)
         t = int(y.argmax()) if p.target is None else net.check_target(p.target)
         (g,) = torch.autograd.grad(y[0, t], x)
         m = g.abs().amax(1)[0].numpy().astype(np.float32) ** p.power
-        if progress:
-            progress(1.0, "done")
+        obs.progress(1.0, "done")
         return Result("map", m, {"backend": "torch", "passes": 1, "target": t}, img)
 
     @dataclass
@@ -66,7 +65,7 @@ def store_and_fakes(tmp_path_factory: pytest.TempPathFactory):
         layer: str | None = param(None, "layer to show (default: the first)")
         tiles: int = param(4, "number of tiles", min=1, max=16)
 
-    def tiles(net, img, p, progress=None):
+    def tiles(net, img, p, obs):
         if p.layer is not None:
             net.layer(p.layer)
         a = np.zeros((8 * p.tiles, 8, 3), np.uint8)
@@ -78,21 +77,21 @@ def store_and_fakes(tmp_path_factory: pytest.TempPathFactory):
         steps: int = param(20, "optimisation steps", min=1, max=2000)
         seed: int = param(0, "random seed", min=0, max=1000)
 
-    def syn(net, img, p, progress=None, should_stop=None, snapshot=None):
+    def syn(net, img, p, obs):
         CALLS["syn"] = CALLS.get("syn", 0) + 1
         a = np.random.default_rng(p.seed).random((16, 16, 3)).astype(np.float32)
         losses = []
         for i in range(p.steps):
-            if should_stop is not None and should_stop():
+            if obs.should_stop():
                 break
             time.sleep(0.01)
             a *= 0.99
-            losses.append(float(a.mean()))
-            if progress:
-                progress((i + 1) / p.steps, f"step {i + 1} loss={a.mean():.4f}")
-            if snapshot is not None and i % 5 == 0:
-                snapshot(a, step=i)
-        return Result("image", a, {"losses": losses, "steps_done": len(losses)})
+            losses.append(LossRecord(i + 1, float(a.mean())))
+            obs.loss(losses[-1])
+            obs.progress((i + 1) / p.steps, f"step {i + 1}")
+            if i % 5 == 0:
+                obs.snapshot(a, i)
+        return Result("image", a, {"steps_done": len(losses)}, losses=losses)
 
     names = {"t_grad_a": "attribute", "t_grad_b": "attribute", "t_tiles": "inspect", "t_syn": "synthesize"}
     register("t_grad_a", "attribute", GradP, needs_grad=True)(grad)
@@ -347,7 +346,8 @@ def test_synthesis_job_progress_result_and_stop() -> None:
     _wait_job(at)
     _ok(at)
     job = at.session_state["_jobs"]["syn:t_syn"]
-    assert job.state == "stopped" and job.run_id and 0 < len(job.result.meta["losses"]) < 2000
+    assert job.state == "stopped" and job.run_id and 0 < len(job.result.losses) < 2000
+    assert job.losses == job.result.loss_curve()  # the live curve is the typed one, step by step
     assert any("stopped" in w.value for w in at.warning)
 
 
@@ -363,7 +363,12 @@ def test_real_class_viz_job_on_fashion_cnn() -> None:
     _wait_job(at, timeout=120)
     _ok(at)
     job = at.session_state["_jobs"]["syn:class_viz"]
-    assert job.state == "done" and job.run_id and len(job.result.meta["loss_history"]) == 12
+    assert job.state == "done" and job.run_id and len(job.result.losses) == 12
+    assert [r.step for r in job.result.losses] == list(range(1, 13))
+    assert job.losses == job.result.loss_curve()  # the live loss curve came from the typed records
+    # the page's chart plots exactly the typed loss curve of the stored run
+    fig = at.get("plotly_chart")[-1].proto.spec
+    assert str(round(job.result.losses[-1].value, 3))[:5] in fig or "y" in fig
     assert at.get("image") and at.get("plotly_chart") and "?run=" in _texts(at)
 
 

@@ -154,14 +154,13 @@ def heavy_method(tmp_path_factory: pytest.TempPathFactory):
         steps: int = param(50, "steps of 20 ms", min=1, max=2000)
         seed: int = param(0, "which run (keeps store keys apart)", min=0, max=1000)
 
-    def heavy(net, img, p, progress=None, should_stop=None, snapshot=None):
+    def heavy(net, img, p, obs):
         CALLS.append((str(p.seed), p.steps))
         for i in range(p.steps):
-            if should_stop is not None and should_stop():
+            if obs.should_stop():
                 break
             time.sleep(0.02)
-            if progress:
-                progress((i + 1) / p.steps, f"step {i + 1}")
+            obs.progress((i + 1) / p.steps, f"step {i + 1}")
         return Result("image", np.full((8, 8, 3), 0.5, np.float32), {"steps_done": i + 1})
 
     register("t_heavy", "synthesize", HeavyP, needs_image=False)(heavy)

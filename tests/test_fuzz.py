@@ -39,7 +39,7 @@ from accel import registry
 from accel.errors import BadInput, ResourceLimit
 from tests.conftest import ARTIFACTS, get_net
 
-SPECS = {s.name: s for s in accel.methods()}
+SPECS = {s.name: s for s in accel.list_methods()}
 NET = "fashion_cnn"
 # RGB, 224 px, ImageNet conv features, no head: the other code paths (RGB tiles, no logits)
 RGB_NET = "alexnet"

@@ -352,7 +352,7 @@ def fake_inspect():
     class P:
         tiles: int = param(2, "number of tiles", min=1, max=8)
 
-    def tiles(net, img, p, progress=None):
+    def tiles(net, img, p, obs):
         a = np.zeros((8 * p.tiles, 8, 3), np.uint8)
         a[::2] = 200
         return Result("grid", a, {"backend": "torch"})

@@ -85,6 +85,7 @@ def test_nan_loss_is_a_clear_error_or_a_stopped_run_with_the_last_finite_image()
     assert res.steps == 3 and "diverged" in res.stopped and torch.isfinite(res.image).all()
     out = _opt.image_result(res.image, {}, opt=res)
     assert out.data.dtype == np.uint8 and len(out.meta["loss_history"]) == 3
+    assert [r.step for r in out.losses] == [1, 2, 3] and out.loss_curve() == out.meta["loss_history"]
     with pytest.raises(BadInput, match="NaN"):
         _opt.to_uint8(torch.full((1, 3, 2, 2), float("nan")))
     assert net.has_head
@@ -94,12 +95,31 @@ def test_early_stop_progress_and_cancellation():
     flat = _opt.l2(0.5)  # already at its minimum: no improvement possible
     res = _tiny_run(flat, steps=50, early_stop=5)
     assert res.steps == 6 and "early stop" in res.stopped
-    seen: list[float] = []
-    res = _tiny_run(-_opt.class_score(2), steps=8, progress=lambda f, m: seen.append(f))
-    assert len(seen) == 8 and seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+    import accel
+
+    class Watch(accel.Observer):
+        def __init__(self, stop_after: int = 10**9) -> None:
+            self.seen: list[float] = []
+            self.records: list[accel.LossRecord] = []
+            self.asked, self.stop_after = 0, stop_after
+
+        def progress(self, frac: float, msg: str = "") -> None:
+            self.seen.append(frac)
+
+        def loss(self, record: accel.LossRecord) -> None:
+            self.records.append(record)
+
+        def should_stop(self) -> bool:
+            self.asked += 1
+            return self.asked > self.stop_after
+
+    w = Watch()
+    res = _tiny_run(-_opt.class_score(2), steps=8, observer=w)
+    assert len(w.seen) == 8 and w.seen == sorted(w.seen) and w.seen[-1] == pytest.approx(1.0)
     assert res.loss_history[-1] < res.loss_history[0]
-    calls = iter(range(100))
-    res = _tiny_run(-_opt.class_score(2), steps=50, should_stop=lambda: next(calls) >= 4)
+    assert [r.value for r in w.records] == res.loss_history and [r.step for r in w.records] == list(range(1, 9))
+    w = Watch(stop_after=4)
+    res = _tiny_run(-_opt.class_score(2), steps=50, observer=w)
     assert res.steps == 4 and res.stopped.startswith("cancelled")
 
 

@@ -47,7 +47,7 @@ def inline_gradcam(net, img, target: int) -> np.ndarray:
 
 
 def registered(name: str) -> bool:
-    return any(s.name == name for s in accel.methods("attribute"))
+    return any(s.name == name for s in accel.list_methods("attribute"))
 
 
 def predicted(net, img) -> int:

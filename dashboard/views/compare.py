@@ -142,7 +142,7 @@ if go_run:
             bar((k + f) / max(1, len(chosen)), f"{name}: {msg}")
 
         with guard(name):
-            rid, res, cached = run_stored(c, name, params, progress=prog)
+            rid, res, cached = run_stored(c, name, params, observer=accel.ProgressObserver(prog))
             runs.append({"name": name, "run_id": rid, "cached": cached})
     bar.done()  # type: ignore[attr-defined]
     st.session_state["cmp_runs"] = runs

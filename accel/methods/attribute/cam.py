@@ -11,9 +11,9 @@ from PIL import Image
 from torch import nn
 
 from ...errors import BadInput
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
-from ._base import CAMBase, Progress, Score, check_layer, run_cam
+from ._base import CAMBase, Score, check_layer, run_cam
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -103,7 +103,8 @@ class CAMParams:
     paper="Zhou et al. 2016, Learning Deep Features for Discriminative Localization",
     needs_grad=True,
 )
-def run(net: Backbone, img: Image.Image, p: CAMParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: CAMParams, obs: Observer) -> Result:
     """sum_k w_k^c A_k over the pooled layer, upsampled; its spatial mean (low-res) plus the bias is the logit."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     cam = ZhouCAM(net, p.layer, relu=p.relu)
     return run_cam(cam, net, img, p.target, "cam", progress=progress, fc=cam.fc)

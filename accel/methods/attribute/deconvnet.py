@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
-from ._base import REDUCTIONS, Progress, run_rule
+from ._base import REDUCTIONS, run_rule
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -38,8 +38,9 @@ class DeconvnetParams:
     paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks",
     needs_grad=True,
 )
-def run(net: Backbone, img: Image.Image, p: DeconvnetParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: DeconvnetParams, obs: Observer) -> Result:
     """Input "gradient" with the deconvnet rule (rectified backward signal) at every ReLU/ReLU6."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     return run_rule(
         net,
         img,

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
-from ._base import GradCAMWeights, Progress, run_cam
+from ._base import GradCAMWeights, run_cam
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -31,7 +31,8 @@ class GradCAMParams:
     paper="Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization",
     needs_grad=True,
 )
-def run(net: Backbone, img: Image.Image, p: GradCAMParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: GradCAMParams, obs: Observer) -> Result:
     """ReLU(sum_k mean(d score/d A_k) A_k) at the layer, bilinearly upsampled to the input size."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     cam = GradCAMWeights(net, p.layer, relu=p.relu)
     return run_cam(cam, net, img, p.target, "gradcam", progress=progress)

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
-from ._base import CAMBase, Progress, Score, run_cam
+from ._base import CAMBase, Score, run_cam
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -46,6 +46,7 @@ class GradCAMPPParams:
     paper="Chattopadhay et al. 2018, Grad-CAM++: Improved Visual Explanations for Deep Convolutional Networks",
     needs_grad=True,
 )
-def run(net: Backbone, img: Image.Image, p: GradCAMPPParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: GradCAMPPParams, obs: Observer) -> Result:
     """ReLU(sum_k w_k A_k) with Grad-CAM++ weights, upsampled to the input size."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     return run_cam(GradCAMPlusPlus(net, p.layer), net, img, p.target, "gradcam_pp", progress=progress)

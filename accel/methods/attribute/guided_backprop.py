@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
-from ._base import REDUCTIONS, Progress, run_rule
+from ._base import REDUCTIONS, run_rule
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -38,8 +38,9 @@ class GuidedBackpropParams:
     paper="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net",
     needs_grad=True,
 )
-def run(net: Backbone, img: Image.Image, p: GuidedBackpropParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: GuidedBackpropParams, obs: Observer) -> Result:
     """Input gradient with the guided rule at every ReLU/ReLU6 (module, functional or in-place)."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     return run_rule(
         net,
         img,

@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from ._base import (
     REDUCTIONS,
     GradCAMWeights,
-    Progress,
     Score,
     class_gradient,
     gradient_rgb,
@@ -42,8 +41,9 @@ class GuidedGradCAMParams:
     paper="Selvaraju et al. 2017, Grad-CAM (Guided Grad-CAM)",
     needs_grad=True,
 )
-def run(net: Backbone, img: Image.Image, p: GuidedGradCAMParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: GuidedGradCAMParams, obs: Observer) -> Result:
     """Element-wise product of the guided-backprop gradient (C,H,W) and the Grad-CAM map, reduced over channels."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     t0 = time.perf_counter()
     require_head(net, "guided_gradcam")
     net.check_target(p.target)

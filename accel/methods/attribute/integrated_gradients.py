@@ -11,11 +11,10 @@ import torch
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from ._base import (
     REDUCTIONS,
-    Progress,
     Score,
     input_gradient,
     input_tensor,
@@ -88,8 +87,9 @@ class IntegratedGradientsParams:
     paper="Sundararajan, Taly & Yan 2017, Axiomatic Attribution for Deep Networks",
     needs_grad=True,
 )
-def run(net: Backbone, img: Image.Image, p: IntegratedGradientsParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: IntegratedGradientsParams, obs: Observer) -> Result:
     """(x - x') * sum_k w_k grad f(x' + a_k (x - x')), reduced over channels; meta has the completeness gap."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     t0 = time.perf_counter()
     require_head(net, "integrated_gradients")
     net.check_target(p.target)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ... import settings
 from ...errors import BadInput, ResourceLimit
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from ...runtime.incremental import (
     DRILL_REFINE,
@@ -27,7 +27,6 @@ from ...runtime.runner import runner
 from ...runtime.sweep import Occlusion
 from ._base import (
     BACKENDS,
-    Progress,
     input_tensor,
     make_baseline,
     make_result,
@@ -169,8 +168,9 @@ AUTO_MIN_MACS = 1e8  # smaller networks (fashion_cnn: 28 px) run whole faster th
     paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks",
     needs_grad=False,
 )
-def run(net: Backbone, img: Image.Image, p: OcclusionParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: OcclusionParams, obs: Observer) -> Result:
     """Drop in the target probability when each window is replaced by the baseline; both map forms in extras."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     t0 = time.perf_counter()
     require_head(net, "occlusion")
     net.check_target(p.target)

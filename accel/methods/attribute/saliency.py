@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
-from ._base import Progress, class_gradient, input_tensor, make_result, reduce_channels, target_meta
+from ._base import class_gradient, input_tensor, make_result, reduce_channels, target_meta
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -28,8 +28,9 @@ class SaliencyParams:
     paper="Simonyan, Vedaldi & Zisserman 2014, Deep Inside Convolutional Networks",
     needs_grad=True,
 )
-def run(net: Backbone, img: Image.Image, p: SaliencyParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: SaliencyParams, obs: Observer) -> Result:
     """Gradient of the class logit w.r.t. the network input; abs, then max over channels."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     t0 = time.perf_counter()
     x = input_tensor(net, img)
     grad, logits, t, _ = class_gradient(net, x, p.target, "saliency")

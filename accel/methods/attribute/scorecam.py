@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from ...runtime.sweep import Masks
 from ._base import BACKENDS, CAMBase, Progress, Score, progress_cb, run_cam, upsample
@@ -106,8 +106,9 @@ class ScoreCAMParams:
     paper="Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks",
     needs_grad=False,
 )
-def run(net: Backbone, img: Image.Image, p: ScoreCAMParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: ScoreCAMParams, obs: Observer) -> Result:
     """ReLU(sum_k w_k A_k) with w_k the probability increase of x masked by channel k (gradient-free)."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     cam = ScoreCAMWeights(net, p.layer, p.backend, p.max_channels, p.batch_size, progress)
     res = run_cam(cam, net, img, p.target, "scorecam", progress=None)
     res.meta["channels_scored"] = len(cam.used)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 
 if TYPE_CHECKING:
@@ -191,8 +191,9 @@ def scouter_outputs(net: Backbone, img: Any, sign: str = "positive", checkpoint:
     paper="Li et al., SCOUTER: Slot Attention-based Classifier for Explainable Image Recognition, ICCV 2021",
     needs_grad=True,
 )
-def run(net: Backbone, img: Any, p: ScouterParams, progress: Any = None) -> Result:
+def run(net: Backbone, img: Any, p: ScouterParams, obs: Observer) -> Result:
     """SCOUTER slot attention for one class: the explanation the classifier itself used (positive or negative)."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     t0 = time.perf_counter()
     target = net.check_target(p.target)
     out = scouter_outputs(net, img, p.sign, p.checkpoint)

@@ -14,11 +14,10 @@ import numpy as np
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from ._base import (
     GradCAMWeights,
-    Progress,
     Score,
     blur,
     class_gradient,
@@ -127,8 +126,9 @@ class SaliencyGrabCutParams:
     paper="Simonyan et al. 2014 (sec. 3.2, saliency-seeded GraphCut); Rother et al. 2004, GrabCut",
     needs_grad=True,
 )
-def run(net: Backbone, img: Image.Image, p: SaliencyGrabCutParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: SaliencyGrabCutParams, obs: Observer) -> Result:
     """Mask (0/1 map) of the object GrabCut cuts out from the seeds; the cut-out image and seeds in extras."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     import cv2
 
     t0 = time.perf_counter()

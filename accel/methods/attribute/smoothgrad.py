@@ -10,10 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from ._base import (
-    Progress,
     Score,
     input_gradient,
     input_tensor,
@@ -60,8 +59,9 @@ class SmoothGradParams:
     paper="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise",
     needs_grad=True,
 )
-def run(net: Backbone, img: Image.Image, p: SmoothGradParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: SmoothGradParams, obs: Observer) -> Result:
     """Average gradients over `samples` Gaussian-perturbed inputs; max over channels of the aggregate."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     t0 = time.perf_counter()
     require_head(net, "smoothgrad")
     net.check_target(p.target)

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
-from ._base import CAMBase, Progress, Score, run_cam
+from ._base import CAMBase, Score, run_cam
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -49,9 +49,10 @@ class CounterfactualParams:
     needs_grad=True,
 )
 def run_counterfactual(
-    net: Backbone, img: Image.Image, p: CounterfactualParams, progress: Progress = None
+    net: Backbone, img: Image.Image, p: CounterfactualParams, obs: Observer
 ) -> Result:
     """ReLU(sum_k -mean(d score/d A_k) A_k): where the image argues against the class."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     return run_cam(
         CounterfactualWeights(net, p.layer), net, img, p.target, "gradcam_counterfactual", progress=progress
     )
@@ -72,9 +73,10 @@ class ContrastiveParams:
     needs_grad=True,
 )
 def run_contrastive(
-    net: Backbone, img: Image.Image, p: ContrastiveParams, progress: Progress = None
+    net: Backbone, img: Image.Image, p: ContrastiveParams, obs: Observer
 ) -> Result:
     """Grad-CAM of logit[A] - logit[B]: why A rather than B."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     return run_cam(
         ContrastiveWeights(net, p.layer),
         net,

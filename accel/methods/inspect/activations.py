@@ -16,11 +16,10 @@ from PIL import Image
 
 from ...errors import BadInput
 from ...images import make_grid
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from ...taps import capture
 from ._common import (
-    Progress,
     auto_zoom,
     check_canvas,
     default_activation_layer,
@@ -83,8 +82,9 @@ def channel_stats(maps: np.ndarray) -> dict[str, np.ndarray]:
     ActivationsParams,
     paper="Yosinski et al. 2015, Understanding Neural Networks Through Deep Visualization",
 )
-def run(net: Backbone, img: Image.Image, p: ActivationsParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: ActivationsParams, obs: Observer) -> Result:
     """All feature maps of one layer for one image as a grayscale grid, plus per-channel statistics."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     li = spatial_layer(net, p.layer, default_activation_layer(net), "activations")
     report(progress, 0.1, f"forward to {li.name}")
     maps = layer_maps(net, img, li.name)

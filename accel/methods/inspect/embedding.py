@@ -19,11 +19,10 @@ import numpy as np
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from ._common import (
     Features,
-    Progress,
     check_canvas,
     dataset_features,
     report,
@@ -203,8 +202,9 @@ def project(
     paper="van der Maaten & Hinton 2008 (t-SNE); McInnes et al. 2018 (UMAP); Karpathy, CNN t-SNE image grid",
     needs_image=False,
 )
-def run(net: Backbone, img: Any, p: EmbeddingParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Any, p: EmbeddingParams, obs: Observer) -> Result:
     """A 2-D map (PCA / t-SNE / UMAP) of a dataset's feature vectors, with labels and the t-SNE image grid."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     tap = vector_tap(net, p.tap)
     ds = resolve_dataset(net, p.dataset, p.limit)
     fs = dataset_features(net, ds, tap, p.backend, progress=lambda f, m: report(progress, 0.5 * f, m))

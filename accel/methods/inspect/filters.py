@@ -16,9 +16,9 @@ from torch import nn
 
 from ...errors import BadInput
 from ...images import make_grid
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
-from ._common import Progress, auto_zoom, check_canvas, minmax01, report, rgb, upscale
+from ._common import auto_zoom, check_canvas, minmax01, report, rgb, upscale
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -69,8 +69,9 @@ def _pick_conv(net: Backbone, name: str) -> tuple[str, nn.Conv2d, bool]:
     paper="Krizhevsky, Sutskever & Hinton 2012, ImageNet Classification with Deep CNNs (Fig. 3)",
     needs_image=False,
 )
-def run(net: Backbone, img: Any, p: FiltersParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Any, p: FiltersParams, obs: Observer) -> Result:
     """Convolution kernels as a tile mosaic: RGB tiles for the first layer, per-input-channel grids deeper."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     name, conv, first = _pick_conv(net, p.layer)
     w = conv.weight.detach().float().cpu().numpy()  # (O, I/groups, kh, kw)
     out_c, in_c, kh, kw = w.shape

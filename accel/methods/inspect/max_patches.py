@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from ._common import (
     _LRU,
@@ -190,8 +190,9 @@ def crop_unit(
     paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks; Girshick et al. 2014 (R-CNN)",
     needs_image=False,
 )
-def run(net: Backbone, img: Any, p: MaxPatchesParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Any, p: MaxPatchesParams, obs: Observer) -> Result:
     """The k dataset patches (exact receptive fields) that activate chosen channels most, with their values."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     import torch
 
     li = spatial_layer(net, p.layer, default_activation_layer(net), "max_patches")

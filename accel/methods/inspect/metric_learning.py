@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from ._common import (
     Progress,
@@ -127,8 +127,9 @@ def train_head(
     paper="Schroff et al. 2015 (FaceNet triplet loss); Hermans, Beyer & Leibe 2017 (batch-hard triplets)",
     needs_image=False,
 )
-def run(net: Backbone, img: Any, p: MetricLearningParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Any, p: MetricLearningParams, obs: Observer) -> Result:
     """Train a triplet-loss projection head on frozen features; recall@1 before/after and the new 2-D map."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     import torch
 
     tap = "embedding" if p.tap == "pixels" else vector_tap(net, p.tap)

@@ -15,10 +15,9 @@ import numpy as np
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from ._common import (
-    Progress,
     dataset_features,
     get_runner,
     label_strip,
@@ -182,8 +181,9 @@ class NeighborsParams:
     NeighborsParams,
     paper="Krizhevsky, Sutskever & Hinton 2012 (Fig. 4: nearest neighbours in last-layer feature space)",
 )
-def run(net: Backbone, img: Image.Image, p: NeighborsParams, progress: Progress = None) -> Result:
+def run(net: Backbone, img: Image.Image, p: NeighborsParams, obs: Observer) -> Result:
     """k nearest dataset images of the query in feature space next to those in pixel space."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     tap = vector_tap(net, p.tap)
     ds = resolve_dataset(net, p.dataset, p.limit)
     fs = dataset_features(net, ds, tap, p.backend, progress=lambda f, m: report(progress, 0.9 * f, m))

@@ -24,12 +24,11 @@ from torch import nn
 
 from ...errors import BadInput, ResourceLimit
 from ...limits import CAPS
-from ...result import Result
+from ...registry import SILENT, Observer
+from ...result import LossRecord, Result
 from ...taps import capture, resolve
 
 Progress = Callable[[float, str], None]
-Snapshot = Callable[[Image.Image], None]
-StopCheck = Callable[[], bool]
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 # --------------------------------------------------------------------------------------------- limits
@@ -674,6 +673,13 @@ class OptResult:
     terms_history: dict[str, list[float]] = field(default_factory=dict)
     wall_s: float = 0.0
 
+    def records(self) -> list[LossRecord]:
+        """The loss curve as typed records (what Result.losses holds): total and named terms per step."""
+        return [
+            LossRecord(i + 1, float(v), {k: float(h[i]) for k, h in self.terms_history.items() if i < len(h)})
+            for i, v in enumerate(self.loss_history)
+        ]
+
     def meta(self) -> dict[str, Any]:
         """The summary every technique puts in Result.meta."""
         h = self.loss_history
@@ -711,10 +717,8 @@ def optimize(
     optimizer: str = "adam",
     transform: Transform | None = None,
     seed: int = 0,
-    progress: Progress | None = None,
+    observer: Observer | None = None,
     progress_span: tuple[float, float] = (0.0, 1.0),
-    should_stop: StopCheck | None = None,
-    snapshot: Snapshot | None = None,
     snapshot_every: int = 10,
     early_stop: int = 0,
     early_stop_tol: float = 1e-4,
@@ -730,7 +734,8 @@ def optimize(
     optimizer: "adam", "sgd" (plain steps; pair with a `grad_hook` that normalises) or "lbfgs" (deterministic
     objectives only; the loss is rescaled by its starting value so networks with large activations, like the
     Caffe VGG19, do not stall it). `early_stop` = patience in steps without a relative improvement of
-    `early_stop_tol`; `stop_when(step, image)` may return a reason to stop; `should_stop()` cancels. A NaN/inf
+    `early_stop_tol`; `stop_when(step, image)` may return a reason to stop; `observer` gets progress (mapped onto
+    `progress_span`), a snapshot every `snapshot_every` steps and a loss record per step, and cancels. A NaN/inf
     loss or image raises BadInput (on_nan="raise") or stops at the last finite image (on_nan="stop")."""
     check_steps_lr(steps, lr, what)
     if optimizer not in ("adam", "sgd", "lbfgs"):
@@ -766,6 +771,7 @@ def optimize(
     step = 0
     t0 = time.perf_counter()
     lo, hi = progress_span
+    obs = observer if observer is not None else SILENT
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
@@ -792,7 +798,7 @@ def optimize(
     good = last_good()
     try:
         for step in range(steps):
-            if should_stop is not None and should_stop():
+            if obs.should_stop():
                 stopped = f"cancelled at step {step}"
                 break
             if lr_schedule == "cosine" and optimizer != "lbfgs":
@@ -817,11 +823,11 @@ def optimize(
             history.append(loss_v)
             for k, v in state["terms"].items():
                 terms_hist.setdefault(k, []).append(v)
-            if progress is not None:
-                progress(lo + (hi - lo) * (step + 1) / steps, f"step {step + 1}/{steps}  loss {loss_v:.4g}")
-            if snapshot is not None and snapshot_every > 0 and (step + 1) % snapshot_every == 0:
+            obs.loss(LossRecord(step + 1, loss_v, {k: float(v) for k, v in state["terms"].items()}))
+            obs.progress(lo + (hi - lo) * (step + 1) / steps, f"step {step + 1}/{steps}  loss {loss_v:.4g}")
+            if snapshot_every > 0 and (step + 1) % snapshot_every == 0:
                 with torch.no_grad():
-                    snapshot(to_pil(param()))
+                    obs.snapshot(to_pil(param()), step + 1)
             if stop_when is not None:
                 with torch.no_grad():
                     reason = stop_when(step, param())
@@ -865,12 +871,20 @@ def image_result(
     image: Image.Image | None = None,
     extras: dict[str, Any] | None = None,
     opt: OptResult | None = None,
+    losses: Sequence[LossRecord] | None = None,
 ) -> Result:
-    """A kind-"image" Result: uint8 HxWx3 data (never NaN), the optimisation summary merged into meta."""
+    """A kind-"image" Result: uint8 HxWx3 data (never NaN), the optimisation summary merged into meta and the loss
+    curve in Result.losses (`losses`, else the records of `opt`)."""
     m = dict(meta)
     if opt is not None:
         m.update(opt.meta())
-    return Result("image", to_uint8(x01), m, image, dict(extras or {}))
+    curve = list(losses) if losses is not None else (opt.records() if opt is not None else [])
+    return Result("image", to_uint8(x01), m, image, dict(extras or {}), curve)
+
+
+def records(history: Sequence[float]) -> list[LossRecord]:
+    """Loss records numbered 1.. from a plain list of per-step losses (loops that keep only the total)."""
+    return [LossRecord(i + 1, float(v)) for i, v in enumerate(history)]
 
 
 def parse_names(text: str, what: str) -> list[str]:

@@ -6,7 +6,6 @@ Gaussian blur every few steps, jitter and clipping of small pixel values and sma
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from . import _opt
 
@@ -118,8 +117,7 @@ def run(
     net: Any,
     img: Image.Image | None,
     p: ClassVizParams,
-    progress: Callable[[float, str], None] | None = None,
-    **kw: Any,
+    obs: Observer,
 ) -> Result:
     """Gradient ascent on a class score (or a channel/neuron) from a blank image, with Yosinski's regularisers."""
     obj, what = _objective(net, p)
@@ -169,9 +167,7 @@ def run(
         lr=p.lr,
         transform=_opt.jitter(p.jitter) if p.jitter else None,
         seed=p.seed,
-        progress=progress,
-        should_stop=kw.get("should_stop"),
-        snapshot=kw.get("snapshot"),
+        observer=obs,
         post_step=post_step,
         grad_hook=grad_hook,
         stop_when=stop_when,

@@ -6,7 +6,6 @@ octaves: the image is dreamed at small scales first and the added detail is carr
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from . import _opt
 
@@ -64,8 +63,7 @@ def run(
     net: Any,
     img: Image.Image,
     p: DeepDreamParams,
-    progress: Callable[[float, str], None] | None = None,
-    **kw: Any,
+    obs: Observer,
 ) -> Result:
     """Amplify a layer's activations (L2) on the user's photo, octave by octave with jitter."""
     layer = p.layer or default_layer(net)
@@ -98,10 +96,8 @@ def run(
             optimizer="sgd",
             transform=_opt.jitter(min(p.jitter, oh // 4, ow // 4)) if p.jitter else None,
             seed=p.seed + k,
-            progress=progress,
             progress_span=(k / len(sizes), (k + 1) / len(sizes)),
-            should_stop=kw.get("should_stop"),
-            snapshot=kw.get("snapshot"),
+            observer=obs,
             grad_hook=_normalise_grad,
             what="deepdream",
         )
@@ -125,4 +121,4 @@ def run(
         "stopped": stopped,
     }
     extras = {"difference": _opt.amplified_difference(_opt.resize01(base, h, w), final)}
-    return _opt.image_result(final, meta, image=img, extras=extras)
+    return _opt.image_result(final, meta, image=img, extras=extras, losses=_opt.records(history))

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from ...runtime.session import run_session
 from . import _opt
@@ -249,15 +249,16 @@ def style_loss_vs(name: str, x01: torch.Tensor, vgg: Any = None) -> float:
     paper="Johnson, Alahi & Fei-Fei 2016, Perceptual Losses for Real-Time Style Transfer and Super-Resolution",
     needs_image=True,
     needs_grad=False,
+    stoppable=False,  # one feed-forward pass (plus the optional Gatys comparison)
 )
 def run(
     net: Any,
     img: Image.Image,
     p: FastStyleParams,
-    progress: Callable[[float, str], None] | None = None,
-    **kw: Any,
+    obs: Observer,
 ) -> Result:
     """Stylise the photo in one forward pass of a trained transformation network (ONNX Runtime or torch)."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     from ...archs.transformer_net import pad_to4
 
     x01 = _opt.pil_to01(img, p.size or None)

@@ -8,7 +8,6 @@ saliency and Grad-CAM maps before and after, to show how the explanation moves w
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import param, register
-from ...result import Result
+from ...registry import Observer, param, register
+from ...result import LossRecord, Result
 from . import _opt
 
 
@@ -94,10 +93,10 @@ def run(
     net: Any,
     img: Image.Image,
     p: FoolingParams,
-    progress: Callable[[float, str], None] | None = None,
-    **kw: Any,
+    obs: Observer,
 ) -> Result:
     """Targeted PGD/FGSM under an L-inf budget; reports steps, probabilities, norms and saliency before/after."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     if not net.has_head:
         raise BadInput(f"fooling needs a classifier; {net.name!r} has no classifier head")
     module = net.require_module("fooling")
@@ -123,7 +122,7 @@ def run(
     if p.random_start and p.method == "pgd":
         g = torch.Generator().manual_seed(p.seed)
         x = (x0 + (torch.rand(x0.shape, generator=g) * 2 - 1) * eps).clamp(0, 1)
-    should_stop = kw.get("should_stop")
+    should_stop = obs.should_stop
     history: list[float] = []
     probs: list[float] = []
     taken, stopped = 0, None
@@ -138,6 +137,7 @@ def run(
             )
         history.append(float(loss.detach()))
         probs.append(pt)
+        obs.loss(LossRecord(len(history), history[-1], {"p_target": float(pt)}))
         if pt >= p.confidence and p.method == "pgd":
             stopped = f"target probability {pt:.3f} >= {p.confidence} after {k} steps"
             break
@@ -201,4 +201,4 @@ def run(
         extras["gradcam_before"], extras["gradcam_after"] = cam0, cam1
     if progress is not None:
         progress(1.0, f"p(target) {meta['target_prob']:.3f}")
-    return _opt.image_result(x_adv, meta, image=_opt.to_pil(x0), extras=extras)
+    return _opt.image_result(x_adv, meta, image=_opt.to_pil(x0), extras=extras, losses=_opt.records(history))

@@ -7,7 +7,6 @@ early layers keep nearly every pixel, deep ones only parts and layout.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +16,8 @@ from PIL import Image
 
 from ...errors import BadInput
 from ...images import make_grid
-from ...registry import param, register
-from ...result import Result
+from ...registry import Observer, param, register
+from ...result import LossRecord, Result
 from . import _opt
 
 
@@ -78,8 +77,7 @@ def run(
     net: Any,
     img: Image.Image,
     p: InversionParams,
-    progress: Callable[[float, str], None] | None = None,
-    **kw: Any,
+    obs: Observer,
 ) -> Result:
     """Reconstruct the image from its features at one or several layers (TV prior); reports the feature errors."""
     layers = _opt.parse_names(p.layers, "inversion layers") if p.layers.strip() else default_layers(net)
@@ -91,6 +89,7 @@ def run(
     rows: list[dict[str, Any]] = []
     recon: dict[str, np.ndarray] = {}
     histories: dict[str, list[float]] = {}
+    curve: list[LossRecord] = []
     images: list[torch.Tensor] = []
     for k, layer in enumerate(layers):
         with torch.no_grad():
@@ -111,10 +110,8 @@ def run(
             optimizer=p.optimizer,
             seed=p.seed,
             lr_schedule="cosine",
-            progress=progress,
             progress_span=(k / len(layers), (k + 1) / len(layers)),
-            should_stop=kw.get("should_stop"),
-            snapshot=kw.get("snapshot"),
+            observer=obs,
             what=f"inversion at {layer}",
         )
         x = _opt.quantize(res.image)
@@ -134,6 +131,7 @@ def run(
         )
         recon[layer] = _opt.to_uint8(x)
         histories[layer] = res.loss_history
+        curve += [LossRecord(len(curve) + r.step, r.value, r.parts) for r in res.records()]
         images.append(x)
         if res.stopped and res.stopped.startswith("cancelled"):
             break
@@ -147,10 +145,10 @@ def run(
     }
     extras = {"reconstructions": recon, "original": _opt.to_uint8(x0)}
     if len(images) == 1:
-        return _opt.image_result(images[0], meta, image=img, extras=extras)
+        return _opt.image_result(images[0], meta, image=img, extras=extras, losses=curve)
     grid = make_grid([_opt.to_uint8(x0)] + [recon[r["layer"]] for r in rows], ncols=len(rows) + 1, pad=2)
     meta["grid_order"] = ["original"] + [r["layer"] for r in rows]
-    return Result("grid", grid, meta, img, extras)
+    return Result("grid", grid, meta, img, extras, curve)  # the layers' curves one after another
 
 
 def _start_image(p: InversionParams, size: int) -> torch.Tensor:

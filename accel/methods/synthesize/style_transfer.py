@@ -11,7 +11,7 @@ colour-matched style image, Gatys et al. 2017).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from . import _opt
 
@@ -106,13 +106,8 @@ def match_colors(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     return out.clamp(0, 1)
 
 
-def resolve_styles(p_style: str, style_image: Any = None) -> list[Image.Image]:
-    """Style images from the dashboard (PIL image or list) or from the `style` parameter (names / paths)."""
-    if style_image is not None:
-        imgs = list(style_image) if isinstance(style_image, (list, tuple)) else [style_image]
-        if not imgs or not all(isinstance(i, Image.Image) for i in imgs):
-            raise BadInput("style_image must be a PIL image or a list of PIL images")
-        return imgs
+def resolve_styles(p_style: str) -> list[Image.Image]:
+    """Style images named by the `style` parameter (packaged names or paths, comma-separated)."""
     return [_opt.load_style_image(s) for s in _opt.parse_names(p_style, "style")]
 
 
@@ -148,16 +143,16 @@ def run(
     net: Any,
     img: Image.Image,
     p: StyleTransferParams,
-    progress: Callable[[float, str], None] | None = None,
-    **kw: Any,
+    obs: Observer,
 ) -> Result:
     """Gatys style transfer of `img` (content) towards the style image(s); progress is reported per iteration."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     cw = _opt.non_negative(p.content_weight, "content_weight")
     sw = _opt.non_negative(p.style_weight, "style_weight")
     tw = _opt.non_negative(p.tv_weight, "tv_weight")
     if cw + sw == 0:
         raise BadInput("style_transfer: content_weight and style_weight are both 0; nothing to optimise")
-    styles = resolve_styles(p.style, kw.get("style_image"))
+    styles = resolve_styles(p.style)
     blend = _opt.parse_weights(p.style_blend, len(styles), "style_blend")
     content_layer = p.content_layer or _opt.default_content_layer(net)
     style_layers = (
@@ -203,10 +198,7 @@ def run(
         lr=lr,
         optimizer=p.optimizer,
         seed=p.seed,
-        progress=progress,
-        should_stop=kw.get("should_stop"),
-        snapshot=kw.get("snapshot"),
-        on_nan=kw.get("on_nan", "raise"),
+        observer=obs,
         what="style_transfer",
     )
     out = res.image
@@ -217,9 +209,7 @@ def run(
     with torch.no_grad():
         cf = _opt.forward(net, _opt.quantize(out), [content_layer])[0][content_layer]
     meta = {
-        "style": [getattr(s, "filename", "") or p.style for s in styles]
-        if kw.get("style_image") is not None
-        else p.style,
+        "style": p.style,
         "style_blend": blend,
         "content_layer": content_layer,
         "style_layers": style_layers,

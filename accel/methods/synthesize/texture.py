@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ...errors import BadInput, ResourceLimit
-from ...registry import param, register
+from ...registry import Observer, param, register
 from ...result import Result
 from . import _opt
 
@@ -139,10 +139,10 @@ def run(
     net: Any,
     img: Image.Image,
     p: TextureParams,
-    progress: Callable[[float, str], None] | None = None,
-    **kw: Any,
+    obs: Observer,
 ) -> Result:
     """Synthesise a texture like the exemplar `img`: Gram-matrix matching on CNN features, or Efros-Leung."""
+    progress = obs.callback()  # a plain callable for the runtime layer
     ex_size = p.exemplar_size or p.size
     ex01 = _opt.pil_to01(img, ex_size)
     layers = (
@@ -158,7 +158,7 @@ def run(
             p.window,
             p.seed,
             progress=progress,
-            should_stop=kw.get("should_stop"),
+            should_stop=obs.should_stop,
         )
         x = torch.from_numpy(arr.astype(np.float32) / 255).permute(2, 0, 1)[None]
         meta: dict[str, Any] = {
@@ -183,9 +183,7 @@ def run(
         lr=p.lr,
         optimizer=p.optimizer,
         seed=p.seed,
-        progress=progress,
-        should_stop=kw.get("should_stop"),
-        snapshot=kw.get("snapshot"),
+        observer=obs,
         what="texture",
     )
     start = _opt.style_distance(net, init, targets, weights)
