@@ -27,6 +27,8 @@ log = logging.getLogger("convlens.registry")
 # What a parameter IS, so front ends pick a control (and a trust rule) from the kind, never from the name.
 KINDS: dict[str, str] = {
     "layer": "a layer name from net.layers()",
+    "layers": "several layer names from net.layers(), comma-separated, shallow to deep",
+    "tap": "a feature vector: 'embedding', 'logits' or a layer name (spatially averaged)",
     "class": "a class index of the network's head",
     "backend": "the forward-pass engine",
     "dataset": "a dataset: packaged photos, Fashion-MNIST, or a folder of images",
@@ -39,8 +41,11 @@ KINDS: dict[str, str] = {
 # the configured data roots for them (accel.dataroots); the CLI and the Python API (a local, trusted user) accept
 # any path.
 PATH_KINDS = frozenset({"dataset", "image", "images", "checkpoint", "file"})
-# Shared parameters not yet declared with a kind get theirs from this one table (declared once, not per front end).
-_DEFAULT_KINDS = {"layer": "layer", "target": "class", "target_class": "class", "backend": "backend"}
+# The forward-pass engines a "backend" parameter may name.
+BACKENDS = ("auto", "torch", "onnxruntime")
+# The dashboard pages a technique can live on, and the one each family lands on unless it says otherwise.
+PAGES = ("compare", "filters", "patches", "embeddings", "synthesis", "inversion", "style")
+FAMILY_PAGES = {"inspect": "filters", "attribute": "compare", "synthesize": "synthesis"}
 
 
 def param(
@@ -60,7 +65,8 @@ def param(
     `limit` names a configurable resource cap (accel.limits.CAPS) the value must also respect; common names
     (steps, size, batch_size, samples, limit...) get theirs automatically, "" opts out. `kind` says what the value
     is (a key of KINDS: "dataset", "image", "checkpoint", ...), so front ends choose controls by meaning; `presets`
-    are the named values a path-like parameter accepts besides files (a tuple, or a function listing them)."""
+    are the named values the parameter accepts besides what its kind offers (files for a path-like kind, layers for
+    a tap): a tuple, or a function listing them."""
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown parameter kind {kind!r}; known: {sorted(KINDS)}")
     meta = {
@@ -76,6 +82,68 @@ def param(
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------------- shared parameters
+# Parameters many techniques take, declared once: each method writes `target: int | None = TARGET()` and passes only
+# what differs (its default, or a help text when the parameter means something narrower there).
+
+
+def TARGET(
+    default: int | None = None,
+    help: str = "class index to explain (default: the predicted class)",
+    *,
+    min: float | None = 0,
+) -> Any:
+    """A class index of the network's head (kind "class")."""
+    return param(default, help, min=min, kind="class")
+
+
+def LAYER(
+    default: str | None = None,
+    help: str = "conv layer (default: the backbone's CAM layer, usually the last conv map)",
+) -> Any:
+    """One layer name from net.layers() (kind "layer")."""
+    return param(default, help, kind="layer")
+
+
+def LAYERS(
+    default: str = "", help: str = "comma-separated layer names, shallow to deep (empty = the method's)"
+) -> Any:
+    """Several layer names from net.layers(), comma-separated (kind "layers")."""
+    return param(default, help, kind="layers")
+
+
+def TAP(
+    default: str = "embedding",
+    help: str = "feature vector: 'embedding', 'logits', or a layer (spatially averaged)",
+    *,
+    extra: tuple[str, ...] = (),
+) -> Any:
+    """The feature vector a dataset method reads (kind "tap"); `extra` names other values it accepts."""
+    return param(default, help, kind="tap", presets=extra or None)
+
+
+def BACKEND(
+    default: str = "auto",
+    help: str = "forward-pass engine (auto prefers ONNX Runtime)",
+    *,
+    choices: tuple[str, ...] = BACKENDS,
+) -> Any:
+    """The engine for forward passes (kind "backend")."""
+    return param(default, help, choices=choices, kind="backend")
+
+
+def DATASET(
+    help: str = "dataset: fashion_mnist[:train|test], foolbox:<kind>, samples, or a folder of images ('auto' = the model's)",
+) -> Any:
+    """A dataset spec, "auto" by default (kind "dataset")."""
+    return param("auto", help, kind="dataset")
+
+
+def SEED(what: str = "") -> Any:
+    """A random seed, 0 by default; `what` says what it draws (shown in the help)."""
+    return param(0, f"random seed ({what})" if what else "random seed", min=0, max=2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -105,7 +173,7 @@ def param_infos(params_cls: type) -> list[ParamInfo]:
     hints = get_type_hints(params_cls)
     out = []
     for f in dataclasses.fields(params_cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = _default_of(f)
         m = f.metadata
         out.append(
             ParamInfo(
@@ -118,11 +186,19 @@ def param_infos(params_cls: type) -> list[ParamInfo]:
                 m.get("choices"),
                 m.get("widget"),
                 _limit_kind(f.name, m.get("limit")),
-                m.get("kind") or _DEFAULT_KINDS.get(f.name),
+                m.get("kind"),
                 _presets(m.get("presets")),
             )
         )
     return out
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _presets(declared: Any) -> tuple[str, ...]:
@@ -145,9 +221,9 @@ def _limit_kind(name: str, declared: str | None) -> str | None:
 def _coerce(info: ParamInfo, value: Any, method: str) -> Any:
     t = info.type
     where = f"{method}: parameter {info.name!r}"
-    origin = getattr(t, "__args__", None)
+    origin: tuple[Any, ...] = getattr(t, "__args__", None) or ()
     base = t
-    optional = bool(origin) and type(None) in origin
+    optional = type(None) in origin
     if optional:  # Optional[X] / X | None
         base = next(a for a in origin if a is not type(None))
     if value is None:
@@ -280,7 +356,8 @@ RunFn = Callable[[Any, Any, Any, Observer], Result]
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered technique: name, family, parameter dataclass, the paper it implements, and its run function."""
+    """A registered technique: name, family, parameter dataclass, the paper it implements, its run function, and the
+    dashboard page it appears on (`featured`: chosen there by default)."""
 
     name: str
     family: str
@@ -292,6 +369,8 @@ class MethodSpec:
     needs_grad: bool = False
     declared_heavy: bool | None = None
     stoppable: bool = False
+    page: str = ""
+    featured: bool = False
 
     def param_infos(self) -> list[ParamInfo]:
         """The declared parameters, in declaration order."""
@@ -320,13 +399,20 @@ def register(
     needs_grad: bool = False,
     heavy: bool | None = None,
     stoppable: bool | None = None,
+    page: str | None = None,
+    featured: bool = False,
 ) -> Callable[[RunFn], RunFn]:
     """Decorator: register `fn(net, img, p, obs) -> Result` as technique `name` with parameter dataclass `params`.
 
     `heavy` overrides the default rule of MethodSpec.heavy (synthesis and dataset-scale methods are heavy);
-    `stoppable` says the method asks `obs.should_stop()` and returns what it has (default: the synthesis family)."""
+    `stoppable` says the method asks `obs.should_stop()` and returns what it has (default: the synthesis family);
+    `page` names the dashboard page it appears on (one of PAGES; default: its family's, FAMILY_PAGES) and
+    `featured` has that page choose it by default."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}")
+    page = page or FAMILY_PAGES[family]
+    if page not in PAGES:
+        raise ValueError(f"page must be one of {PAGES}, got {page!r}")
 
     def deco(fn: RunFn) -> RunFn:
         _REGISTRY[name] = MethodSpec(
@@ -340,6 +426,8 @@ def register(
             needs_grad,
             heavy,
             family == "synthesize" if stoppable is None else stoppable,
+            page,
+            featured,
         )
         return fn
 
@@ -390,10 +478,14 @@ def broken_modules() -> dict[str, str]:
     return dict(_BROKEN)
 
 
-def methods(family: str | None = None) -> list[MethodSpec]:
-    """All registered techniques (optionally one family), sorted by family then name."""
+def methods(family: str | None = None, *, page: str | None = None) -> list[MethodSpec]:
+    """All registered techniques (optionally of one family, or on one dashboard page), sorted by family then name."""
     _load_all()
-    specs = [s for s in _REGISTRY.values() if family is None or s.family == family]
+    specs = [
+        s
+        for s in _REGISTRY.values()
+        if (family is None or s.family == family) and (page is None or s.page == page)
+    ]
     return sorted(specs, key=lambda s: (FAMILIES.index(s.family), s.name))
 
 

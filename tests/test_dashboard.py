@@ -39,7 +39,7 @@ def store_and_fakes(tmp_path_factory: pytest.TempPathFactory):
     """A private run store and three test techniques (attribute, inspect, synthesize); removed afterwards."""
     import torch
 
-    from accel.registry import _REGISTRY, param, register
+    from accel.registry import _REGISTRY, LAYER, TARGET, param, register
     from accel.result import LossRecord, Result
 
     old_store = os.environ.get("CONVLENS_STORE")
@@ -47,7 +47,7 @@ def store_and_fakes(tmp_path_factory: pytest.TempPathFactory):
 
     @dataclass
     class GradP:
-        target: int | None = param(None, "class index (default: the top-1 prediction)")
+        target: int | None = TARGET(help="class index (default: the top-1 prediction)", min=None)
         power: float = param(1.0, "exponent applied to |gradient|", min=0.5, max=3.0)
 
     def grad(net, img, p, obs):
@@ -62,7 +62,7 @@ def store_and_fakes(tmp_path_factory: pytest.TempPathFactory):
 
     @dataclass
     class TileP:
-        layer: str | None = param(None, "layer to show (default: the first)")
+        layer: str | None = LAYER(help="layer to show (default: the first)")
         tiles: int = param(4, "number of tiles", min=1, max=16)
 
     def tiles(net, img, p, obs):
@@ -242,9 +242,9 @@ def test_run_link_reopens_a_stored_run_without_recomputing() -> None:
 
 
 def _registered(*names: str) -> bool:
-    from dashboard.common import method_names
+    import accel
 
-    have = {n for fam in ("attribute", "inspect", "synthesize") for n in method_names(fam)}
+    have = {s.name for s in accel.list_methods()}
     return all(n in have for n in names)
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import LAYER, TARGET, Observer, param, register
 from ...result import Result
 from ._base import CAMBase, Score, check_layer, run_cam
 
@@ -91,8 +91,8 @@ class ZhouCAM(CAMBase):
 
 @dataclass
 class CAMParams:
-    target: int | None = param(None, "class index to explain (default: the predicted class)", min=0)
-    layer: str | None = param(None, "the globally pooled conv layer (default: found automatically)")
+    target: int | None = TARGET()
+    layer: str | None = LAYER(help="the globally pooled conv layer (default: found automatically)")
     relu: bool = param(False, "clip negative evidence to 0 (Zhou et al. show the raw weighted sum)")
 
 

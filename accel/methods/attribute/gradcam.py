@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ...registry import Observer, param, register
+from ...registry import LAYER, TARGET, Observer, param, register
 from ...result import Result
 from ._base import GradCAMWeights, run_cam
 
@@ -17,10 +17,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class GradCAMParams:
-    target: int | None = param(None, "class index to explain (default: the predicted class)", min=0)
-    layer: str | None = param(
-        None, "conv layer (default: the backbone's CAM layer, usually the last conv map)"
-    )
+    target: int | None = TARGET()
+    layer: str | None = LAYER()
     relu: bool = param(True, "keep only positive evidence, as in the paper")
 
 
@@ -30,6 +28,7 @@ class GradCAMParams:
     GradCAMParams,
     paper="Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization",
     needs_grad=True,
+    featured=True,
 )
 def run(net: Backbone, img: Image.Image, p: GradCAMParams, obs: Observer) -> Result:
     """ReLU(sum_k mean(d score/d A_k) A_k) at the layer, bilinearly upsampled to the input size."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from ...registry import Observer, param, register
+from ...registry import LAYER, TARGET, Observer, register
 from ...result import Result
 from ._base import CAMBase, Score, run_cam
 
@@ -33,10 +33,8 @@ class GradCAMPlusPlus(CAMBase):
 
 @dataclass
 class GradCAMPPParams:
-    target: int | None = param(None, "class index to explain (default: the predicted class)", min=0)
-    layer: str | None = param(
-        None, "conv layer (default: the backbone's CAM layer, usually the last conv map)"
-    )
+    target: int | None = TARGET()
+    layer: str | None = LAYER()
 
 
 @register(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ...registry import Observer, param, register
+from ...registry import LAYER, TARGET, Observer, param, register
 from ...result import Result
 from ._base import REDUCTIONS, run_rule
 
@@ -17,11 +17,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class GuidedBackpropParams:
-    target: int | None = param(
-        None, "class index to explain (default: the predicted class unless layer is set)", min=0
+    target: int | None = TARGET(
+        help="class index to explain (default: the predicted class unless layer is set)"
     )
-    layer: str | None = param(
-        None, "explain a unit of this layer instead of a class (a name from net.layers())"
+    layer: str | None = LAYER(
+        help="explain a unit of this layer instead of a class (a name from net.layers())"
     )
     channel: int | None = param(None, "channel of `layer` (default: its most active channel)", min=0)
     row: int | None = param(
@@ -37,6 +37,7 @@ class GuidedBackpropParams:
     GuidedBackpropParams,
     paper="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net",
     needs_grad=True,
+    featured=True,
 )
 def run(net: Backbone, img: Image.Image, p: GuidedBackpropParams, obs: Observer) -> Result:
     """Input gradient with the guided rule at every ReLU/ReLU6 (module, functional or in-place)."""

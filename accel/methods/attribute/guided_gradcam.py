@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ...registry import Observer, param, register
+from ...registry import LAYER, TARGET, Observer, param, register
 from ...result import Result
 from ._base import (
     REDUCTIONS,
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class GuidedGradCAMParams:
-    target: int | None = param(None, "class index to explain (default: the predicted class)", min=0)
-    layer: str | None = param(None, "Grad-CAM layer (default: the backbone's CAM layer)")
+    target: int | None = TARGET()
+    layer: str | None = LAYER()
     reduce: str = param("abs_max", "channel reduction of the (C,H,W) product", choices=REDUCTIONS)
 
 

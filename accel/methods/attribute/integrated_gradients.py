@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import SEED, TARGET, Observer, param, register
 from ...result import Result
 from ._base import (
     REDUCTIONS,
@@ -64,7 +64,7 @@ def path_points(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class IntegratedGradientsParams:
-    target: int | None = param(None, "class index to explain (default: the predicted class)", min=0)
+    target: int | None = TARGET()
     steps: int = param(32, "points on the path from baseline to image", min=1, max=1024)
     method: str = param("gausslegendre", "quadrature rule along the path", choices=METHODS)
     baseline: str = param(
@@ -73,7 +73,7 @@ class IntegratedGradientsParams:
         choices=("zero", "black", "blur", "uniform"),
     )
     blur_sigma: float = param(10.0, "Gaussian sigma in pixels for the blur baseline", min=0.1, max=200.0)
-    seed: int = param(0, "random seed of the uniform-noise baseline", min=0, max=2**31 - 1)
+    seed: int = SEED("the uniform-noise baseline")
     internal_batch: int = param(
         4, "path points per forward/backward pass (small batches are fastest on CPU)", min=1, max=256
     )
@@ -86,6 +86,7 @@ class IntegratedGradientsParams:
     IntegratedGradientsParams,
     paper="Sundararajan, Taly & Yan 2017, Axiomatic Attribution for Deep Networks",
     needs_grad=True,
+    featured=True,
 )
 def run(net: Backbone, img: Image.Image, p: IntegratedGradientsParams, obs: Observer) -> Result:
     """(x - x') * sum_k w_k grad f(x' + a_k (x - x')), reduced over channels; meta has the completeness gap."""

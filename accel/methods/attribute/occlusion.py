@@ -12,7 +12,7 @@ from PIL import Image
 
 from ... import settings
 from ...errors import BadInput, ResourceLimit
-from ...registry import Observer, param, register
+from ...registry import BACKEND, TARGET, Observer, param, register
 from ...result import Result
 from ...runtime.incremental import (
     DRILL_REFINE,
@@ -26,7 +26,6 @@ from ...runtime.incremental import (
 from ...runtime.runner import runner
 from ...runtime.sweep import Occlusion
 from ._base import (
-    BACKENDS,
     input_tensor,
     make_baseline,
     make_result,
@@ -96,7 +95,7 @@ def grid_map(occ: Occlusion, grid: np.ndarray) -> np.ndarray:
 
 @dataclass
 class OcclusionParams:
-    target: int | None = param(None, "class index to explain (default: the predicted class)", min=0)
+    target: int | None = TARGET()
     window: int = param(32, "side of the square occluding patch, in input pixels", min=1, max=4096)
     stride: int = param(16, "step between patch positions, in input pixels", min=1, max=4096)
     baseline: str = param(
@@ -131,7 +130,7 @@ class OcclusionParams:
         min=0.01,
         max=1.0,
     )
-    backend: str = param("auto", "forward-pass engine (auto prefers ONNX Runtime)", choices=BACKENDS)
+    backend: str = BACKEND()
     batch_size: int | None = param(
         None, "occluded copies per forward pass (default: from free memory)", min=1
     )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ...registry import Observer, param, register
+from ...registry import TARGET, Observer, register
 from ...result import Result
 from ._base import class_gradient, input_tensor, make_result, reduce_channels, target_meta
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class SaliencyParams:
-    target: int | None = param(None, "class index to explain (default: the predicted class)", min=0)
+    target: int | None = TARGET()
 
 
 @register(
@@ -27,6 +27,7 @@ class SaliencyParams:
     SaliencyParams,
     paper="Simonyan, Vedaldi & Zisserman 2014, Deep Inside Convolutional Networks",
     needs_grad=True,
+    featured=True,
 )
 def run(net: Backbone, img: Image.Image, p: SaliencyParams, obs: Observer) -> Result:
     """Gradient of the class logit w.r.t. the network input; abs, then max over channels."""

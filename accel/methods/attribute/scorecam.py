@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...registry import Observer, param, register
+from ...registry import BACKEND, LAYER, TARGET, Observer, param, register
 from ...result import Result
 from ...runtime.sweep import Masks
-from ._base import BACKENDS, CAMBase, Progress, Score, progress_cb, run_cam, upsample
+from ._base import CAMBase, Progress, Score, progress_cb, run_cam, upsample
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -90,12 +90,12 @@ class ScoreCAMWeights(CAMBase):
 
 @dataclass
 class ScoreCAMParams:
-    target: int | None = param(None, "class index to explain (default: the predicted class)", min=0)
-    layer: str | None = param(None, "conv layer (default: the backbone's CAM layer)")
+    target: int | None = TARGET()
+    layer: str | None = LAYER()
     max_channels: int = param(
         256, "channels scored (the most active ones; one masked forward pass each)", min=1, max=4096
     )
-    backend: str = param("auto", "forward-pass engine for the masked inputs", choices=BACKENDS)
+    backend: str = BACKEND(help="forward-pass engine for the masked inputs")
     batch_size: int | None = param(None, "masked inputs per forward pass (default: from free memory)", min=1)
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import TARGET, Observer, param, register
 from ...result import Result
 
 if TYPE_CHECKING:
@@ -30,8 +30,8 @@ _HEADS: dict[tuple[str, float], tuple[Any, dict[str, Any]]] = {}
 
 @dataclass
 class ScouterParams:
-    target: int | None = param(
-        None, "class whose slot attention to show (default: the SCOUTER head's prediction)"
+    target: int | None = TARGET(
+        help="class whose slot attention to show (default: the SCOUTER head's prediction)", min=None
     )
     sign: str = param(
         "positive",

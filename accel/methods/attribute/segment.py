@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import LAYER, TARGET, Observer, param, register
 from ...result import Result
 from ._base import (
     GradCAMWeights,
@@ -92,15 +92,13 @@ def seed_labels(m: np.ndarray, sure_fg: float, fg: float, bg: float) -> np.ndarr
 
 @dataclass
 class SaliencyGrabCutParams:
-    target: int | None = param(
-        None, "class whose evidence seeds the cut (default: the predicted class)", min=0
-    )
+    target: int | None = TARGET(help="class whose evidence seeds the cut (default: the predicted class)")
     seed_map: str = param(
         "gradcam",
         "the map that seeds GrabCut: gradcam (smooth, object-level) or saliency (gradient, blurred)",
         choices=("gradcam", "saliency"),
     )
-    layer: str | None = param(None, "Grad-CAM layer (default: the backbone's CAM layer)")
+    layer: str | None = LAYER()
     scaling: str = param(
         "rank",
         "how the seed map is scaled to 0..1 before thresholding: minmax (fraction of its range) or rank "

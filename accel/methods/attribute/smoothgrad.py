@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...registry import Observer, param, register
+from ...registry import SEED, TARGET, Observer, param, register
 from ...result import Result
 from ._base import (
     Score,
@@ -32,7 +32,7 @@ AGGREGATES = ("abs_of_mean", "mean_of_abs", "mean_of_square")
 
 @dataclass
 class SmoothGradParams:
-    target: int | None = param(None, "class index to explain (default: the predicted class)", min=0)
+    target: int | None = TARGET()
     samples: int = param(25, "number of noisy copies averaged", min=1, max=512)
     noise: float = param(
         0.15,
@@ -46,7 +46,7 @@ class SmoothGradParams:
         "mean_of_square: mean gradient^2 (SmoothGrad-Squared)",
         choices=AGGREGATES,
     )
-    seed: int = param(0, "random seed of the noise", min=0, max=2**31 - 1)
+    seed: int = SEED("the noise")
     internal_batch: int = param(
         4, "noisy copies per forward/backward pass (small batches are fastest on CPU)", min=1, max=256
     )

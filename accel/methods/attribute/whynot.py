@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from ...registry import Observer, param, register
+from ...registry import LAYER, TARGET, Observer, register
 from ...result import Result
 from ._base import CAMBase, Score, run_cam
 
@@ -35,10 +35,8 @@ class ContrastiveWeights(CAMBase):
 
 @dataclass
 class CounterfactualParams:
-    target: int | None = param(
-        None, "class whose counter-evidence is shown (default: the predicted class)", min=0
-    )
-    layer: str | None = param(None, "conv layer (default: the backbone's CAM layer)")
+    target: int | None = TARGET(help="class whose counter-evidence is shown (default: the predicted class)")
+    layer: str | None = LAYER()
 
 
 @register(
@@ -48,9 +46,7 @@ class CounterfactualParams:
     paper="Selvaraju et al. 2017, Grad-CAM, sec. 5 (counterfactual explanations)",
     needs_grad=True,
 )
-def run_counterfactual(
-    net: Backbone, img: Image.Image, p: CounterfactualParams, obs: Observer
-) -> Result:
+def run_counterfactual(net: Backbone, img: Image.Image, p: CounterfactualParams, obs: Observer) -> Result:
     """ReLU(sum_k -mean(d score/d A_k) A_k): where the image argues against the class."""
     progress = obs.callback()  # a plain callable for the runtime layer
     return run_cam(
@@ -60,9 +56,9 @@ def run_counterfactual(
 
 @dataclass
 class ContrastiveParams:
-    target: int | None = param(None, "class A, the one to justify (default: the predicted class)", min=0)
-    foil: int | None = param(None, "class B, the alternative (default: the runner-up class)", min=0)
-    layer: str | None = param(None, "conv layer (default: the backbone's CAM layer)")
+    target: int | None = TARGET(help="class A, the one to justify (default: the predicted class)")
+    foil: int | None = TARGET(help="class B, the alternative (default: the runner-up class)")
+    layer: str | None = LAYER()
 
 
 @register(
@@ -72,9 +68,7 @@ class ContrastiveParams:
     paper="Prabhushankar et al. 2020, Contrastive Explanations in Neural Networks (logit-difference form)",
     needs_grad=True,
 )
-def run_contrastive(
-    net: Backbone, img: Image.Image, p: ContrastiveParams, obs: Observer
-) -> Result:
+def run_contrastive(net: Backbone, img: Image.Image, p: ContrastiveParams, obs: Observer) -> Result:
     """Grad-CAM of logit[A] - logit[B]: why A rather than B."""
     progress = obs.callback()  # a plain callable for the runtime layer
     return run_cam(

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ...errors import BadInput
 from ...images import make_grid
-from ...registry import Observer, param, register
+from ...registry import LAYER, Observer, param, register
 from ...result import Result
 from ...taps import capture
 from ._common import (
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class ActivationsParams:
-    layer: str = param("", "layer whose feature maps to show ('' = the CAM layer / last spatial layer)")
+    layer: str = LAYER("", "layer whose feature maps to show ('' = the CAM layer / last spatial layer)")
     sort: str = param(
         "index",
         "order of the channels: as stored, or by mean / max activation",

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import BACKEND, DATASET, SEED, TAP, Observer, param, register
 from ...result import Result
 from ._common import (
     Features,
@@ -43,13 +43,9 @@ FFT_FROM = (
 @dataclass
 class EmbeddingParams:
     projection: str = param("tsne", "projection to 2-D", choices=("tsne", "pca", "umap"))
-    dataset: str = param(
-        "auto",
-        "dataset spec: fashion_mnist[:train|test], foolbox:imagenet, samples, or a folder ('auto' = the model's)",
-        kind="dataset",
-    )
+    dataset: str = DATASET()
     limit: int = param(2000, "embed the first N images of the dataset (0 = all)", min=0, max=100_000)
-    tap: str = param("embedding", "feature vector: 'embedding', 'logits', or a layer (spatially averaged)")
+    tap: str = TAP()
     perplexity: float = param(30.0, "t-SNE perplexity (effective number of neighbours)", min=2.0, max=500.0)
     gradient: str = param(
         "auto",
@@ -57,7 +53,7 @@ class EmbeddingParams:
         choices=("auto", "fft", "bh"),
     )
     n_neighbors: int = param(15, "UMAP neighbourhood size", min=2, max=500)
-    seed: int = param(0, "random seed (t-SNE / UMAP initialisation, grid subset)", min=0, max=2**31 - 1)
+    seed: int = SEED("t-SNE / UMAP initialisation, grid subset")
     grid: int = param(
         20, "image grid side: snap this many^2 points to a grid (0 = no image grid)", min=0, max=60
     )
@@ -65,9 +61,7 @@ class EmbeddingParams:
     trustworthiness: bool = param(
         False, "also compute sklearn's trustworthiness (k=10) of the 2-D map (slow for 10k+)"
     )
-    backend: str = param(
-        "auto", "forward backend for the dataset pass", choices=("auto", "onnxruntime", "torch")
-    )
+    backend: str = BACKEND()
 
 
 def pca(x: np.ndarray, dims: int) -> np.ndarray:
@@ -201,6 +195,7 @@ def project(
     EmbeddingParams,
     paper="van der Maaten & Hinton 2008 (t-SNE); McInnes et al. 2018 (UMAP); Karpathy, CNN t-SNE image grid",
     needs_image=False,
+    page="embeddings",
 )
 def run(net: Backbone, img: Any, p: EmbeddingParams, obs: Observer) -> Result:
     """A 2-D map (PCA / t-SNE / UMAP) of a dataset's feature vectors, with labels and the t-SNE image grid."""

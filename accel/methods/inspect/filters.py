@@ -16,7 +16,7 @@ from torch import nn
 
 from ...errors import BadInput
 from ...images import make_grid
-from ...registry import Observer, param, register
+from ...registry import LAYER, Observer, param, register
 from ...result import Result
 from ._common import auto_zoom, check_canvas, minmax01, report, rgb, upscale
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class FiltersParams:
-    layer: str = param("", "convolution layer whose kernels to show ('' = the first convolution)")
+    layer: str = LAYER("", "convolution layer whose kernels to show ('' = the first convolution)")
     sort: str = param(
         "norm", "order of the filters: by L2 norm (strongest first) or as stored", choices=("norm", "none")
     )

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import BACKEND, DATASET, LAYER, Observer, param, register
 from ...result import Result
 from ._common import (
     _LRU,
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class MaxPatchesParams:
-    layer: str = param("", "layer whose channels to explain ('' = the CAM layer / last spatial layer)")
+    layer: str = LAYER("", "layer whose channels to explain ('' = the CAM layer / last spatial layer)")
     channels: str = param(
         "", "comma-separated channel indices, e.g. '3,17'; '' = the `top_channels` most selective channels"
     )
@@ -49,17 +49,11 @@ class MaxPatchesParams:
         8, "when `channels` is empty: how many of the most selective channels", min=1, max=256
     )
     k: int = param(9, "patches per channel (the best k images)", min=1, max=64)
-    dataset: str = param(
-        "auto",
-        "dataset spec: fashion_mnist[:train|test], foolbox:imagenet, samples, or a folder path ('auto' = the model's)",
-        kind="dataset",
-    )
+    dataset: str = DATASET()
     limit: int = param(2000, "stream at most this many images (0 = the whole dataset)", min=0, max=100_000)
     batch_size: int = param(128, "images per streamed batch", min=1, max=4096)
     tile: int = param(0, "display size of each patch in pixels (0 = auto)", min=0, max=512)
-    backend: str = param(
-        "auto", "forward backend for the dataset pass", choices=("auto", "onnxruntime", "torch")
-    )
+    backend: str = BACKEND()
 
 
 @dataclass
@@ -189,6 +183,7 @@ def crop_unit(
     MaxPatchesParams,
     paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks; Girshick et al. 2014 (R-CNN)",
     needs_image=False,
+    page="patches",
 )
 def run(net: Backbone, img: Any, p: MaxPatchesParams, obs: Observer) -> Result:
     """The k dataset patches (exact receptive fields) that activate chosen channels most, with their values."""

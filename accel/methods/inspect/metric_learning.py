@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import BACKEND, DATASET, SEED, TAP, Observer, param, register
 from ...result import Result
 from ._common import (
     Progress,
@@ -36,14 +36,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class MetricLearningParams:
-    dataset: str = param(
-        "auto",
-        "labelled dataset: fashion_mnist[:train|test], foolbox:cifar10, a class-folder path ('auto' = the model's)",
-        kind="dataset",
+    dataset: str = DATASET(
+        "labelled dataset: fashion_mnist[:train|test], foolbox:<kind>, or a folder with one subfolder per class ('auto' = the model's)"
     )
     limit: int = param(6000, "use the first N images (0 = all)", min=0, max=100_000)
-    tap: str = param(
-        "embedding", "frozen input: 'embedding', 'logits', a layer (spatially averaged), or 'pixels'"
+    tap: str = TAP(
+        help="frozen input: 'embedding', 'logits', a layer (spatially averaged), or 'pixels'",
+        extra=("pixels",),
     )
     dim: int = param(32, "output dimension of the projection head", min=2, max=1024)
     hidden: int = param(256, "hidden width of the projection head", min=4, max=4096)
@@ -54,10 +53,8 @@ class MetricLearningParams:
     margin: float = param(0.5, "triplet margin (embeddings have unit norm)", min=0.0, max=2.0)
     lr: float = param(1e-3, "Adam learning rate", min=1e-6, max=1.0)
     test_fraction: float = param(0.25, "held-out fraction for recall@1", min=0.05, max=0.95)
-    seed: int = param(0, "random seed (split, initialisation, batches)", min=0, max=2**31 - 1)
-    backend: str = param(
-        "auto", "forward backend for the dataset pass", choices=("auto", "onnxruntime", "torch")
-    )
+    seed: int = SEED("split, initialisation, batches")
+    backend: str = BACKEND()
 
 
 def recall_at_1(x: np.ndarray, labels: np.ndarray, metric: str = "cosine") -> float:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import BACKEND, DATASET, TAP, Observer, param, register
 from ...result import Result
 from ._common import (
     dataset_features,
@@ -153,16 +153,14 @@ def one_nn_accuracy(
 
 @dataclass
 class NeighborsParams:
-    dataset: str = param(
-        "auto",
-        "gallery dataset: fashion_mnist[:train|test], foolbox:imagenet, samples, or a folder ('auto' = the model's)",
-        kind="dataset",
+    dataset: str = DATASET(
+        "gallery dataset: fashion_mnist[:train|test], foolbox:<kind>, samples, or a folder of images ('auto' = the model's)"
     )
     limit: int = param(2000, "gallery size: the first N images of the dataset (0 = all)", min=0, max=100_000)
     k: int = param(8, "neighbours to show in each space", min=1, max=64)
     metric: str = param("cosine", "distance in feature space", choices=METRICS)
     pixel_metric: str = param("l2", "distance in pixel space", choices=METRICS)
-    tap: str = param("embedding", "feature vector: 'embedding', 'logits', or a layer (spatially averaged)")
+    tap: str = TAP()
     index: str = param(
         "auto",
         "search: exact numpy, exact FAISS, approximate HNSW, or auto by size",
@@ -170,9 +168,7 @@ class NeighborsParams:
     )
     exclude_self: bool = param(True, "leave out gallery images identical to the query (pixel distance ~ 0)")
     tile: int = param(64, "display size of each thumbnail in pixels", min=16, max=256)
-    backend: str = param(
-        "auto", "forward backend for the gallery pass", choices=("auto", "onnxruntime", "torch")
-    )
+    backend: str = BACKEND()
 
 
 @register(
@@ -180,6 +176,7 @@ class NeighborsParams:
     "inspect",
     NeighborsParams,
     paper="Krizhevsky, Sutskever & Hinton 2012 (Fig. 4: nearest neighbours in last-layer feature space)",
+    page="embeddings",
 )
 def run(net: Backbone, img: Image.Image, p: NeighborsParams, obs: Observer) -> Result:
     """k nearest dataset images of the query in feature space next to those in pixel space."""

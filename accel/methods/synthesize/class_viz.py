@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import LAYER, SEED, TARGET, Observer, param, register
 from ...result import Result
 from . import _opt
 
@@ -22,10 +22,8 @@ from . import _opt
 class ClassVizParams:
     """Parameters of class_viz (declared once; the CLI and dashboard controls are generated from them)."""
 
-    target: int = param(
-        130, "ImageNet class index whose pre-softmax score is maximised (130 = flamingo)", min=0
-    )
-    layer: str = param("", "optional layer name: visualise a channel/neuron there instead of a class score")
+    target: int = TARGET(130, "ImageNet class index whose pre-softmax score is maximised (130 = flamingo)")
+    layer: str = LAYER("", "optional layer name: visualise a channel/neuron there instead of a class score")
     channel: int = param(0, "channel index at `layer` (used only with a layer)", min=0)
     unit: str = param(
         "channel",
@@ -73,7 +71,7 @@ class ClassVizParams:
         min=0.0,
         max=1.0,
     )
-    seed: int = param(0, "random seed (noise start, jitter)", min=0, max=2**31 - 1)
+    seed: int = SEED("noise start, jitter")
 
 
 def _objective(net: Any, p: ClassVizParams) -> tuple[_opt.Objective, str]:

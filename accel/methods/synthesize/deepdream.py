@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import LAYER, SEED, Observer, param, register
 from ...result import Result
 from . import _opt
 
@@ -22,7 +22,7 @@ from . import _opt
 class DeepDreamParams:
     """Parameters of deepdream: layer, octaves, steps and jitter."""
 
-    layer: str = param("", "layer whose activations are amplified (empty = one about 60% of the way in)")
+    layer: str = LAYER("", "layer whose activations are amplified (empty = one about 60% of the way in)")
     octaves: int = param(4, "number of scales, smallest first", min=1, max=10)
     octave_scale: float = param(1.4, "size ratio between successive octaves", min=1.0, max=3.0)
     steps: int = param(10, "gradient steps per octave", min=1, max=1000)
@@ -33,7 +33,7 @@ class DeepDreamParams:
     size: int = param(
         384, "longer side of the dreamed image in pixels (0 = the photo's own size)", min=0, max=4096
     )
-    seed: int = param(0, "random seed (jitter)", min=0, max=2**31 - 1)
+    seed: int = SEED("jitter")
 
 
 def default_layer(net: Any) -> str:

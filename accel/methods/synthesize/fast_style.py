@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import BACKEND, Observer, param, register
 from ...result import Result
 from ...runtime.session import run_session
 from . import _opt
@@ -201,7 +201,7 @@ class FastStyleParams:
     )
     peer_style: int = param(0, "the peer model's built-in style index (0..25)", min=0, max=PEER_STYLES - 1)
     size: int = param(512, "longer side of the result in pixels (0 = the photo's own size)", min=0, max=4096)
-    backend: str = param("onnxruntime", "run on ONNX Runtime or PyTorch", choices=("onnxruntime", "torch"))
+    backend: str = BACKEND("onnxruntime", "run on ONNX Runtime or PyTorch", choices=("onnxruntime", "torch"))
     compare_peer: bool = param(
         False, "also run the peer model at the same size (image and time in the result)"
     )
@@ -250,6 +250,7 @@ def style_loss_vs(name: str, x01: torch.Tensor, vgg: Any = None) -> float:
     needs_image=True,
     needs_grad=False,
     stoppable=False,  # one feed-forward pass (plus the optional Gatys comparison)
+    page="style",
 )
 def run(
     net: Any,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import SEED, TARGET, Observer, param, register
 from ...result import LossRecord, Result
 from . import _opt
 
@@ -26,7 +26,7 @@ from . import _opt
 class FoolingParams:
     """Parameters of fooling: target class, L-inf budget, PGD/FGSM settings."""
 
-    target: int = param(
+    target: int = TARGET(
         -1, "class the network should see (-1 = a random class other than its prediction)", min=-1
     )
     epsilon: float = param(
@@ -44,7 +44,7 @@ class FoolingParams:
     amplify: float = param(
         0.0, "gain for the difference image (0 = the largest change fills the range)", min=0.0, max=1e4
     )
-    seed: int = param(0, "random seed (random target, random start)", min=0, max=2**31 - 1)
+    seed: int = SEED("random target, random start")
 
 
 def input_saliency(net: Any, x01: torch.Tensor, cls: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ...errors import BadInput
 from ...images import make_grid
-from ...registry import Observer, param, register
+from ...registry import LAYERS, SEED, Observer, param, register
 from ...result import LossRecord, Result
 from . import _opt
 
@@ -25,14 +25,14 @@ from . import _opt
 class InversionParams:
     """Parameters of inversion: the layers to invert from, optimiser and prior."""
 
-    layers: str = param("", "comma-separated layers to invert from, shallow to deep (empty = four depths)")
+    layers: str = LAYERS("", "comma-separated layers to invert from, shallow to deep (empty = four depths)")
     steps: int = param(200, "optimisation steps per layer", min=1, max=10000)
     lr: float = param(0.05, "step size (Adam in pixel units; L-BFGS: 1 is a good start)", min=1e-6, max=1e4)
     optimizer: str = param("adam", "Adam or L-BFGS", choices=("adam", "lbfgs"))
     tv_weight: float = param(0.5, "weight of the total-variation prior (0 = none)", min=0.0, max=1e6)
     parameterization: str = param("pixel", "image parameterisation", choices=("pixel", "sigmoid", "fourier"))
     size: int = param(0, "image side in pixels (0 = the network's input size)", min=0, max=4096)
-    seed: int = param(0, "random seed (noise start)", min=0, max=2**31 - 1)
+    seed: int = SEED("noise start")
 
 
 _VGG16_DEPTHS = ("features.8", "features.15", "features.22", "features.29")
@@ -72,6 +72,7 @@ def relative_feature_error(net: Any, x01: torch.Tensor, layer: str, target: torc
     paper="Mahendran & Vedaldi 2015, Understanding Deep Image Representations by Inverting Them",
     needs_image=True,
     needs_grad=True,
+    page="inversion",
 )
 def run(
     net: Any,

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import Observer, param, register
+from ...registry import LAYER, LAYERS, SEED, Observer, param, register
 from ...result import Result
 from . import _opt
 
@@ -47,8 +47,8 @@ class StyleTransferParams:
     content_weight: float = param(1.0, "weight of the content loss (alpha)", min=0.0, max=1e9)
     style_weight: float = param(1e3, "weight of the style loss (beta)", min=0.0, max=1e12)
     tv_weight: float = param(0.0, "weight of a total-variation smoothness prior", min=0.0, max=1e9)
-    content_layer: str = param("", "layer for the content loss (empty = relu4_2 on VGG)")
-    style_layers: str = param("", "comma-separated style layers (empty = relu1_1..relu5_1 on VGG)")
+    content_layer: str = LAYER("", "layer for the content loss (empty = relu4_2 on VGG)")
+    style_layers: str = LAYERS("", "comma-separated style layers (empty = relu1_1..relu5_1 on VGG)")
     style_layer_weights: str = param("", "comma-separated weight per style layer (empty = equal)")
     optimizer: str = param("lbfgs", "L-BFGS (Gatys) or Adam", choices=("lbfgs", "adam"))
     steps: int = param(100, "optimisation steps (L-BFGS iterations)", min=1, max=10000)
@@ -63,7 +63,7 @@ class StyleTransferParams:
         choices=("none", "luminance", "histogram"),
     )
     init: str = param("content", "start from the content photo or from noise", choices=("content", "noise"))
-    seed: int = param(0, "random seed (noise start)", min=0, max=2**31 - 1)
+    seed: int = SEED("noise start")
 
 
 _RGB2YUV = torch.tensor([[0.299, 0.587, 0.114], [-0.14713, -0.28886, 0.436], [0.615, -0.51499, -0.10001]])
@@ -138,6 +138,7 @@ def blended_grams(
     paper="Gatys, Ecker & Bethge 2016, Image Style Transfer Using Convolutional Neural Networks",
     needs_image=True,
     needs_grad=True,
+    page="style",
 )
 def run(
     net: Any,

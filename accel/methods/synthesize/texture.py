@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ...errors import BadInput, ResourceLimit
-from ...registry import Observer, param, register
+from ...registry import LAYERS, SEED, Observer, param, register
 from ...result import Result
 from . import _opt
 
@@ -32,7 +32,7 @@ class TextureParams:
     method: str = param(
         "gram", "Gram-matrix synthesis (Gatys) or non-parametric Efros-Leung", choices=("gram", "efros_leung")
     )
-    layers: str = param(
+    layers: str = LAYERS(
         "", "comma-separated layers whose Gram matrices are matched (empty = relu1_1..relu5_1 on VGG)"
     )
     layer_weights: str = param("", "comma-separated weight per layer (empty = equal)")
@@ -47,7 +47,7 @@ class TextureParams:
         "pixel", "image parameterisation (gram)", choices=("pixel", "sigmoid", "fourier")
     )
     window: int = param(9, "Efros-Leung neighbourhood window (odd, pixels)", min=3, max=31)
-    seed: int = param(0, "random seed (noise start, Efros-Leung choices)", min=0, max=2**31 - 1)
+    seed: int = SEED("noise start, Efros-Leung choices")
 
 
 def efros_leung(
@@ -134,6 +134,7 @@ def efros_leung(
     paper="Gatys, Ecker & Bethge 2015, Texture Synthesis Using Convolutional Neural Networks; Efros & Leung 1999",
     needs_image=True,
     needs_grad=True,
+    page="inversion",
 )
 def run(
     net: Any,
