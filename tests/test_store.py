@@ -353,5 +353,5 @@ def test_schema_1_store_is_migrated_and_its_manifests_learn_the_row(tmp_path: Pa
     assert (manifest["owner"], manifest["title"], manifest["key"]) == ("local", "old title", "k3")
     assert run.result.data.shape == (16, 16) and store.lookup("k3", user="local") == rid
     # migrating twice (another process, or a second start) changes nothing
-    RunStore.unopened(root)._open_schema()
+    RunStore.unopened(root).open_schema()
     assert [r.id for r in RunStore(root).list(user="local")] == [rid]

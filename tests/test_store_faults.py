@@ -108,7 +108,7 @@ def _truncated(tmp: Path) -> Broken:
         f.truncate(size // 3)
     from accel import store as store_mod
 
-    store_mod._INITIALISED.clear()  # a new server process would see the damage at start-up
+    store_mod.forget_opened()  # a new server process would see the damage at start-up
     return Broken(root, "malformed")
 
 
@@ -153,7 +153,7 @@ def test_lost_index_beside_run_folders_is_rebuilt_not_recreated_empty(tmp_path: 
         sqlite3.connect(root / "runs.sqlite").execute("CREATE TABLE other(x)").connection.close()
     from accel import store as store_mod
 
-    store_mod._INITIALISED.clear()  # as a fresh server process
+    store_mod.forget_opened()  # as a fresh server process
     again = RunStore(root)
     assert again.notice and "4 run folder(s)" in again.notice
     assert again.count() == 4
@@ -263,7 +263,7 @@ def test_read_only_and_full_disk_are_clear_errors(tmp_path: Path) -> None:
         _fill(RunStore(fs / "store"), 2)
         from accel import store as store_mod
 
-        store_mod._INITIALISED.clear()
+        store_mod.forget_opened()
         _remount_ro(fs)
         with pytest.raises(StoreError) as e:
             RunStore(fs / "store")
@@ -470,7 +470,7 @@ def test_dashboard_rebuilds_an_emptied_index_and_says_so(tmp_path: Path, monkeyp
     (store.root / "runs.sqlite").write_bytes(b"")
     from accel import store as store_mod
 
-    store_mod._INITIALISED.clear()
+    store_mod.forget_opened()
     at = _app(monkeypatch, store.root, "runs")
     _no_exception(at)
     assert sorted(at.dataframe[0].value["id"]) == sorted(ids)
