@@ -75,5 +75,5 @@ _SUBMODULES = {
     "archs",
     "training",
     "fashion_mnist",
-    "distributed",
+    "jobs",
 }

@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="the README's table of settings and defaults")
     p.set_defaults(fn=cmd_config)
 
-    from .distributed import add_job_parser
+    from .jobs import add_job_parser
 
     add_job_parser(sub)
 

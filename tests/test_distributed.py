@@ -3,6 +3,7 @@ or a SIGKILL, and the Ray engine giving the local engine's outputs (skipped with
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -17,7 +18,8 @@ import numpy as np
 import pytest
 
 import accel
-from accel import distributed as dj
+from accel import cli
+from accel import jobs as dj
 
 from .conftest import ROOT, get_net
 
@@ -73,7 +75,8 @@ def _images(paths: list[str]) -> list:
 
 def _shard_state(out: Path) -> dict[str, tuple[int, str]]:
     return {
-        p.name: (p.stat().st_mtime_ns, dj._sha256_file(p)) for p in sorted((out / "shards").glob("*.parquet"))
+        p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted((out / "shards").glob("*.parquet"))
     }
 
 
@@ -189,27 +192,121 @@ def test_max_patches_equal_brute_force_topk(local_patches: Path, crops: Path, fa
     assert np.isfinite(res["channels"]["selectivity"]).sum() > 0
 
 
-def test_explain_occlusion_equals_the_method(crops: Path, tmp_path: Path, fashion) -> None:
-    from accel.methods.attribute import occlusion  # noqa: F401 - registers the method
+def _max_diff_to_method(out: Path, net, method: str, params: dict) -> float:
+    """Largest |job map - accel.run(method, net, img, **params).data| over every image of a job output; the
+    target and its probability must be the method's too."""
+    res = dj.open_job_output(out)
+    assert len(res["maps"]) > 0
+    worst = 0.0
+    for k, path in enumerate(res["paths"]):
+        ref = accel.run(method, net, accel.open_image(path), **params)
+        assert res["maps"][k].shape == ref.data.shape
+        worst = max(worst, float(np.abs(res["maps"][k] - ref.data).max()))
+        assert int(res["targets"][k]) == ref.meta["target"]["index"]
+        assert float(res["scores"][k]) == np.float32(ref.meta["target"]["probability"])
+    return worst
 
+
+NON_DEFAULT = {"window": 7, "stride": 4, "baseline": "mean", "score": "logit", "engine": "plain"}
+
+
+def test_explain_occlusion_equals_the_method(crops: Path, tmp_path: Path, fashion) -> None:
+    seen: list[float] = []
     s = dj.run_job(
-        "explain", crops, tmp_path, model=get_net("fashion_cnn"), limit=6, window=7, stride=7, shard_size=4
+        "explain",
+        crops,
+        tmp_path,
+        model=get_net("fashion_cnn"),
+        limit=6,
+        window=7,
+        stride=7,
+        shard_size=4,
+        progress=lambda frac, msg: seen.append(frac),
     )
     assert s["ok"] == 6 and s["shards"] == 2
+    # the method's own progress (through its observer) arrives inside each shard, in order
+    assert len(seen) > 2 + 6 and seen == sorted(seen) and seen[-1] == 1.0
     res = dj.open_job_output(tmp_path)
     assert res["maps"].shape == (6, 28, 28)
-    for k in (0, 5):
-        ref = accel.run(
-            "occlusion", fashion, accel.open_image(res["paths"][k]), window=7, stride=7, backend="torch"
-        )
-        assert int(res["targets"][k]) == ref.meta["target"]["index"]  # both explain the predicted class
-        assert abs(float(res["scores"][k]) - ref.meta["target"]["probability"]) < 1e-4
-        np.testing.assert_allclose(res["maps"][k], ref.data, atol=1e-4)
+    assert res["config"]["method"] == "occlusion"
+    assert res["config"]["params"]["baseline"] == "zero" and res["config"]["params"]["window"] == 7
+    # per image, exactly the map accel.run gives with the same parameters (both explain the predicted class)
+    assert _max_diff_to_method(tmp_path, fashion, "occlusion", {"window": 7, "stride": 7}) == 0.0
+
+
+def test_explain_method_parameters_come_from_its_declaration(
+    crops: Path, tmp_path: Path, fashion, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every occlusion parameter reaches the job from the command line (a name the job also uses, such as the
+    method's `engine`, as --method-engine), validated by the registry; the maps are the method's maps."""
+    argv = ["job", "explain", str(crops), "--out", str(tmp_path / "cli"), "-m", "fashion_cnn", "--limit", "5"]
+    argv += [
+        "--shard-size",
+        "3",
+        "--method",
+        "occlusion",
+        "--window",
+        "7",
+        "--stride",
+        "4",
+        "--baseline",
+        "mean",
+    ]
+    argv += ["--score", "logit", "--method-engine", "plain", "--json"]
+    assert cli.main(argv) == 0
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (s["ok"], s["shards"]) == (5, 2)
+    got = dj.open_job_output(tmp_path / "cli")["config"]["params"]
+    assert {k: got[k] for k in NON_DEFAULT} == NON_DEFAULT
+    assert _max_diff_to_method(tmp_path / "cli", fashion, "occlusion", NON_DEFAULT) == 0.0
+    # Python: the same parameters as keywords, or in params= (the form for `engine`), give the same output
+    dj.run_job(
+        "explain",
+        crops,
+        tmp_path / "py",
+        model=fashion,
+        limit=5,
+        shard_size=3,
+        window=7,
+        stride=4,
+        params={"baseline": "mean", "score": "logit", "engine": "plain"},
+    )
+    a, b = dj.open_job_output(tmp_path / "cli"), dj.open_job_output(tmp_path / "py")
+    assert np.array_equal(a["maps"], b["maps"]) and a["config"] == b["config"]
+    # refused by the method's declaration or by the method itself, before any image is read
+    for kw, match in (
+        ({"steps": 5}, r"occlusion: unknown parameter\(s\) \['steps'\]"),
+        ({"baseline": "grey"}, "occlusion: parameter 'baseline' must be one of"),
+        ({}, "occlusion: window 32 is larger than the 28x28 input"),  # the method's default window
+        ({"window": 7, "method": "filters"}, "explain runs attribution methods"),
+    ):
+        with pytest.raises(accel.BadInput, match=match):
+            dj.run_job("explain", crops, tmp_path / "bad", model=fashion, limit=2, **kw)
+        assert not list((tmp_path / "bad").glob("shards/*.parquet"))
+
+
+def test_explain_default_parameters_equal_the_method_on_lite0(tmp_path: Path, lite0) -> None:
+    """The method's defaults (window 32, stride 16, zero baseline, probability) on a 224-pixel ImageNet model."""
+    from accel.images import foolbox_imagenet
+
+    items = foolbox_imagenet()
+    if not items:
+        pytest.skip("foolbox photos are not installed")
+    lst = tmp_path / "photos.txt"
+    lst.write_text("".join(f"{p}\n" for p, _ in items[:2]))
+    s = dj.run_job("explain", lst, tmp_path / "out", model=lite0, method="occlusion")
+    assert s["ok"] == 2
+    params = dj.open_job_output(tmp_path / "out")["config"]["params"]
+    assert (params["window"], params["stride"], params["baseline"], params["score"]) == (
+        32,
+        16,
+        "zero",
+        "probability",
+    )
+    assert _max_diff_to_method(tmp_path / "out", lite0, "occlusion", {}) == 0.0
 
 
 def test_explain_gradcam_job(crops: Path, tmp_path: Path, fashion) -> None:
-    from accel.methods.attribute import gradcam  # noqa: F401 - registers the method
-
     dj.run_job("explain", crops, tmp_path, model=get_net("fashion_cnn"), limit=3, method="gradcam")
     res = dj.open_job_output(tmp_path)
     img = accel.open_image(res["paths"][2])
@@ -217,6 +314,7 @@ def test_explain_gradcam_job(crops: Path, tmp_path: Path, fashion) -> None:
     np.testing.assert_allclose(res["maps"][2], ref.data, atol=1e-5)
     assert fashion.labels[int(res["targets"][2])] == fashion.predict(img, top=1)[0][0]  # the predicted class
     assert res["maps"][2].max() > 0
+    assert _max_diff_to_method(tmp_path, fashion, "gradcam", {}) == 0.0
 
 
 def test_uris_and_unreachable_files_are_errors_not_crashes(crops: Path, tmp_path: Path) -> None:
@@ -279,7 +377,7 @@ def test_killed_job_resumes_without_redoing_shards(crops: Path, tmp_path: Path, 
     script = textwrap.dedent(
         f"""
         import sys, time
-        from accel import distributed as dj
+        from accel import jobs as dj
         def slow(k, rec):
             print("shard", k, "ray" in sys.modules, flush=True)
             time.sleep(0.5)
@@ -317,7 +415,7 @@ def test_killed_job_resumes_without_redoing_shards(crops: Path, tmp_path: Path, 
 
 
 def test_cli_job_embed(crops: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = dj.main(
+    rc = cli.main(
         [
             "job",
             "embed",
@@ -338,7 +436,7 @@ def test_cli_job_embed(crops: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (s["images"], s["shards"], s["ok"]) == (30, 3, 30)
     assert dj.open_job_output(tmp_path)["embeddings"].shape == (30, 128)
     assert (
-        dj.main(["job", "embed", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "-m", "fashion_cnn"])
+        cli.main(["job", "embed", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "-m", "fashion_cnn"])
         == 2
     )
     assert "does not exist" in capsys.readouterr().err
@@ -417,3 +515,33 @@ def test_ray_max_patches_resumes_a_local_run_and_equals_it(
         assert np.array_equal(a["records"][key], b["records"][key]), key
     np.testing.assert_allclose(a["records"]["score"], b["records"]["score"], atol=1e-5)
     np.testing.assert_allclose(a["channels"]["selectivity"], b["channels"]["selectivity"], atol=1e-4)
+
+
+@needs_ray
+def test_ray_explain_equals_the_method(ray_session, crops: Path, tmp_path: Path, fashion, lite0) -> None:
+    """On the Ray engine too, every map is exactly accel.run's with the same parameters: a non-default baseline
+    and score on fashion_cnn, and the method's defaults on lite0."""
+    s = dj.run_job(
+        "explain",
+        crops,
+        tmp_path / "fashion",
+        model=fashion,
+        limit=6,
+        shard_size=3,
+        engine="ray",
+        concurrency=2,
+        params=NON_DEFAULT,
+    )
+    assert (s["engine"], s["ok"], s["computed_shards"]) == ("ray", 6, 2)
+    assert _max_diff_to_method(tmp_path / "fashion", fashion, "occlusion", NON_DEFAULT) == 0.0
+
+    from accel.images import foolbox_imagenet
+
+    items = foolbox_imagenet()
+    if not items:
+        pytest.skip("foolbox photos are not installed")
+    lst = tmp_path / "photos.txt"
+    lst.write_text("".join(f"{p}\n" for p, _ in items[:2]))
+    s = dj.run_job("explain", lst, tmp_path / "lite0", model=lite0, engine="ray", concurrency=1)
+    assert (s["engine"], s["ok"]) == ("ray", 2)
+    assert _max_diff_to_method(tmp_path / "lite0", lite0, "occlusion", {}) == 0.0

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from accel import distributed as dj
+from accel import jobs as dj
 
 from .conftest import get_net
 from .fuzzkit import byte_inputs, fuzz

@@ -14,7 +14,9 @@ import pytest
 
 import accel
 from accel import cli
-from accel import distributed as dj
+from accel import jobs as dj
+from accel.jobs.cli import ProgressBar
+from accel.jobs.worker import default_threads, limit_session_threads
 
 from .conftest import get_net
 
@@ -207,7 +209,7 @@ def test_max_patches_merged_outputs_are_verified_and_repaired(patches_job: Path,
 def test_temporaries_of_a_killed_job_are_cleaned_on_the_next_start(
     embed_job: Path, crops: Path, tmp_path: Path
 ) -> None:
-    """What `_atomic_write` leaves when the process dies mid-write (dead pid in the name) goes on the next start
+    """What `atomic_write` leaves when the process dies mid-write (dead pid in the name) goes on the next start
     of a job on the same OUT; the rerun reuses every finished shard."""
     out = _copy(embed_job, tmp_path)
     left = [
@@ -250,12 +252,12 @@ def test_job_errors_are_one_stderr_line_and_exit_2(
         assert len(err.strip().splitlines()) == 1, err
         assert err.startswith("convlens: error: ") and want in err, err
     assert not (tmp_path / "o").exists()  # refused before anything was written
-    # python -m accel.distributed: the same one line, argparse usage errors included
-    assert dj.main(["job", "verify", str(tmp_path)]) == 2
+    # argparse usage errors of the job verbs: the same one line
+    assert cli.main(["job", "verify", str(tmp_path)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     for argv in (["job", "embed"], ["job", "verify"], ["job", "repair", "x", "--bogus"]):
         with pytest.raises(SystemExit) as ei:
-            dj.main(argv)
+            cli.main(argv)
         assert ei.value.code == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and ": error: " in err, err
@@ -275,7 +277,7 @@ def test_progress_bar_is_closed_before_an_error_prints(monkeypatch: pytest.Monke
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100x24 terminal
         tty = io.TextIOWrapper(io.FileIO(slave, "w", closefd=False), write_through=True)
         monkeypatch.setattr("sys.stderr", tty)
-        with pytest.raises(accel.BadInput), dj._Bar("job embed") as bar:
+        with pytest.raises(accel.BadInput), ProgressBar("job embed") as bar:
             bar.progress(0.4, "10/25 images")
             raise accel.BadInput("boom")
         assert bar.bar is None
@@ -291,7 +293,7 @@ def test_progress_bar_is_closed_before_an_error_prints(monkeypatch: pytest.Monke
 
     piped = io.StringIO()
     monkeypatch.setattr("sys.stderr", piped)
-    with dj._Bar("job embed") as bar:
+    with ProgressBar("job embed") as bar:
         bar.progress(0.5, "half")
     assert piped.getvalue() == ""
 
@@ -316,4 +318,4 @@ def test_shard_worker_threads_are_explicit_not_environment(crops: Path) -> None:
         assert w.process(shard)["rows"] == 4
     finally:
         torch.set_num_threads(before_torch)
-        dj._limit_session_threads(w.runner, dj._threads())  # the runner is shared with other tests
+        limit_session_threads(w.runner, default_threads())  # the runner is shared with other tests
