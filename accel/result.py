@@ -210,10 +210,10 @@ def encode_result(result: Result, folder: Path) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "kind": result.kind,
         "data": w.npy(np.asarray(result.data), "data"),
-        "image": w.png(result.image, "input") if isinstance(result.image, Image.Image) else None,
+        "image": w.png(result.image, Path(INPUT_PNG).stem) if isinstance(result.image, Image.Image) else None,
     }
     shown = _rendered(result)
-    fields["rendered"] = w.png(shown, "rendered") if shown is not None else None
+    fields["rendered"] = w.png(shown, Path(RENDERED_PNG).stem) if shown is not None else None
     fields["meta"] = encode_value(dict(result.meta), w, "meta")
     fields["extras"] = encode_value(dict(result.extras), w, "extras")
     fields["losses"] = encode_value([dataclasses.asdict(r) for r in result.losses], w, "losses")

@@ -75,6 +75,29 @@ def test_round_trip_rebuilds_the_result(store: RunStore) -> None:
     assert run.rendered() is not None and run.link == f"?run={rid}"
 
 
+def test_loss_history_survives_the_store(store: RunStore) -> None:
+    """Result.losses (typed records, named parts, a non-finite value) reopen equal; runs stored before the field
+    existed reopen with an empty history."""
+    losses = [
+        accel.LossRecord(0, 4.5, {"class": 4.0, "tv": 0.5}),
+        accel.LossRecord(1, 3.25),
+        accel.LossRecord(2, float("inf"), {"class": float("nan")}),
+    ]
+    res = Result("image", np.zeros((8, 8, 3), np.float32), losses=losses)
+    rid = store.put(res, model="m", method="class_viz", params={}, image_key=None)
+    got = RunStore(store.root).get(rid).result.losses
+    assert [(r.step, r.value) for r in got[:2]] == [(0, 4.5), (1, 3.25)]
+    assert got[0].parts == {"class": 4.0, "tv": 0.5} and got[1].parts == {}
+    assert got[2].value == float("inf") and np.isnan(got[2].parts["class"])
+    assert all(isinstance(r, accel.LossRecord) for r in got)
+    old = store.put(_map_result(), model="m", method="saliency", params={}, image_key=None)
+    manifest = store.runs_dir / old / "manifest.json"
+    m = json.loads(manifest.read_text())
+    del m["losses"]
+    manifest.write_text(json.dumps(m))
+    assert RunStore(store.root).get(old).result.losses == []
+
+
 def test_list_filter_and_delete(store: RunStore) -> None:
     ids = [
         store.put(_map_result(i), model=m, method=meth, params={"i": i}, image_key=None)

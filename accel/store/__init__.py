@@ -23,10 +23,9 @@ from .keys import image_key, request_key
 from .repair import RebuildReport, StoreReport
 from .rows import LOCAL_OWNER, StoredRun
 from .runstore import RunStore, forget_opened
-from .uploads import DEFAULT_MAX_UPLOAD_MB, ENV_MAX_UPLOAD_MB, UPLOAD_SUFFIXES, save_upload_to
+from .uploads import ENV_MAX_UPLOAD_MB, UPLOAD_SUFFIXES, save_upload_to
 
 __all__ = [
-    "DEFAULT_MAX_UPLOAD_MB",
     "ENV_MAX_UPLOAD_MB",
     "ENV_STORE",
     "LOCAL_OWNER",

@@ -13,10 +13,9 @@ from ..errors import BadInput, ResourceLimit
 from ..limits import CAPS
 from .folders import os_error
 
-__all__ = ["DEFAULT_MAX_UPLOAD_MB", "ENV_MAX_UPLOAD_MB", "UPLOAD_SUFFIXES", "save_upload_to"]
+__all__ = ["ENV_MAX_UPLOAD_MB", "UPLOAD_SUFFIXES", "save_upload_to"]
 
 ENV_MAX_UPLOAD_MB = CAPS["upload_mb"].env
-DEFAULT_MAX_UPLOAD_MB = CAPS["upload_mb"].default
 UPLOAD_SUFFIXES = (
     ".png",
     ".jpg",
