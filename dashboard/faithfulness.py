@@ -1,4 +1,4 @@
-"""Trust checks for the Compare page, from `accel.methods.attribute.metrics` when it is installed: deletion/insertion
+"""Trust checks for the Compare page, from `accel.evaluate` when it is installed: deletion/insertion
 AUC beside a random-map baseline, and the cascading model-randomisation sanity check. Skipped gracefully (None)
 when the metrics module is absent or lacks a function."""
 
@@ -13,7 +13,7 @@ import numpy as np
 def metrics_module() -> Any:
     """The attribution metrics module, or None when it has not landed (or fails to import)."""
     try:
-        return importlib.import_module("accel.methods.attribute.metrics")
+        return importlib.import_module("accel.evaluate")
     except Exception:  # noqa: BLE001 - a broken or missing module only hides the scores
         return None
 

@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import accel
     from accel import registry
+    from accel.evaluate import deletion_insertion
     from accel.images import foolbox_imagenet
-    from accel.methods.attribute.metrics import deletion_insertion
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="efficientnet_lite0")

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import accel
+from accel import evaluate as M
 from accel.errors import BadInput
-from accel.methods.attribute import metrics as M
 from tests.conftest import get_net
 
 tomllib = pytest.importorskip("tomllib")

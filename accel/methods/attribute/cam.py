@@ -105,6 +105,5 @@ class CAMParams:
 )
 def run(net: Backbone, img: Image.Image, p: CAMParams, obs: Observer) -> Result:
     """sum_k w_k^c A_k over the pooled layer, upsampled; its spatial mean (low-res) plus the bias is the logit."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     cam = ZhouCAM(net, p.layer, relu=p.relu)
-    return run_cam(cam, net, img, p.target, "cam", progress=progress, fc=cam.fc)
+    return run_cam(cam, net, img, p.target, "cam", obs=obs, fc=cam.fc)

@@ -40,7 +40,6 @@ class DeconvnetParams:
 )
 def run(net: Backbone, img: Image.Image, p: DeconvnetParams, obs: Observer) -> Result:
     """Input "gradient" with the deconvnet rule (rectified backward signal) at every ReLU/ReLU6."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     return run_rule(
         net,
         img,
@@ -52,5 +51,5 @@ def run(net: Backbone, img: Image.Image, p: DeconvnetParams, obs: Observer) -> R
         row=p.row,
         col=p.col,
         reduce=p.reduce,
-        progress=progress,
+        obs=obs,
     )

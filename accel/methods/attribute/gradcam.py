@@ -32,6 +32,5 @@ class GradCAMParams:
 )
 def run(net: Backbone, img: Image.Image, p: GradCAMParams, obs: Observer) -> Result:
     """ReLU(sum_k mean(d score/d A_k) A_k) at the layer, bilinearly upsampled to the input size."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     cam = GradCAMWeights(net, p.layer, relu=p.relu)
-    return run_cam(cam, net, img, p.target, "gradcam", progress=progress)
+    return run_cam(cam, net, img, p.target, "gradcam", obs=obs)

@@ -46,5 +46,4 @@ class GradCAMPPParams:
 )
 def run(net: Backbone, img: Image.Image, p: GradCAMPPParams, obs: Observer) -> Result:
     """ReLU(sum_k w_k A_k) with Grad-CAM++ weights, upsampled to the input size."""
-    progress = obs.callback()  # a plain callable for the runtime layer
-    return run_cam(GradCAMPlusPlus(net, p.layer), net, img, p.target, "gradcam_pp", progress=progress)
+    return run_cam(GradCAMPlusPlus(net, p.layer), net, img, p.target, "gradcam_pp", obs=obs)

@@ -41,7 +41,6 @@ class GuidedBackpropParams:
 )
 def run(net: Backbone, img: Image.Image, p: GuidedBackpropParams, obs: Observer) -> Result:
     """Input gradient with the guided rule at every ReLU/ReLU6 (module, functional or in-place)."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     return run_rule(
         net,
         img,
@@ -53,5 +52,5 @@ def run(net: Backbone, img: Image.Image, p: GuidedBackpropParams, obs: Observer)
         row=p.row,
         col=p.col,
         reduce=p.reduce,
-        progress=progress,
+        obs=obs,
     )

@@ -43,7 +43,6 @@ class GuidedGradCAMParams:
 )
 def run(net: Backbone, img: Image.Image, p: GuidedGradCAMParams, obs: Observer) -> Result:
     """Element-wise product of the guided-backprop gradient (C,H,W) and the Grad-CAM map, reduced over channels."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     t0 = time.perf_counter()
     require_head(net, "guided_gradcam")
     net.check_target(p.target)
@@ -53,8 +52,7 @@ def run(net: Backbone, img: Image.Image, p: GuidedGradCAMParams, obs: Observer) 
     grad, _, t, n = class_gradient(net, x, p.target, "guided_gradcam", rule="guided")
     heat, low = cam.compute(Score({t: 1.0}))
     prod = grad * heat[None]
-    if progress is not None:
-        progress(1.0, "guided grad-cam done")
+    obs.progress(1.0, "guided grad-cam done")
     return make_result(
         net,
         x,

@@ -90,7 +90,6 @@ class IntegratedGradientsParams:
 )
 def run(net: Backbone, img: Image.Image, p: IntegratedGradientsParams, obs: Observer) -> Result:
     """(x - x') * sum_k w_k grad f(x' + a_k (x - x')), reduced over channels; meta has the completeness gap."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     t0 = time.perf_counter()
     require_head(net, "integrated_gradients")
     net.check_target(p.target)
@@ -111,9 +110,8 @@ def run(net: Backbone, img: Image.Image, p: IntegratedGradientsParams, obs: Obse
         g, _, _ = input_gradient(net, base + a * diff, score)
         total += (g.double() * w).sum(0)
         passes += 1
-        if progress is not None:
-            done = min(p.steps, i + p.internal_batch)
-            progress(done / p.steps, f"integrated gradients {done}/{p.steps} steps")
+        done = min(p.steps, i + p.internal_batch)
+        obs.progress(done / p.steps, f"integrated gradients {done}/{p.steps} steps")
     attr = (diff[0].double() * total).float().numpy()
     gap = float(attr.astype(np.float64).sum() - (ends[0, t] - ends[1, t]))
     return make_result(

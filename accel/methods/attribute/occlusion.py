@@ -29,7 +29,6 @@ from ._base import (
     input_tensor,
     make_baseline,
     make_result,
-    progress_cb,
     require_head,
     resolve_target,
     target_meta,
@@ -209,16 +208,12 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, obs: Observer) -> R
             calls.append(sweeper.last_passes)
             return out
 
-        d = drill_down(
-            counted, h, w, p.window, p.stride, refine=p.refine, baseline=base, progress=progress_cb(progress)
-        )
+        d = drill_down(counted, h, w, p.window, p.stride, refine=p.refine, baseline=base, progress=progress)
         passes += sum(calls)
         drops = d["map"].ravel().astype(np.float32)
         extra = {"windows_evaluated": d["windows"], "refined": d["refined"]}
     else:
-        scores = sweeper.sweep(
-            xs, occ, reduce=lambda o: value(o["logits"]), progress=progress_cb(progress, 0.0, 1.0)
-        )
+        scores = sweeper.sweep(xs, occ, reduce=lambda o: value(o["logits"]), progress=progress)
         passes += sweeper.last_passes
         drops = (ref - np.asarray(scores, np.float64)).astype(np.float32)
     grid = drops.reshape(occ.grid)

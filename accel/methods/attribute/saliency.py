@@ -31,12 +31,10 @@ class SaliencyParams:
 )
 def run(net: Backbone, img: Image.Image, p: SaliencyParams, obs: Observer) -> Result:
     """Gradient of the class logit w.r.t. the network input; abs, then max over channels."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     t0 = time.perf_counter()
     x = input_tensor(net, img)
     grad, logits, t, _ = class_gradient(net, x, p.target, "saliency")
-    if progress is not None:
-        progress(1.0, "saliency done")
+    obs.progress(1.0, "saliency done")
     return make_result(
         net,
         x,

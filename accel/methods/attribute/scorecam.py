@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...registry import BACKEND, LAYER, TARGET, Observer, param, register
+from ...registry import BACKEND, LAYER, SILENT, TARGET, Observer, param, register
 from ...result import Result
 from ...runtime.sweep import Masks
-from ._base import CAMBase, Progress, Score, progress_cb, run_cam, upsample
+from ._base import CAMBase, Score, run_cam, upsample
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -38,12 +38,12 @@ class ScoreCAMWeights(CAMBase):
         backend: str = "auto",
         max_channels: int = 256,
         batch_size: int | None = None,
-        progress: Progress = None,
+        obs: Observer = SILENT,
     ) -> None:
         super().__init__(net, layer, relu=True, backend=backend)
         self.max_channels = max_channels
         self.batch_size = batch_size
-        self.progress = progress
+        self.obs = obs
         self.used: list[int] = []
 
     def channel_weights(self, acts: torch.Tensor, grads: torch.Tensor | None, score: Score) -> torch.Tensor:
@@ -78,7 +78,7 @@ class ScoreCAMWeights(CAMBase):
 
         x0 = self.x.numpy()
         probs = r.sweep(
-            x0, Masks(masks, baseline=0.0), reduce=reduce, progress=progress_cb(self.progress, 0.1, 1.0)
+            x0, Masks(masks, baseline=0.0), reduce=reduce, progress=self.obs.span(0.1, 1.0).callback()
         )
         self.passes += r.last_passes  # this thread's passes (pooled runners are shared)
         base = reduce(r.run(np.zeros_like(x0)))
@@ -108,8 +108,7 @@ class ScoreCAMParams:
 )
 def run(net: Backbone, img: Image.Image, p: ScoreCAMParams, obs: Observer) -> Result:
     """ReLU(sum_k w_k A_k) with w_k the probability increase of x masked by channel k (gradient-free)."""
-    progress = obs.callback()  # a plain callable for the runtime layer
-    cam = ScoreCAMWeights(net, p.layer, p.backend, p.max_channels, p.batch_size, progress)
-    res = run_cam(cam, net, img, p.target, "scorecam", progress=None)
+    cam = ScoreCAMWeights(net, p.layer, p.backend, p.max_channels, p.batch_size, obs)
+    res = run_cam(cam, net, img, p.target, "scorecam", obs=obs)
     res.meta["channels_scored"] = len(cam.used)
     return res

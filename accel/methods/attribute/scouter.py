@@ -193,7 +193,6 @@ def scouter_outputs(net: Backbone, img: Any, sign: str = "positive", checkpoint:
 )
 def run(net: Backbone, img: Any, p: ScouterParams, obs: Observer) -> Result:
     """SCOUTER slot attention for one class: the explanation the classifier itself used (positive or negative)."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     t0 = time.perf_counter()
     target = net.check_target(p.target)
     out = scouter_outputs(net, img, p.sign, p.checkpoint)
@@ -205,8 +204,7 @@ def run(net: Backbone, img: Any, p: ScouterParams, obs: Observer) -> Result:
         target = pred
     labels = net.labels or [str(i) for i in range(len(logits))]
     top = np.argsort(-probs)[:3]
-    if progress is not None:
-        progress(1.0, "scouter done")
+    obs.progress(1.0, "scouter done")
     return Result(
         "map",
         out["maps"][target].copy(),

@@ -126,7 +126,6 @@ class SaliencyGrabCutParams:
 )
 def run(net: Backbone, img: Image.Image, p: SaliencyGrabCutParams, obs: Observer) -> Result:
     """Mask (0/1 map) of the object GrabCut cuts out from the seeds; the cut-out image and seeds in extras."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     import cv2
 
     t0 = time.perf_counter()
@@ -176,8 +175,7 @@ def run(net: Backbone, img: Image.Image, p: SaliencyGrabCutParams, obs: Observer
         gt = _gt_mask(net, p.gt_mask, size)
         meta["iou"] = iou(cut, gt)
         meta["seed_iou"] = iou(scaled >= p.fg, gt)
-    if progress is not None:
-        progress(1.0, "grabcut done")
+    obs.progress(1.0, "grabcut done")
     return make_result(
         net,
         x,

@@ -61,7 +61,6 @@ class SmoothGradParams:
 )
 def run(net: Backbone, img: Image.Image, p: SmoothGradParams, obs: Observer) -> Result:
     """Average gradients over `samples` Gaussian-perturbed inputs; max over channels of the aggregate."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     t0 = time.perf_counter()
     require_head(net, "smoothgrad")
     net.check_target(p.target)
@@ -85,9 +84,8 @@ def run(net: Backbone, img: Image.Image, p: SmoothGradParams, obs: Observer) -> 
         else:
             acc += (g * g).sum(0)
         passes += 1
-        if progress is not None:
-            done = min(p.samples, i + p.internal_batch)
-            progress(done / p.samples, f"smoothgrad {done}/{p.samples} samples")
+        done = min(p.samples, i + p.internal_batch)
+        obs.progress(done / p.samples, f"smoothgrad {done}/{p.samples} samples")
     mean = (acc / p.samples).float().numpy()
     data = reduce_channels(np.abs(mean) if p.aggregate == "abs_of_mean" else mean, "max")
     return make_result(

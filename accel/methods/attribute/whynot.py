@@ -48,10 +48,7 @@ class CounterfactualParams:
 )
 def run_counterfactual(net: Backbone, img: Image.Image, p: CounterfactualParams, obs: Observer) -> Result:
     """ReLU(sum_k -mean(d score/d A_k) A_k): where the image argues against the class."""
-    progress = obs.callback()  # a plain callable for the runtime layer
-    return run_cam(
-        CounterfactualWeights(net, p.layer), net, img, p.target, "gradcam_counterfactual", progress=progress
-    )
+    return run_cam(CounterfactualWeights(net, p.layer), net, img, p.target, "gradcam_counterfactual", obs=obs)
 
 
 @dataclass
@@ -70,7 +67,6 @@ class ContrastiveParams:
 )
 def run_contrastive(net: Backbone, img: Image.Image, p: ContrastiveParams, obs: Observer) -> Result:
     """Grad-CAM of logit[A] - logit[B]: why A rather than B."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     return run_cam(
         ContrastiveWeights(net, p.layer),
         net,
@@ -79,5 +75,5 @@ def run_contrastive(net: Backbone, img: Image.Image, p: ContrastiveParams, obs: 
         "contrastive_gradcam",
         foil=p.foil,
         contrast=True,
-        progress=progress,
+        obs=obs,
     )

@@ -1,8 +1,8 @@
-"""Shared helpers of the inspect family: cached runners, cached dataset features, layer lookup, tile drawing.
+"""Shared helpers of the inspect family: cached dataset features, layer lookup, tile drawing.
 
-Dataset features are computed once per (model weights, dataset, tap) through the batched runner (ONNX Runtime
-when it works) and kept in a small in-process LRU, so t-SNE, neighbours and metric learning on the same data
-share one forward pass. (A persistent run store can replace the LRU later without changing callers.)
+Dataset features are computed once per (model weights, dataset, tap) through the pooled batched runner (ONNX
+Runtime when it works) and kept in a small in-process LRU, so t-SNE, neighbours and metric learning on the same
+data share one forward pass.
 """
 
 from __future__ import annotations
@@ -10,33 +10,33 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ...errors import BadInput
+from ...runtime.runner import runner
 
 if TYPE_CHECKING:
+    from ...backbone import Backbone, LayerInfo
     from ...datasets import Dataset
-    from ...runtime.runner import Runner
-    from ...zoo import Backbone, LayerInfo
 
 Progress = Callable[[float, str], None] | None
 
-MAX_DATASET = 100_000  # images one request may stream (a ResourceLimit above it)
 _LOCK = threading.RLock()
 
 
-class _LRU(OrderedDict):
-    """A tiny thread-safe LRU: `get_or(key, make)`."""
+class LRU(OrderedDict):
+    """A tiny thread-safe LRU of computed values (dataset features, scans): `get_or(key, make)`."""
 
     def __init__(self, maxsize: int) -> None:
         super().__init__()
         self.maxsize = maxsize
 
     def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The value for `key`, computed by `make()` (outside the lock) when absent; the oldest entry goes."""
         with _LOCK:
             if key in self:
                 self.move_to_end(key)
@@ -50,23 +50,7 @@ class _LRU(OrderedDict):
         return value
 
 
-_RUNNERS = _LRU(8)
-_FEATURES = _LRU(6)
-
-
-def clear_caches() -> None:
-    """Forget cached runners and dataset features (tests, or after loading new weights in place)."""
-    with _LOCK:
-        _RUNNERS.clear()
-        _FEATURES.clear()
-
-
-def get_runner(net: Backbone, taps: Sequence[str], backend: str = "auto") -> Runner:
-    """A batched runner for `taps`, built once per (weights, taps, backend)."""
-    from ...runtime.runner import runner
-
-    key = (net.weights_hash(), tuple(taps), backend)
-    return _RUNNERS.get_or(key, lambda: runner(net, list(taps), backend=backend))
+_FEATURES = LRU(6)
 
 
 def report(progress: Progress, frac: float, msg: str) -> None:
@@ -82,18 +66,13 @@ def report(progress: Progress, frac: float, msg: str) -> None:
 def resolve_dataset(net: Backbone, spec: str, limit: int) -> Dataset:
     """The dataset named by `spec` ("auto" = the model's own), limited to `limit` images (0 = all)."""
     from ... import datasets
-    from ...errors import ResourceLimit
 
     s = datasets.default_spec(net) if spec in ("", "auto") else spec
     try:
         ds = datasets.get(s, limit or None)
     except (OSError, RuntimeError) as e:  # "~nobody/x" (no such home), a 300-character name, no permission
         raise BadInput(f"dataset {s!r} cannot be read as a folder of images: {e}") from None
-    if len(ds) > MAX_DATASET:
-        raise ResourceLimit(
-            f"dataset {ds.spec} has {len(ds):,} images, over the {MAX_DATASET:,} one request may stream; "
-            "pass a smaller `limit`"
-        )
+    ds.check_size()  # ResourceLimit naming CONVLENS_MAX_DATASET, before any work
     return ds
 
 
@@ -172,7 +151,7 @@ def dataset_features(
 
     def make() -> Features:
         t0 = time.perf_counter()
-        r = get_runner(net, [tap], backend)
+        r = runner(net, [tap], backend=backend)
         n = len(ds)
         ts = thumb_size(net)
         feats: list[np.ndarray] = []

@@ -21,13 +21,13 @@ from PIL import Image
 from ...errors import BadInput
 from ...registry import BACKEND, DATASET, LAYER, Observer, param, register
 from ...result import Result
+from ...runtime.runner import runner
 from ._common import (
-    _LRU,
+    LRU,
     Progress,
     check_canvas,
     dataset_key,
     default_activation_layer,
-    get_runner,
     parse_int_list,
     report,
     resolve_dataset,
@@ -107,7 +107,7 @@ class TopK:
         return sel
 
 
-_PASSES = _LRU(8)
+_PASSES = LRU(8)
 
 
 def scan(
@@ -124,7 +124,7 @@ def scan(
 
     def make() -> tuple[TopK, dict[str, Any]]:
         t0 = time.perf_counter()
-        r = get_runner(net, [layer], backend)
+        r = runner(net, [layer], backend=backend)
         n = len(ds)
         top = TopK(k, int(net.layer(layer).out_shape[0]))
         for x, _labels, ids in ds.batches(net, batch_size):

@@ -17,9 +17,9 @@ from PIL import Image
 from ...errors import BadInput
 from ...registry import BACKEND, DATASET, TAP, Observer, param, register
 from ...result import Result
+from ...runtime.runner import runner
 from ._common import (
     dataset_features,
-    get_runner,
     label_strip,
     report,
     resolve_dataset,
@@ -143,14 +143,6 @@ def _knn_faiss(
     return i.astype(np.int64), dist.astype(np.float32)
 
 
-def one_nn_accuracy(
-    feats: np.ndarray, labels: np.ndarray, queries: np.ndarray, gallery: np.ndarray, metric: str = "cosine"
-) -> float:
-    """Fraction of query rows whose nearest gallery row (by `metric`) has the same label."""
-    idx, _, _ = knn(feats[gallery], feats[queries], 1, metric)
-    return float((labels[gallery][idx[:, 0]] == labels[queries]).mean())
-
-
 @dataclass
 class NeighborsParams:
     dataset: str = DATASET(
@@ -185,7 +177,7 @@ def run(net: Backbone, img: Image.Image, p: NeighborsParams, obs: Observer) -> R
     ds = resolve_dataset(net, p.dataset, p.limit)
     fs = dataset_features(net, ds, tap, p.backend, progress=lambda f, m: report(progress, 0.9 * f, m))
     x = net.preprocess(img).numpy()
-    qf = get_runner(net, [tap], p.backend).run(x)[tap]
+    qf = runner(net, [tap], backend=p.backend).run(x)[tap]
     qf = qf.mean(axis=(2, 3)) if qf.ndim == 4 else qf.reshape(1, -1)
     qthumb = to_thumbs(net, x, thumb_size(net))
     qp = qthumb.reshape(1, -1).astype(np.float32) / np.float32(255.0)
