@@ -32,9 +32,29 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    import os
+
+    from .backbone import Backbone, LayerInfo
     from .images import open_image
     from .runtime.runner import runner
-    from .zoo import Backbone, LayerInfo, load
+
+
+def load(
+    name: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    pretrained: bool | None = None,
+    trust: bool = False,
+    display_name: str | None = None,
+) -> Backbone:
+    """A backbone by zoo name, torchvision name, checkpoint path (+ `arch`) or .onnx path (see `accel.zoo.load`);
+    an .onnx file gets ONNX Runtime's sandboxed runner as its forward engine (the zoo sits below the runtime)."""
+    from .runtime.runner import onnx_logits
+    from .zoo import load as zoo_load
+
+    return zoo_load(
+        name, arch=arch, pretrained=pretrained, trust=trust, display_name=display_name, engine=onnx_logits
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -43,10 +63,10 @@ def __getattr__(name: str) -> Any:
         from .images import open_image
 
         return open_image
-    if name in ("load", "Backbone", "LayerInfo"):
-        from . import zoo
+    if name in ("Backbone", "LayerInfo"):
+        from . import backbone
 
-        return getattr(zoo, name)
+        return getattr(backbone, name)
     if name == "runner":
         from .runtime.runner import runner
 
@@ -60,6 +80,8 @@ def __getattr__(name: str) -> Any:
 
 _SUBMODULES = {
     "images",
+    "backbone",
+    "onnxfile",
     "zoo",
     "taps",
     "receptive",

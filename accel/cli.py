@@ -114,7 +114,7 @@ def _progress_bar(desc: str) -> Any:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from .zoo import load
+    from . import load  # accel.load: gives an .onnx file its sandboxed engine
 
     return load(args.model, arch=getattr(args, "arch", None), trust=getattr(args, "trust", False))
 

@@ -21,7 +21,7 @@ from .errors import BadInput
 from .images import image_extensions
 
 if TYPE_CHECKING:
-    from .zoo import Backbone
+    from .backbone import Backbone
 
 __all__ = [
     "Item",
@@ -468,7 +468,7 @@ class PackagedPhotos(Dataset):
 
 def _class_names(kind: str) -> list[str] | None:
     if kind == "imagenet":
-        from .zoo import imagenet_labels
+        from .backbone import imagenet_labels
 
         return imagenet_labels()
     if kind == "cifar10":

@@ -305,6 +305,7 @@ def test_float64_values_too_large_for_float32_are_refused(tmp_path) -> None:
 
 def test_predict_refuses_non_finite_scores_for_torch_and_onnx_backbones(tmp_path) -> None:
     from accel.runtime.export import export_backbone
+    from accel.runtime.runner import onnx_logits
 
     net = accel.load(ARCH)
     with torch.no_grad():
@@ -314,7 +315,7 @@ def test_predict_refuses_non_finite_scores_for_torch_and_onnx_backbones(tmp_path
     with pytest.raises(BadInput, match=msg):
         net.predict(GREY)
     onnx_path = export_backbone(net, ["logits"], out=tmp_path / "nan.onnx")
-    onx = zoo.Backbone("nan_onnx", None, net.pre, net.labels, onnx_path=onnx_path)
+    onx = zoo.Backbone("nan_onnx", None, net.pre, net.labels, onnx_path=onnx_path, engine=onnx_logits)
     with pytest.raises(BadInput, match=r"NaN or inf"):  # the ONNX runner may refuse first, in its own words
         onx.predict(GREY)
 
@@ -652,16 +653,16 @@ def test_whole_pickled_model_needs_trust(tmp_path) -> None:
 def test_uploaded_bytes_are_stored_once_under_their_hash(tmp_path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    from accel.store import save_upload_to
+
     data = (zoo.MODELS_DIR / "fashion_cnn.safetensors").read_bytes()
     with ThreadPoolExecutor(8) as pool:
-        paths = set(
-            pool.map(lambda _: zoo.checkpoint_bytes_to_path(data, ".SAFETENSORS", tmp_path), range(16))
-        )
+        paths = set(pool.map(lambda _: save_upload_to(tmp_path, data, ".SAFETENSORS"), range(16)))
     (path,) = paths
     assert path.name.startswith("upload-") and path.suffix == ".safetensors" and path.read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left behind
     assert accel.load(path, arch=ARCH, display_name="mine.safetensors").name == f"{ARCH}@mine.safetensors"
-    with pytest.raises(BadInput, match="unsupported checkpoint type '.exe'"):
-        zoo.checkpoint_bytes_to_path(data, ".exe", tmp_path)
-    with pytest.raises(BadInput, match=r"the uploaded checkpoint is empty \(0 bytes\)"):
-        zoo.checkpoint_bytes_to_path(b"", ".pt", tmp_path)
+    with pytest.raises(BadInput, match="unsupported upload type '.exe'"):
+        save_upload_to(tmp_path, data, ".exe")
+    with pytest.raises(BadInput, match=r"the uploaded file is empty \(0 bytes\)"):
+        save_upload_to(tmp_path, b"", ".pt")

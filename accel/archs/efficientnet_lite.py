@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import Decomposition
+
 # (width, depth, resolution, dropout) per variant, from the EfficientNet-Lite builder.
 VARIANTS: dict[str, tuple[float, float, int, float]] = {
     "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
@@ -56,11 +58,12 @@ class SameConv2d(nn.Conv2d):
 
 
 def _round_filters(c: int, width: float) -> int:
+    """Channels scaled by the width multiplier, rounded to a multiple of 8 (never below 90% of the scaled count)."""
     if width == 1.0:
         return c
-    c = c * width
-    new = max(8, int(c + 4) // 8 * 8)
-    if new < 0.9 * c:
+    scaled = c * width
+    new = max(8, int(scaled + 4) // 8 * 8)
+    if new < 0.9 * scaled:
         new += 8
     return int(new)
 
@@ -118,7 +121,17 @@ class EfficientNetLite(nn.Module):
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, num_classes)
 
+    def decomposition(self) -> Decomposition:
+        """stem (named by its activation) -> MBConv blocks -> head conv -> average pool -> fc (dropout is the
+        identity in eval mode). Crop mode only: SAME padding depends on the input size; splits ranked by MACs."""
+        stem = nn.Sequential(self._conv_stem, self._bn0, self._act_stem)
+        chain: list[tuple[str, nn.Module]] = [("_act_stem", stem)]
+        chain += [(f"_blocks.{i}", b) for i, b in enumerate(self._blocks)]
+        head = nn.Sequential(self._conv_head, self._bn1, self._act_head)
+        return Decomposition(chain, self._avg_pooling, head, self._fc, crop_only=True, split_cost="macs")
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last conv feature map (`_act_head`)."""
         x = self._act_stem(self._bn0(self._conv_stem(x)))
         for b in self._blocks:
             x = b(x)

@@ -7,6 +7,8 @@ from torch import nn
 
 from accel.fashion_mnist import FASHION_CLASSES
 
+from . import Decomposition, sequential_chain
+
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     """3x3 same-padding convolution (no bias: BN follows), batch norm, and its own non-inplace ReLU."""
@@ -44,6 +46,10 @@ class FashionCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, 10) for normalised input (N, 1, 28, 28): (x/255 - MEAN) / STD."""
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+    def decomposition(self) -> Decomposition:
+        """features (conv/BN/ReLU/pool chain) -> global average pool -> fc."""
+        return Decomposition(sequential_chain("features", self.features), self.pool, fc=self.fc)
 
     @classmethod
     def normalize(cls, images: torch.Tensor) -> torch.Tensor:

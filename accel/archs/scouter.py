@@ -56,7 +56,7 @@ class ScouterHead(nn.Module):
             raise BadInput(f"SCOUTER sign must be 'positive' or 'negative', got {sign!r}")
         if iters < 1 or hidden < 4 or in_channels < 1 or num_classes < 2:
             raise BadInput("SCOUTER needs iters >= 1, hidden >= 4, in_channels >= 1 and at least 2 classes")
-        self.config = {
+        self.config: dict[str, int | str] = {
             "in_channels": int(in_channels),
             "num_classes": int(num_classes),
             "hidden": int(hidden),
@@ -77,7 +77,7 @@ class ScouterHead(nn.Module):
 
     def _position(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
         if (h, w) not in self._pos:
-            self._pos[(h, w)] = position_embedding(self.config["hidden"], h, w)
+            self._pos[(h, w)] = position_embedding(int(self.config["hidden"]), h, w)
         return self._pos[(h, w)].to(like.dtype)
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

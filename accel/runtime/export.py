@@ -19,10 +19,12 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,9 +32,10 @@ from .. import settings
 from ..errors import BadInput
 
 if TYPE_CHECKING:
-    from ..zoo import Backbone
+    from ..backbone import Backbone
 
 EXPORT_VERSION = "2"  # 2: zero Pads folded into Conv (graphopt.fold_pads)
+PARITY_RTOL = 1e-4  # allowed max abs difference, relative to max(1, max |torch output|)
 DEFAULT_OPSET = 17
 RECORD_FORMAT = "convlens-graph-sha256-1"
 STALE_TMP_S = 30 * 60  # a temporary this old is an orphan whatever its pid says (pids get reused)
@@ -90,8 +93,9 @@ class TapModule(nn.Module):
         return tuple(out[t] for t in self.taps)
 
 
-def export_key(net: Backbone, taps: list[str], opset: int) -> str:
-    """Cache key: weights, taps, input shape, opset, library versions."""
+def graph_key(**parts: Any) -> str:
+    """Cache key of an exported graph: what it was built from (`parts`: weights, taps, shapes, opset...) plus
+    the torch, onnx and ONNX Runtime versions and EXPORT_VERSION, so a changed model or library never reuses it."""
     import onnx
 
     try:
@@ -101,19 +105,15 @@ def export_key(net: Backbone, taps: list[str], opset: int) -> str:
     except Exception:  # noqa: BLE001
         ortv = "none"
     blob = json.dumps(
-        {
-            "w": net.weights_hash(),
-            "taps": list(taps),
-            "shape": list(net.input_shape),
-            "opset": opset,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "ort": ortv,
-            "v": EXPORT_VERSION,
-        },
+        {**parts, "torch": torch.__version__, "onnx": onnx.__version__, "ort": ortv, "v": EXPORT_VERSION},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def export_key(net: Backbone, taps: list[str], opset: int) -> str:
+    """Cache key of a backbone export: weights, taps, input shape, opset, library versions."""
+    return graph_key(w=net.weights_hash(), taps=list(taps), shape=list(net.input_shape), opset=opset)
 
 
 # ----------------------------------------------------------------------------------------------- hash records
@@ -197,7 +197,7 @@ def _pid_alive(pid: int) -> bool:
 def clean_stale_temporaries(folder: Path, prefix: str = "") -> list[str]:
     """Remove temporaries `.<prefix>*.<pid>-<thread>.tmp` in `folder` whose process is gone, or older than
     STALE_TMP_S from another process; returns the names removed."""
-    gone = []
+    gone: list[str] = []
     now = time.time()
     try:
         entries = list(folder.glob(f".{prefix}*.tmp"))
@@ -261,6 +261,44 @@ def cache_path(net: Backbone, taps: list[str], opset: int = DEFAULT_OPSET) -> Pa
     return cache_dir() / f"{net.name.replace('/', '_').replace('@', '_')}-{export_key(net, taps, opset)}.onnx"
 
 
+@dataclass(frozen=True)
+class GraphSpec:
+    """How to export a module: an example input, the graph's input and output names, their dynamic axes, and
+    what to do to the written file before it is checked and recorded (fold pads, stamp metadata)."""
+
+    example: tuple[torch.Tensor, ...]
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    opset: int = DEFAULT_OPSET
+    finish: Callable[[Path], None] | None = None
+
+
+def export_module(
+    module: nn.Module, spec: GraphSpec, target: Path, *, cached: bool = True, rebuild: bool = False
+) -> Path:
+    """Export `module` to `target` (the one export path of convlens: backbones, fast-style networks, ...).
+
+    A cached target is used only if it matches its recorded SHA-256, else it is rebuilt with a warning;
+    `rebuild=True` rebuilds it regardless (asked for when a cached graph fails its parity check). One builder per
+    target (threads, and processes for the cache); written to a temporary, checked, then moved into place."""
+    if cached and not rebuild and target.exists() and recorded_problem(target) is None:
+        return target
+    if not cached:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(target.parent, prefix=target.name)
+    with build_lock(target, cross_process=cached):
+        if cached:
+            if not rebuild and target.exists():
+                problem = recorded_problem(target)
+                if problem is None:
+                    return target  # another thread or process built it while we waited
+                warnings.warn(f"ONNX cache entry {target.name} {problem}; rebuilding it", stacklevel=3)
+            discard(target)
+        _build(module, spec, target, record=cached)
+    return target
+
+
 def export_backbone(
     net: Backbone,
     taps: list[str],
@@ -277,47 +315,43 @@ def export_backbone(
         raise BadInput("export needs at least one tap (e.g. 'logits')")
     if len(set(taps)) != len(taps):
         raise BadInput(f"duplicate taps in {taps}")
-    cached = out is None
-    target = Path(out) if out is not None else cache_path(net, taps, opset)
-    if cached and not rebuild and target.exists() and recorded_problem(target) is None:
-        return target
-    if not cached:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale_temporaries(target.parent, prefix=target.name)
-    with build_lock(target, cross_process=cached):
-        if cached:
-            if not rebuild and target.exists():
-                problem = recorded_problem(target)
-                if problem is None:
-                    return target  # another thread or process built it while we waited
-                warnings.warn(f"ONNX cache entry {target.name} {problem}; rebuilding it", stacklevel=2)
-            discard(target)
-        _build(net, taps, opset, target, record=cached)
-    return target
-
-
-def _build(net: Backbone, taps: list[str], opset: int, target: Path, record: bool) -> None:
-    """Export into a unique temporary, fold pads, stamp metadata, record the hash, then move it into place."""
     from .graphopt import fold_pads
 
-    wrapper = TapModule(net, taps).eval()
-    x = torch.zeros(2, *net.input_shape)
+    def finish(tmp: Path) -> None:
+        fold_pads(tmp)
+        _stamp_metadata(tmp, net, taps)
+
     names = [safe_name(t) for t in taps]
+    spec = GraphSpec(
+        example=(torch.zeros(2, *net.input_shape),),
+        input_names=["input"],
+        output_names=names,
+        dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+        opset=opset,
+        finish=finish,
+    )
+    target = Path(out) if out is not None else cache_path(net, taps, opset)
+    return export_module(TapModule(net, taps).eval(), spec, target, cached=out is None, rebuild=rebuild)
+
+
+def _build(module: nn.Module, spec: GraphSpec, target: Path, record: bool) -> None:
+    """Export into a unique temporary, finish it (fold pads, stamp metadata), check it, record its hash, then
+    move it into place."""
     tmp = temp_name(target)
     try:
         torch_export(
-            wrapper,
-            (x,),
+            module,
+            spec.example,
             tmp,
-            input_names=["input"],
-            output_names=names,
-            dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
-            opset_version=opset,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes,
+            opset_version=spec.opset,
             do_constant_folding=True,
             dynamo=False,
         )
-        fold_pads(tmp)
-        _stamp_metadata(tmp, net, taps)
+        if spec.finish is not None:
+            spec.finish(tmp)
         _check_written(tmp, target)
         if record:
             write_record(target, graph=tmp)
@@ -350,7 +384,7 @@ def _stamp_metadata(path: Path, net: Backbone, taps: list[str]) -> None:
     m = onnx.load(str(path))
     labels: object = None
     if net.labels is not None:
-        from ..zoo import imagenet_labels
+        from ..backbone import imagenet_labels
 
         labels = "imagenet" if net.labels == imagenet_labels() else net.labels
     props = {
@@ -363,3 +397,94 @@ def _stamp_metadata(path: Path, net: Backbone, taps: list[str]) -> None:
         e = m.metadata_props.add()
         e.key, e.value = k, v
     onnx.save(m, str(path))
+
+
+# ----------------------------------------------------------------------------------------------- parity, sessions
+
+
+class ParityError(BadInput):
+    """An ONNX export's outputs disagree with the torch module it was exported from (refused, never used)."""
+
+
+def parity_gap(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """(max abs difference, scale) of an ONNX output against torch's: the check passes when the difference is at
+    most a tolerance times the scale, max(1, max |torch output|) (NaN differences never pass)."""
+    d = float(np.abs(got[: len(ref)].astype(np.float64) - ref).max()) if ref.size else 0.0
+    scale = max(1.0, float(np.abs(ref).max()) if ref.size else 1.0)
+    return d, scale
+
+
+def module_parity(module: nn.Module, session: Any, probes: Sequence[np.ndarray]) -> float:
+    """Largest parity gap relative to its scale (`parity_gap`) between `module` and an ONNX Runtime session of
+    its export over `probes` (inputs of the graph's one input), every output compared."""
+    from .session import run_session
+
+    name = session.get_inputs()[0].name
+    worst = 0.0
+    for x in probes:
+        got = run_session(session, {name: np.ascontiguousarray(x, dtype=np.float32)}, "parity check")
+        with torch.no_grad():
+            ref = module(torch.from_numpy(np.asarray(x, dtype=np.float32)))
+        refs = [r.float().numpy() for r in (ref if isinstance(ref, (tuple, list)) else (ref,))]
+        if len(got) != len(refs) or any(g.shape != r.shape for g, r in zip(got, refs)):
+            return float("inf")
+        for g, r in zip(got, refs):
+            d, scale = parity_gap(r, g)
+            worst = max(worst, d / scale) if d == d else float("inf")
+    return worst
+
+
+@dataclass(frozen=True)
+class VerifiedGraph:
+    """A cached export opened in ONNX Runtime after its parity check: file, session, provider, worst gap."""
+
+    path: Path
+    session: Any
+    provider: str
+    parity: float
+
+
+_VERIFIED: dict[str, VerifiedGraph] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def verified_graph(
+    module: nn.Module,
+    target: Path,
+    spec: GraphSpec,
+    probes: Sequence[np.ndarray],
+    tol: float = PARITY_RTOL,
+    providers: tuple[str, ...] | None = None,
+) -> VerifiedGraph:
+    """Export `module` to the cache file `target` (or reuse it), open it and check parity on `probes`, once per
+    process and file: a cached graph that disagrees is rebuilt once with a warning, a fresh one that disagrees is
+    refused (`ParityError`). The one export + parity + session path for modules that are not backbones with taps
+    (fast-style networks); backbones go through the runner pool, which checks parity the same way."""
+    from .session import make_session
+
+    key = f"{target}|{providers}"
+    with _VERIFIED_LOCK:
+        got = _VERIFIED.get(key)
+    if got is not None:
+        return got
+    module = module.eval()
+    for attempt in range(2):
+        path = export_module(module, spec, target, rebuild=attempt > 0)
+        sess, provider, _ = make_session(path, providers)
+        gap = module_parity(module, sess, probes)
+        if gap <= tol:
+            got = VerifiedGraph(path, sess, provider, gap)
+            with _VERIFIED_LOCK:
+                _VERIFIED[key] = got
+            return got
+        if attempt == 0:
+            warnings.warn(
+                f"the cached ONNX export {target.name} failed its parity check (gap {gap:.3g}, allowed {tol:.3g}); "
+                "rebuilding it",
+                stacklevel=2,
+            )
+    discard(target)
+    raise ParityError(
+        f"the ONNX export {target.name} disagrees with its torch module (gap {gap:.3g} relative to the output "
+        f"scale, allowed {tol:.3g}), also after rebuilding it; refusing to use it"
+    )

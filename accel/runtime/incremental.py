@@ -6,9 +6,10 @@ stages (cuts chosen by a cost model): each stage is its own ONNX graph with dyna
 stride-aligned crop of the previous cut's activation that its changed units need, with the changed values
 pasted in; the tail after the last cut runs whole, batched. Results equal the plain sweep (tests, 1e-4).
 
-Supported: backbones whose module is `features` (nn.Sequential) -> `pool` -> optional `fc` (alexnet, vgg16,
-vgg19, fashion_cnn), and EfficientNet-Lite (stem -> MBConv blocks -> head; crop mode, crops rounded to the
-split's stride so TF-SAME padding stays where it is on the whole image). Others use the plain sweep.
+Supported: architectures that declare their decomposition (`accel.archs.Decomposition`): the `features` ->
+`pool` -> optional `fc` backbones (alexnet, vgg16, vgg19, fashion_cnn), and EfficientNet-Lite (stem -> MBConv
+blocks -> head; crop mode, crops rounded to the split's stride so TF-SAME padding stays where it is on the whole
+image). Others use the plain sweep.
 
 Stage graphs are cached on disk and verified before use: each carries the SHA-256 recorded when it was built
 (a `.sha256` sidecar) and is parity-checked against its torch module when opened; one that fails is rebuilt with
@@ -34,13 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..archs import Decomposition, decomposition
 from ..errors import BadInput
 from .export import torch_export
 from .session import run_session
 from .sweep import Occlusion, _baseline
 
 if TYPE_CHECKING:
-    from ..zoo import Backbone
+    from ..backbone import Backbone
 
 Reduce = Callable[[dict[str, np.ndarray]], Any]
 
@@ -174,65 +176,45 @@ def _build_lock(folder: Path) -> Iterator[None]:
 
 
 def supports_incremental(net: Backbone) -> bool:
-    """Whether the backbone has a shape the incremental path knows: features -> pool -> (fc), or EfficientNet-Lite
-    (stem -> blocks -> head; crop mode only)."""
-    m = net.module
-    if m is None:
-        return False
-    return (isinstance(getattr(m, "features", None), nn.Sequential) and hasattr(m, "pool")) or _is_lite(m)
+    """Whether the backbone's architecture declares a decomposition (`accel.archs.Decomposition`: chain ->
+    head -> pool -> fc), e.g. the features/pool backbones and EfficientNet-Lite (crop mode only)."""
+    return decomposition(net.module) is not None
 
 
-def _is_lite(m: nn.Module) -> bool:
-    return all(hasattr(m, a) for a in ("_conv_stem", "_blocks", "_conv_head", "_fc"))
+def _decomposed(net: Backbone) -> Decomposition:
+    """The backbone's declared decomposition, or BadInput when its architecture declares none."""
+    dec = decomposition(net.module)
+    if dec is None:
+        raise BadInput(
+            f"incremental occlusion needs an architecture that declares its decomposition (the features/pool "
+            f"backbones, EfficientNet-Lite); {net.name!r} declares none"
+        )
+    return dec
 
 
 def _chain(net: Backbone) -> list[tuple[str, nn.Module]]:
     """The network as a chain of (layer name, module) whose every prefix can be cut off and run on a crop."""
-    m = net.module
-    if _is_lite(m):
-        stem = nn.Sequential(m._conv_stem, m._bn0, m._act_stem)  # type: ignore[union-attr]
-        return [("_act_stem", stem)] + [(f"_blocks.{i}", b) for i, b in enumerate(m._blocks)]  # type: ignore[union-attr]
-    return [(f"features.{n}", mod) for n, mod in m.features.named_children()]  # type: ignore[union-attr]
-
-
-class _LiteTail(nn.Module):
-    """EfficientNet-Lite after block k: the remaining blocks, the head, pooling and the classifier."""
-
-    def __init__(self, net: Backbone, k: int, taps: Sequence[str]) -> None:
-        super().__init__()
-        m = net.module
-        self.rest = nn.Sequential(*list(m._blocks)[k:])  # type: ignore[union-attr]  # k counts the stem as 0
-        self.head = nn.Sequential(m._conv_head, m._bn1, m._act_head)  # type: ignore[union-attr]
-        self.pool = m._avg_pooling  # type: ignore[union-attr]
-        self.fc = m._fc  # type: ignore[union-attr]
-        self.taps = list(taps)
-
-    def forward(self, a: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        emb = self.pool(self.head(self.rest(a))).flatten(1)
-        outs = []
-        for t in self.taps:
-            if t == "embedding":
-                outs.append(emb)
-            elif t == "logits":
-                outs.append(self.fc(emb))
-            else:
-                raise BadInput(f"incremental occlusion supports the taps 'logits' and 'embedding', not {t!r}")
-        return tuple(outs)
+    return _decomposed(net).chain
 
 
 class _Tail(nn.Module):
-    """The network after the split layer: features[k+1:] -> pool -> flatten -> (fc); returns the taps."""
+    """The network after chain element k: the remaining chain, the head, pooling, flatten, the classifier;
+    returns the taps ('logits', 'embedding')."""
 
     def __init__(self, net: Backbone, k: int, taps: Sequence[str]) -> None:
         super().__init__()
-        m = net.module
-        self.rest = nn.Sequential(*list(m.features.children())[k + 1 :])  # type: ignore[union-attr]
-        self.pool = m.pool  # type: ignore[union-attr]
-        self.fc = getattr(m, "fc", None)
+        dec = _decomposed(net)
+        self.rest = nn.Sequential(*[m for _, m in dec.chain[k + 1 :]])
+        self.head = dec.head
+        self.pool = dec.pool
+        self.fc = dec.fc
         self.taps = list(taps)
 
     def forward(self, a: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        emb = self.pool(self.rest(a)).flatten(1)
+        h = self.rest(a)
+        if self.head is not None:
+            h = self.head(h)
+        emb = self.pool(h).flatten(1)
         outs = []
         for t in self.taps:
             if t == "embedding":
@@ -307,21 +289,20 @@ def _chain_work(net: Backbone, volume: bool = False) -> list[tuple[str, float, A
     `volume`: conv output volume instead, which ranks single vgg16 splits right (measured; MACs rank stages
     and EfficientNet-Lite splits right)."""
     layers = {li.name: li for li in net.layers()}
+    names = {id(m): n for n, m in net.require_module("incremental occlusion").named_modules()}
 
     def work(name: str, mod: nn.Module) -> float:
         if volume:
             li = layers[name]
             return float(np.prod(li.out_shape)) if li.kind.startswith("conv") else 0.0
         macs = 0.0
-        for sub_name, sub in mod.named_modules():
+        for sub in mod.modules():
             if not isinstance(sub, nn.Conv2d):
                 continue
-            li = layers.get(f"{name}.{sub_name}" if sub_name else name)
-            if li is None and isinstance(mod, nn.Sequential) and sub is mod[0]:
-                li = layers.get("_conv_stem")  # the Lite stem is a chain element built here
-            if li is not None:
+            info = layers.get(names.get(id(sub), ""))  # a conv's own layer name (chain elements may be built)
+            if info is not None:
                 kh, kw = sub.kernel_size
-                macs += float(np.prod(li.out_shape)) * sub.in_channels / sub.groups * kh * kw
+                macs += float(np.prod(info.out_shape)) * sub.in_channels / sub.groups * kh * kw
         return macs
 
     return [(name, work(name, mod), layers[name]) for name, mod in _chain(net)]
@@ -343,18 +324,14 @@ class IncrementalOcclusion:
     ) -> None:
         if mode not in ("crop", "layerwise"):
             raise BadInput(f"mode must be 'crop' or 'layerwise', got {mode!r}")
-        if not supports_incremental(net):
-            raise BadInput(
-                f"incremental occlusion needs a features/pool backbone or EfficientNet-Lite; {net.name!r} is neither"
-            )
+        dec = _decomposed(net)
         self.net = net
         self.taps = list(taps)
-        lite = _is_lite(net.module)
-        if lite and mode != "crop":
+        if dec.crop_only and mode != "crop":
             raise BadInput(
-                "EfficientNet-Lite supports only mode='crop' (its SAME padding depends on the input size)"
+                f"{net.name!r} supports only mode='crop' (its SAME padding depends on the input size)"
             )
-        feats = _chain(net)
+        feats = dec.chain
         names = [n for n, _ in feats]
         if stages is not None:
             cuts = list(stages)
@@ -385,9 +362,7 @@ class IncrementalOcclusion:
         self.passes = 0  # running total over every call (shared object: use last_passes per call)
         self._count_lock = threading.Lock()
         self._local = threading.local()
-        self._tail_torch = (
-            _LiteTail(net, self.k, self.taps) if lite else _Tail(net, self.k, self.taps)
-        ).eval()
+        self._tail_torch = _Tail(net, self.k, self.taps).eval()
         self._tail_sess = None
         self.stages = self._make_stages(feats, idx)
         self.precision = precision
@@ -434,7 +409,7 @@ class IncrementalOcclusion:
     @staticmethod
     def choose_split(net: Backbone, window: int = 32) -> str:
         """The single split that minimises estimated work: prefix on a crop around the patch + full tail."""
-        cost = _chain_work(net, volume=not _is_lite(net.module))
+        cost = _chain_work(net, volume=_decomposed(net).split_cost == "volume")
         h = net.pre.size
         total = sum(c for _, c, _ in cost)
         best, best_cost, acc = cost[0][0], float("inf"), 0.0
@@ -582,7 +557,7 @@ class IncrementalOcclusion:
                 return  # another process built it while we waited
             tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
             axes = {0: "batch", 2: "h", 3: "w"} if dynamic_hw else {0: "batch"}
-            outs = [f"o{i}" for i in range(len(self.taps) if isinstance(module, (_Tail, _LiteTail)) else 1)]
+            outs = [f"o{i}" for i in range(len(self.taps) if isinstance(module, _Tail) else 1)]
             try:
                 torch_export(  # one torch.onnx.export at a time in the process (it keeps global state)
                     module,

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import BadInput
 
 if TYPE_CHECKING:
-    from ..zoo import Backbone
+    from ..backbone import Backbone
 
 
 def packaged_photo_batches(net: Backbone) -> tuple[np.ndarray, np.ndarray]:

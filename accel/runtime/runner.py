@@ -29,18 +29,14 @@ import torch
 from .. import settings
 from ..errors import BadInput, ResourceLimit
 from ..taps import capture
+from .export import PARITY_RTOL, ParityError, parity_gap
 from .sweep import Perturbation
 
 if TYPE_CHECKING:
-    from ..zoo import Backbone
+    from ..backbone import Backbone
 
 Progress = Callable[[float, str], None]
-PARITY_RTOL = 1e-4  # allowed max abs difference, relative to max(1, max |torch output|)
 POOL_MAX = 16  # ONNX Runtime runners kept (least recently used dropped first)
-
-
-class ParityError(BadInput):
-    """An ONNX export's outputs disagree with the torch module it was exported from (refused, never used)."""
 
 
 def forward_taps(net: Backbone, x: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -479,8 +475,7 @@ def compare_to_torch(
                 f"ONNX export of {net.name} gives tap {t!r} the shape {o.shape[1:]}, torch "
                 f"{r.shape[1:]}; refusing to use it"
             )
-        d = float(np.abs(o[: len(r)] - r).max()) if r.size else 0.0
-        scale = max(1.0, float(np.abs(r).max()) if r.size else 1.0)
+        d, scale = parity_gap(r, o)
         worst = max(worst, d / scale) if d == d else float("inf")
         meta.setdefault("parity_max_abs", {})[t] = d
         if not d <= PARITY_RTOL * scale:  # NaN differences fail too
@@ -504,6 +499,12 @@ def check_file_parity(net: Backbone, taps: Sequence[str], path: str | Path) -> d
     meta: dict[str, Any] = {}
     compare_to_torch(net, list(dict.fromkeys(taps)), x, outs, meta)
     return meta
+
+
+def onnx_logits(net: Backbone, x: np.ndarray) -> np.ndarray:
+    """The forward engine of a module-less backbone (an .onnx file): class scores of a preprocessed batch from
+    the pooled ONNX Runtime runner, which runs a user's graph in its sandbox (`accel.load` injects this)."""
+    return runner(net, ["logits"]).run(x)["logits"]
 
 
 def runner(

@@ -1,5 +1,6 @@
-"""ONNX Runtime sessions: provider choice (TensorRT > CUDA > CPU, each only if a session really starts), static
-checks of .onnx files, and the boundary where ONNX Runtime's own exceptions become convlens errors.
+"""ONNX Runtime sessions: provider choice (TensorRT > CUDA > CPU, each only if a session really starts) and the
+boundary where ONNX Runtime's own exceptions become convlens errors (static facts of .onnx files, which need no
+session, live in `accel.onnxfile`).
 
 ONNX Runtime raises its own exception types (`Fail`, `InvalidArgument`, `RuntimeException`, ...) that are not
 `RuntimeError` subclasses, so no ordinary handler sees them. Every session start and every `run` in convlens goes
@@ -115,113 +116,6 @@ def run_session(
         raise
     except BaseException as e:  # noqa: BLE001 - ORT's own types are not RuntimeError subclasses
         raise ort_error(e, what) from None
-
-
-# ----------------------------------------------------------------------------------------------- static checks
-
-
-def load_onnx(path: str | os.PathLike[str]) -> Any:
-    """Parse an .onnx file (without external data) into a ModelProto, or BadInput naming the file."""
-    import onnx
-
-    p = Path(path)
-    try:
-        return onnx.load(str(p), load_external_data=False)
-    except OSError as e:
-        raise BadInput(f"{p.name}: cannot read the file ({e.strerror or type(e).__name__})") from None
-    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError, RecursionError, ValueError, ...
-        raise BadInput(
-            f"{p.name}: not a valid ONNX model (the file does not parse as an ONNX protobuf: {type(e).__name__}); "
-            "export it again or check the upload"
-        ) from None
-
-
-def check_onnx(path: str | os.PathLike[str], model: Any = None) -> None:
-    """Refuse files that are not valid ONNX models or do not take one float image batch (BadInput)."""
-    import onnx
-
-    p = Path(path)
-    if model is None:
-        model = load_onnx(p)
-    if uses_external_data(model):  # before the checker, which would look the named files up on this server
-        raise BadInput(
-            f"{p.name}: the model keeps weights in external data files; convlens takes self-contained .onnx "
-            "files (save it again with all tensors inside the file)"
-        )
-    try:
-        onnx.checker.check_model(model)
-    except Exception as e:  # noqa: BLE001 - onnx raises many types for corrupt files
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        first = "".join(c if c.isprintable() else " " for c in first)[:160]
-        raise BadInput(f"{p.name}: not a valid ONNX model ({type(e).__name__}: {first})") from None
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise BadInput(f"{p.name}: expected one image input, found {len(inputs)} inputs")
-    if not model.graph.output:
-        raise BadInput(f"{p.name}: the graph has no outputs")
-    if not inputs[0].type.HasField("tensor_type"):
-        raise BadInput(f"{p.name}: the input must be a float32 tensor (N,C,H,W)")
-    t = inputs[0].type.tensor_type
-    if t.elem_type != onnx.TensorProto.FLOAT:
-        try:
-            kind = onnx.TensorProto.DataType.Name(t.elem_type)
-        except ValueError:
-            kind = f"type {t.elem_type}"
-        raise BadInput(f"{p.name}: the image input must be float32, got {kind}")
-    if len(t.shape.dim) != 4:
-        raise BadInput(f"{p.name}: the image input must have rank 4 (N,C,H,W), got rank {len(t.shape.dim)}")
-    c = t.shape.dim[1].dim_value
-    if c not in (0, 1, 3):
-        raise BadInput(f"{p.name}: input must have 1 or 3 channels (N,C,H,W), got C={c}")
-    for o in model.graph.output:
-        if not o.type.HasField("tensor_type"):
-            raise BadInput(f"{p.name}: every output must be a tensor (sequences and maps are not supported)")
-
-
-def uses_external_data(model: Any) -> bool:
-    """Whether any tensor of the model (initializers, constants, subgraphs) points at an external data file."""
-    import onnx
-
-    def external(t: Any) -> bool:
-        return t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) > 0
-
-    def graph_uses(g: Any, depth: int = 0) -> bool:
-        if depth > 64:  # protobuf limits nesting anyway
-            return True
-        if any(external(t) for t in g.initializer):
-            return True
-        if any(external(st.values) or external(st.indices) for st in g.sparse_initializer):
-            return True
-        for node in g.node:
-            for a in node.attribute:
-                if (a.HasField("t") and external(a.t)) or any(external(t) for t in a.tensors):
-                    return True
-                if (a.HasField("g") and graph_uses(a.g, depth + 1)) or any(
-                    graph_uses(sub, depth + 1) for sub in a.graphs
-                ):
-                    return True
-        return False
-
-    return graph_uses(model.graph)
-
-
-def onnx_io_shapes(
-    path: str | os.PathLike[str] | None, model: Any = None
-) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-    """Input shapes (with batch) and output shapes (without batch) of an ONNX model; unknown dims are -1."""
-    if model is None:
-        if path is None:
-            raise BadInput("no ONNX file")
-        model = load_onnx(path)
-    inits = {i.name for i in model.graph.initializer}
-
-    def dims(v: Any) -> tuple[int, ...]:
-        return tuple(d.dim_value if d.dim_value > 0 else -1 for d in v.type.tensor_type.shape.dim)
-
-    ins = [dims(i) for i in model.graph.input if i.name not in inits]
-    outs = [dims(o)[1:] for o in model.graph.output]
-    return ins, outs
 
 
 # ----------------------------------------------------------------------------------------------- sessions

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import sys
 import time
@@ -21,6 +20,7 @@ from safetensors.torch import save_file
 
 from accel.archs.fashion_cnn import FashionCNN
 from accel.fashion_mnist import load_fashion_mnist
+from accel.zoo.cards import file_sha256, write_card
 
 ARCHITECTURE = "accel.archs.fashion_cnn.FashionCNN"
 DEFAULT_EPOCHS = 5
@@ -29,15 +29,6 @@ WEIGHT_DECAY = 0.05
 EVAL_BATCH = 1000
 
 Progress = Callable[[float, str], None]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _set_determinism(seed: int) -> None:
@@ -152,21 +143,8 @@ def train_fashion_cnn(
         "epochs": epochs,
         "seed": seed,
         "params": params,
-        "sha256": sha256_file(out),
+        "sha256": file_sha256(out),
     }
-
-
-def _toml_value(value: object) -> str:
-    """A TOML literal for a str, bool, int, float or list of those (JSON string escapes are valid TOML)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
 def write_model_card(checkpoint: Path, metrics: dict, training_command: str) -> Path:
@@ -190,11 +168,7 @@ def write_model_card(checkpoint: Path, metrics: dict, training_command: str) -> 
         "cam_layer": FashionCNN.CAM_LAYER,
         "embedding_layer": FashionCNN.EMBEDDING_LAYER,
     }
-    lines = ["# Model card: written by accel.training.fashion_cnn; read with tomllib."]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in card.items()]
-    path = checkpoint.with_suffix(".toml")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_card(checkpoint, card, "accel.training.fashion_cnn")
 
 
 def main(argv: list[str] | None = None) -> int:

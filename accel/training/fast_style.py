@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import math
 import sys
 import time
@@ -26,6 +25,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from accel.archs.transformer_net import TransformerNet
+from accel.zoo.cards import file_sha256, write_card
 
 Progress = Callable[[float, str], None]
 
@@ -34,15 +34,6 @@ STYLE_LAYERS = ("features.3", "features.8", "features.15", "features.22")
 CONTENT_LAYER = "features.8"
 HELD_OUT = ("chelsea",)
 GRAYSCALE_SAMPLES = ("brick", "camera", "coins", "grass", "gravel")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def content_photos(content_dir: str | None = None) -> list[tuple[str, Image.Image]]:
@@ -92,7 +83,7 @@ class Crops:
             w, h = im.size
             s = min(1.0, 2.5 * size / min(w, h))
             if s < 1.0:
-                im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+                im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
             a = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
             self.photos.append(a.contiguous())
 
@@ -149,7 +140,9 @@ def train(
     vgg_net = accel.load("vgg16")
     style_layers = tuple(style_layers)
     taps = sorted({int(t.split(".")[1]) for t in (*style_layers, CONTENT_LAYER)})
-    feats = vgg_net.module.features[: max(taps) + 1].eval()
+    features = vgg_net.require_module("training the loss network").features
+    assert isinstance(features, torch.nn.Sequential)
+    feats = features[: max(taps) + 1].eval()
 
     def vgg(x01: torch.Tensor, upto: int = 10**9) -> dict[int, torch.Tensor]:
         x = vgg_net.normalize(x01)
@@ -165,7 +158,9 @@ def train(
     style_img = resolve_style(style)
     s = style_img.convert("RGB")
     scale = style_size / min(s.size)
-    s = s.resize((max(1, round(s.size[0] * scale)), max(1, round(s.size[1] * scale))), Image.BICUBIC)
+    s = s.resize(
+        (max(1, round(s.size[0] * scale)), max(1, round(s.size[1] * scale))), Image.Resampling.BICUBIC
+    )
     s01 = torch.from_numpy(np.asarray(s, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     with torch.no_grad():
         sf = vgg(s01)
@@ -193,8 +188,8 @@ def train(
             fc = vgg(x, upto=ci)[ci]
         fy = vgg(y)
         c_loss = content_weight * F.mse_loss(fy[ci], fc)
-        s_loss = sum(F.mse_loss(gram(fy[i]), style_grams[i].expand(len(x), -1, -1)) for i in style_grams)
-        s_loss = style_weight * s_loss
+        s_terms = (F.mse_loss(gram(fy[i]), style_grams[i].expand(len(x), -1, -1)) for i in style_grams)
+        s_loss = style_weight * sum(s_terms, torch.zeros(()))  # 0 + first term: the same sum as before
         tv = (
             (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., 1:] - y[..., :-1]).abs().mean()
         ) * tv_weight
@@ -233,7 +228,7 @@ def train(
         "parameters": int(sum(v.numel() for v in state.values())),
         "file": out.name,
         "format": "safetensors (float32 state dict)",
-        "sha256": sha256_file(out),
+        "sha256": file_sha256(out),
         "style": style,
         "style_source": _style_source(style),
         "style_size": style_size,
@@ -268,7 +263,7 @@ def train(
         "output": "RGB 0..1: sigmoid(logit(input) + network residual); the last conv starts at zero (identity)",
         "licence": "Apache-2.0 (trained by convlens; training photos: see the README's licences)",
     }
-    out.with_suffix(".toml").write_text(_to_toml(card))
+    write_card(out, card, "accel.training.fast_style")
     return card
 
 
@@ -281,32 +276,6 @@ def _style_source(style: str) -> str:
             "seed=0), no file"
         )
     return f"image {style!r}"
-
-
-def _to_toml(d: dict) -> str:
-    """A minimal TOML writer for flat cards (strings, numbers, string lists, one level of tables)."""
-    import json
-
-    lines, tables = [], []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append(f"{k} = {_toml_value(v, json)}")
-    for k, v in tables:
-        lines.append(f"\n[{k}]")
-        lines += [f"{kk} = {_toml_value(vv, json)}" for kk, vv in v.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(v: object, json: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(float(v)) if isinstance(v, float) else str(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x, json) for x in v) + "]"
-    return json.dumps(str(v))  # type: ignore[attr-defined]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,8 +21,10 @@ import torch.nn.functional as F
 
 from accel.archs.scouter import ARCHITECTURE, SIGNS, ScouterHead, save_head
 from accel.errors import BadInput
+from accel.zoo import cards
+from accel.zoo.cards import file_sha256
 
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "epochs": 6,
     "lambda_area": 1.0,
     "lambda_warmup": 1.0,
@@ -146,6 +148,10 @@ def train_scouter(
 
     net = accel.load(backbone)
     layer = layer or net.cam_layer
+    if layer is None or net.num_classes is None:
+        raise BadInput(
+            f"{backbone!r} declares no CAM layer or no classifier head; pass layer= for a classifier"
+        )
     info = net.layer(layer)
     if len(info.out_shape) != 3:
         raise BadInput(f"layer {layer!r} has output {info.out_shape}; SCOUTER needs a (C,H,W) feature map")
@@ -171,7 +177,7 @@ def train_scouter(
     y_test = torch.from_numpy(test_y)
     plain_accuracy = float((plain_logits.argmax(1) == y_test).float().mean())
 
-    head = ScouterHead(info.out_shape[0], net.num_classes, hidden, iters, sign)
+    head = ScouterHead(info.out_shape[0], int(net.num_classes), hidden, iters, sign)
     steps_per_epoch = (len(f_train) + batch_size - 1) // batch_size
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -250,23 +256,8 @@ def train_scouter(
         save_head(
             head, out, {"backbone": backbone, "layer": layer, "backbone_sha256": metrics["backbone_sha256"]}
         )
-        from accel.zoo import file_sha256
-
         metrics["sha256"] = file_sha256(out)
     return metrics
-
-
-def _toml_value(value: object) -> str:
-    """A TOML literal for str, bool, int, float or a list of those (JSON string escapes are valid TOML)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
 def write_card(checkpoint: Path, metrics: dict[str, Any], command: str) -> Path:
@@ -307,11 +298,7 @@ def write_card(checkpoint: Path, metrics: dict[str, Any], command: str) -> Path:
         "training_command": command,
         "licence": "weights trained by convlens; Fashion-MNIST is MIT-licensed (Zalando Research)",
     }
-    lines = ["# Model card: written by accel.training.scouter; read with tomllib."]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in card.items()]
-    path = checkpoint.with_suffix(".toml")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return cards.write_card(checkpoint, card, "accel.training.scouter")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,23 +48,11 @@ class ScouterParams:
 
 def find_head(net: Backbone, sign: str) -> Path:
     """The packaged SCOUTER checkpoint for this backbone and sign (its model card names the backbone)."""
-    import tomllib
+    from ...zoo import cards
 
-    from ...zoo import MODELS_DIR
-
-    for card_path in sorted(MODELS_DIR.glob(f"scouter_*_{sign}.toml")):
-        with open(card_path, "rb") as f:
-            card = tomllib.load(f)
+    for card in cards.find_cards(f"scouter_*_{sign}"):
         if card.get("backbone") == net.name:
-            ckpt = MODELS_DIR / card["file"]
-            from ...zoo import file_sha256
-
-            if not ckpt.is_file():
-                raise BadInput(f"{ckpt} is missing; retrain it with: {card.get('training_command')}")
-            if file_sha256(ckpt) != card["sha256"]:
-                raise BadInput(
-                    f"{ckpt} does not match its model card's SHA-256; retrain: {card['training_command']}"
-                )
+            ckpt = cards.verified_file(card)  # present and matching its card's SHA-256, else how to retrain
             want = card.get("backbone_sha256")
             have = net.card.get("sha256")
             if want and have and want != have:
@@ -74,7 +62,7 @@ def find_head(net: Backbone, sign: str) -> Path:
                 )
             return ckpt
     raise BadInput(
-        f"no trained SCOUTER head for backbone {net.name!r} (sign {sign!r}) under {MODELS_DIR}; SCOUTER heads "
+        f"no trained SCOUTER head for backbone {net.name!r} (sign {sign!r}) under {cards.models_dir()}; SCOUTER heads "
         f"exist for fashion_cnn (`python -m accel.training.scouter --backbone fashion_cnn --sign {sign}`), "
         "or pass checkpoint=PATH"
     )

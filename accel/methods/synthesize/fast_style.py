@@ -10,7 +10,6 @@ for the speed comparison.
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 import torch
 from PIL import Image
 
@@ -27,23 +25,17 @@ from ...errors import BadInput
 from ...registry import BACKEND, Observer, param, register
 from ...result import Result
 from ...runtime.session import run_session
+from ...zoo import cards
 from . import _opt
 
-PARITY_ATOL = 1e-3
-EXPORT_VERSION = "1"
+PARITY_ATOL = 1e-3  # outputs lie in 0..1, so the export's relative parity gap is its max abs difference
+EXPORT_VERSION = "2"  # 2: exported, recorded and parity-checked through accel.runtime.export
 PEER_STYLES = 26
-
-
-def models_dir() -> Path:
-    """Where the shipped fast-style checkpoints live (the zoo's models folder)."""
-    from ...zoo import MODELS_DIR
-
-    return Path(MODELS_DIR)
 
 
 def shipped_styles() -> dict[str, Path]:
     """Style name -> checkpoint path for every models/fast_style_<name>.safetensors that has a card."""
-    d = models_dir()
+    d = cards.models_dir()
     if not d.is_dir():
         return {}
     out = {}
@@ -55,100 +47,62 @@ def shipped_styles() -> dict[str, Path]:
 
 def read_card(name: str) -> dict[str, Any]:
     """The TOML card of a shipped style."""
-    path = shipped_styles().get(name)
-    if path is None:
+    if name not in shipped_styles():
         raise BadInput(f"no fast-style network {name!r}; shipped: {', '.join(shipped_styles()) or 'none'}")
-    with open(path.with_suffix(".toml"), "rb") as f:
-        return tomllib.load(f)
+    return cards.read_card(f"fast_style_{name}")
 
 
 def load_transformer(name: str) -> torch.nn.Module:
     """The trained TransformerNet for style `name` (SHA-256 checked against its card; safetensors, no pickle)."""
     card = read_card(name)
-    path = shipped_styles()[name]
+    path = cards.verified_file(card)
     return _load_checked(str(path), path.stat().st_mtime_ns, card["sha256"])
 
 
 @lru_cache(maxsize=8)
-def _load_checked(path: str, _mtime: int, sha: str) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
+def _load_checked(path: str, _mtime: int, _sha: str) -> torch.nn.Module:
+    """The network in a verified checkpoint, built once per (file, mtime, SHA-256)."""
     from ...archs.transformer_net import build_from_state
-    from ...zoo import file_sha256
+    from ...zoo.checkpoints import read_safetensors
 
-    got = file_sha256(path)
-    if got != sha:
-        raise BadInput(f"{Path(path).name}: SHA-256 {got[:16]}... does not match its card ({sha[:16]}...)")
-    net = build_from_state(load_file(path))
+    net = build_from_state(read_safetensors(Path(path)))
     for q in net.parameters():
         q.requires_grad_(False)
     return net
 
 
-def export_onnx(model: torch.nn.Module, out: Path, opset: int = 17) -> Path:
-    """Export a TransformerNet to ONNX with dynamic batch, height and width (written atomically)."""
-    from ...runtime.export import temp_name, torch_export
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(out)
-    try:
-        torch_export(  # one torch.onnx.export at a time in the process (it keeps global state)
-            model.eval(),
-            (torch.rand(1, 3, 64, 64),),
-            tmp,
-            input_names=["image"],
-            output_names=["stylized"],
-            dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "stylized": {0: "n", 2: "h", 3: "w"}},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+def _probes(sizes: tuple[tuple[int, int], ...]) -> list[np.ndarray]:
+    """Random 0..1 images of the given sizes (seeded), the parity check's inputs."""
+    g = torch.Generator().manual_seed(0)
+    return [torch.rand(1, 3, h, w, generator=g).numpy() for h, w in sizes]
 
 
 def parity(
     model: torch.nn.Module, session: Any, sizes: tuple[tuple[int, int], ...] = ((64, 64), (96, 128))
 ) -> float:
     """Max abs difference between torch and ONNX Runtime outputs on random images of a few sizes."""
-    g = torch.Generator().manual_seed(0)
-    worst = 0.0
-    for h, w in sizes:
-        x = torch.rand(1, 3, h, w, generator=g)
-        with torch.no_grad():
-            ref = model(x).numpy()
-        got = run_session(session, {"image": x.numpy()}, "fast style parity check")[0]
-        worst = max(worst, float(np.abs(got - ref).max()))
-    return worst
+    from ...runtime.export import module_parity
 
-
-_SESSIONS: dict[str, tuple[Any, str, float]] = {}
+    return module_parity(model, session, _probes(sizes))
 
 
 def onnx_session(name: str) -> tuple[Any, str, float]:
-    """(ONNX Runtime session, provider, parity max abs diff) for a shipped style; exported and checked once."""
-    from ...runtime.export import cache_dir
-    from ...runtime.session import make_session
+    """(ONNX Runtime session, provider, parity max abs diff) for a shipped style: exported, recorded and
+    parity-checked once through the runtime's one export path (dynamic batch, height and width)."""
+    from ...runtime.export import GraphSpec, cache_dir, graph_key, verified_graph
 
     card = read_card(name)
-    key = f"{name}-{card['sha256'][:16]}-{EXPORT_VERSION}-{torch.__version__}"
-    if key in _SESSIONS:
-        return _SESSIONS[key]
-    model = load_transformer(name)
-    path = cache_dir() / f"fast_style_{key.replace('+', '_')}.onnx"
-    if not path.exists():
-        export_onnx(model, path)
-    sess, provider, _ = make_session(path)
-    diff = parity(model, sess)
-    if diff > PARITY_ATOL:
-        path.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"ONNX export of fast_style {name!r} disagrees with torch (max abs diff {diff:.3g})"
-        )
-    _SESSIONS[key] = (sess, provider, diff)
-    return _SESSIONS[key]
+    axes = {0: "n", 2: "h", 3: "w"}
+    spec = GraphSpec(
+        example=(torch.rand(1, 3, 64, 64),),
+        input_names=["image"],
+        output_names=["stylized"],
+        dynamic_axes={"image": axes, "stylized": axes},
+    )
+    key = graph_key(w=card["sha256"], arch="TransformerNet", opset=spec.opset, fast_style=EXPORT_VERSION)
+    target = cache_dir() / f"fast_style_{name}-{key}.onnx"
+    g = verified_graph(load_transformer(name), target, spec, _probes(((64, 64), (96, 128))), PARITY_ATOL)
+    return g.session, g.provider, g.parity
 
 
 def peer_path() -> Path | None:
