@@ -127,14 +127,27 @@ def _add_explain_args(q: argparse.ArgumentParser) -> None:
         "(defaults: the method's own, as for `convlens explain`).",
     )
     for pname in sorted(seen):
-        owners = seen[pname]
-        info = owners[0][1]
-        text = f"[{', '.join(m for m, _ in owners)}] {info.help}"
+        g.add_argument(
+            method_flag(pname),
+            dest=METHOD_DEST + pname,
+            default=None,
+            metavar="VALUE",
+            help=_param_help(seen[pname]).replace("%", "%%"),  # argparse %-formats help texts
+        )
+
+
+def _param_help(owners: list[Any]) -> str:
+    """The help of one parameter name: each distinct declaration (help, choices, default) with the methods
+    that declare it in brackets."""
+    groups: dict[str, list[str]] = {}
+    for method, info in owners:
+        text = info.help
         if info.choices:
             text += f" (choices: {', '.join(map(str, info.choices))})"
-        if len({repr(i.default) for _, i in owners}) == 1:
+        if info.default is not None:
             text += f" (default: {info.default})"
-        g.add_argument(method_flag(pname), dest=METHOD_DEST + pname, default=None, metavar="VALUE", help=text)
+        groups.setdefault(text, []).append(method)
+    return " | ".join(f"[{', '.join(ms)}] {text}" for text, ms in groups.items())
 
 
 def _add_maintenance_parsers(sub: Any) -> None:
