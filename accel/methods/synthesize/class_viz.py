@@ -7,7 +7,7 @@ Gaussian blur every few steps, jitter and clipping of small pixel values and sma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -16,6 +16,9 @@ from ...errors import BadInput
 from ...registry import LAYER, SEED, TARGET, Observer, param, register
 from ...result import Result
 from . import _opt
+
+if TYPE_CHECKING:
+    from ...backbone import Backbone
 
 
 @dataclass
@@ -74,7 +77,7 @@ class ClassVizParams:
     seed: int = SEED("noise start, jitter")
 
 
-def _objective(net: Any, p: ClassVizParams) -> tuple[_opt.Objective, str]:
+def _objective(net: Backbone, p: ClassVizParams) -> tuple[_opt.Objective, str]:
     if p.layer:
         li = net.layer(p.layer)
         nch = li.out_shape[0] if li.out_shape else 0
@@ -88,7 +91,7 @@ def _objective(net: Any, p: ClassVizParams) -> tuple[_opt.Objective, str]:
     return -_opt.class_score(p.target), f"class {p.target} ({label})"
 
 
-def _scores(net: Any, x01: torch.Tensor, p: ClassVizParams) -> dict[str, float]:
+def _scores(net: Backbone, x01: torch.Tensor, p: ClassVizParams) -> dict[str, float]:
     """Target probability/logit (or unit activation) of an image as saved (uint8-quantised, no jitter)."""
     with torch.no_grad():
         if p.layer:
@@ -97,7 +100,7 @@ def _scores(net: Any, x01: torch.Tensor, p: ClassVizParams) -> dict[str, float]:
             if p.unit == "neuron" and a.ndim == 2:
                 a = a[a.shape[0] // 2, a.shape[1] // 2]
             return {"activation": float(a.mean())}
-        logits = net.module(net.normalize(_opt.quantize(x01)))[0]
+        logits = net.require_module("class scores")(net.normalize(_opt.quantize(x01)))[0]
         prob = logits.softmax(-1)
         return {"prob": float(prob[p.target]), "logit": float(logits[p.target]), "top1": int(prob.argmax())}
 
@@ -112,7 +115,7 @@ def _scores(net: Any, x01: torch.Tensor, p: ClassVizParams) -> dict[str, float]:
     needs_grad=True,
 )
 def run(
-    net: Any,
+    net: Backbone,
     img: Image.Image | None,
     p: ClassVizParams,
     obs: Observer,
@@ -181,7 +184,7 @@ def run(
         meta["target"] = p.target
         meta["target_label"] = net.labels[p.target] if net.labels else str(p.target)
         with torch.no_grad():
-            prob = net.module(net.normalize(_opt.quantize(res.image)))[0].softmax(-1)
+            prob = net.require_module("class scores")(net.normalize(_opt.quantize(res.image)))[0].softmax(-1)
         top = prob.topk(5)
         names = net.labels or [str(i) for i in range(prob.numel())]
         meta["top5"] = [(names[i], float(v)) for v, i in zip(top.values.tolist(), top.indices.tolist())]

@@ -7,7 +7,7 @@ octaves: the image is dreamed at small scales first and the added detail is carr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -16,6 +16,9 @@ from ...errors import BadInput
 from ...registry import LAYER, SEED, Observer, param, register
 from ...result import Result
 from . import _opt
+
+if TYPE_CHECKING:
+    from ...backbone import Backbone
 
 
 @dataclass
@@ -36,7 +39,7 @@ class DeepDreamParams:
     seed: int = SEED("jitter")
 
 
-def default_layer(net: Any) -> str:
+def default_layer(net: Backbone) -> str:
     """A spatial layer about 60% of the way through the network (mid-level parts and textures)."""
     spatial = [li.name for li in net.conv_layers() if li.out_shape[1] > 1]
     convs = [n for n in spatial if n.count(".") <= 1] or spatial
@@ -60,7 +63,7 @@ def _normalise_grad(prm: _opt.ImageParam) -> None:
     needs_grad=True,
 )
 def run(
-    net: Any,
+    net: Backbone,
     img: Image.Image,
     p: DeepDreamParams,
     obs: Observer,

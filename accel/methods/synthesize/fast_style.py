@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from ...result import Result
 from ...runtime.session import run_session
 from ...zoo import cards
 from . import _opt
+
+if TYPE_CHECKING:
+    from ...backbone import Backbone
 
 PARITY_ATOL = 1e-3  # outputs lie in 0..1, so the export's relative parity gap is its max abs difference
 EXPORT_VERSION = "2"  # 2: exported, recorded and parity-checked through accel.runtime.export
@@ -183,7 +186,7 @@ def style_image_for(name: str) -> Image.Image:
     return _opt.load_style_image(read_card(name)["style"])
 
 
-def style_loss_vs(name: str, x01: torch.Tensor, vgg: Any = None) -> float:
+def style_loss_vs(name: str, x01: torch.Tensor, vgg: Backbone | None = None) -> float:
     """VGG16 relative Gram loss of an image against the style a shipped network was trained on (training layers)."""
     import accel
 
@@ -207,13 +210,12 @@ def style_loss_vs(name: str, x01: torch.Tensor, vgg: Any = None) -> float:
     page="style",
 )
 def run(
-    net: Any,
+    net: Backbone,
     img: Image.Image,
     p: FastStyleParams,
     obs: Observer,
 ) -> Result:
     """Stylise the photo in one forward pass of a trained transformation network (ONNX Runtime or torch)."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     from ...archs.transformer_net import pad_to4
 
     x01 = _opt.pil_to01(img, p.size or None)
@@ -222,8 +224,7 @@ def run(
         raise BadInput(f"fast_style: {w}x{h} is too large; use size <= 4096")
     xp, _ = pad_to4(x01)
     meta: dict[str, Any] = {"style": p.style, "size": [w, h], "backend": p.backend}
-    if progress is not None:
-        progress(0.05, "loading the network")
+    obs.progress(0.05, "loading the network")
     if p.style == "peer":
         peer = peer_path()
         meta.update(
@@ -252,8 +253,7 @@ def run(
     meta["megapixels_per_s"] = h * w / 1e6 / max(secs, 1e-9)
     extras: dict[str, Any] = {}
     if p.compare_peer and p.style != "peer" and peer_path() is not None:
-        if progress is not None:
-            progress(0.3, "peer model")
+        obs.progress(0.3, "peer model")
         run_peer(xp[..., :64, :64].numpy().copy(), p.peer_style)
         py, psecs = _timed(lambda: run_peer(xp.numpy(), p.peer_style), p.repeats)
         extras["peer"] = _opt.to_uint8(torch.from_numpy(py)[..., :h, :w])
@@ -263,13 +263,12 @@ def run(
     if p.style != "peer" and (p.measure_style_loss or p.gatys_steps):
         import accel
 
-        if progress is not None:
-            progress(0.5, "VGG16 style loss")
+        obs.progress(0.5, "VGG16 style loss")
         vgg = accel.load("vgg16")
         meta["style_loss"] = style_loss_vs(p.style, out, vgg)
         meta["style_loss_content"] = style_loss_vs(p.style, x01, vgg)
         if p.gatys_steps:
-            meta.update(_gatys(vgg, img, p, out, progress))
+            meta.update(_gatys(vgg, img, p, out, obs))
             t_match = meta.get("gatys_seconds_to_match")
             meta["speedup_vs_gatys"] = (t_match if t_match is not None else meta["gatys_seconds"]) / max(
                 secs, 1e-9
@@ -279,13 +278,12 @@ def run(
                 if t_match is not None
                 else f"Gatys never matched our style loss in {p.gatys_steps} steps: its full time (a lower bound)"
             )
-    if progress is not None:
-        progress(1.0, f"{secs * 1000:.0f} ms")
+    obs.progress(1.0, f"{secs * 1000:.0f} ms")
     return _opt.image_result(out, meta, image=img, extras=extras)
 
 
 def _gatys(
-    vgg: Any, img: Image.Image, p: FastStyleParams, fast_out: torch.Tensor, progress: Any
+    vgg: Backbone, img: Image.Image, p: FastStyleParams, fast_out: torch.Tensor, obs: Observer
 ) -> dict[str, Any]:
     """Gatys transfer at the same size with the training loss's layers; its time, and when it matched our loss."""
     from .style_transfer import StyleTransferParams
@@ -304,14 +302,8 @@ def _gatys(
         size=max(h, w),
         style_scale=card.get("style_size", 256) / max(h, w),  # the style image's side in training
     )
-    sub = None
-    if progress is not None:
-
-        def sub(f: float, m: str) -> None:
-            progress(0.55 + 0.45 * f, "Gatys: " + m)
-
     t0 = time.perf_counter()
-    res = gatys_run(vgg, img, gp, sub)
+    res = gatys_run(vgg, img, gp, obs.span(0.55, 1.0))
     secs = time.perf_counter() - t0
     per_step = res.meta["seconds_per_iteration"]
     hist = res.meta["terms_history"]

@@ -9,7 +9,7 @@ saliency and Grad-CAM maps before and after, to show how the explanation moves w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from ...errors import BadInput
 from ...registry import SEED, TARGET, Observer, param, register
 from ...result import LossRecord, Result
 from . import _opt
+
+if TYPE_CHECKING:
+    from ...backbone import Backbone
 
 
 @dataclass
@@ -47,22 +50,23 @@ class FoolingParams:
     seed: int = SEED("random target, random start")
 
 
-def input_saliency(net: Any, x01: torch.Tensor, cls: int) -> np.ndarray:
+def input_saliency(net: Backbone, x01: torch.Tensor, cls: int) -> np.ndarray:
     """Plain input-gradient saliency (Simonyan et al. 2014): max over channels of |d logit_cls / d pixel|, HxW."""
     x = x01.detach().clone().requires_grad_(True)
-    net.module(net.normalize(x))[0, cls].backward()
-    return x.grad[0].abs().amax(0).numpy().astype(np.float32)  # type: ignore[union-attr]
+    (g,) = torch.autograd.grad(net.require_module("saliency")(net.normalize(x))[0, cls], x)
+    return g[0].abs().amax(0).numpy().astype(np.float32)
 
 
-def grad_cam(net: Any, x01: torch.Tensor, cls: int) -> np.ndarray | None:
+def grad_cam(net: Backbone, x01: torch.Tensor, cls: int) -> np.ndarray | None:
     """Grad-CAM (Selvaraju et al. 2017) at the backbone's CAM layer, upsampled to the input size; None without one."""
     if not net.cam_layer:
         return None
     from ...taps import capture
 
     x = x01.detach().clone().requires_grad_(True)
-    with capture(net.module, [net.cam_layer]) as st:
-        out = net.module(net.normalize(x))
+    mod = net.require_module("grad-cam")
+    with capture(mod, [net.cam_layer]) as st:
+        out = mod(net.normalize(x))
     a = st[net.cam_layer]
     (g,) = torch.autograd.grad(out[0, cls], a)
     cam = F.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
@@ -81,48 +85,35 @@ def _ste_quantize(x: torch.Tensor) -> torch.Tensor:
     return x + (_opt.quantize(x) - x).detach()
 
 
-@register(
-    "fooling",
-    "synthesize",
-    FoolingParams,
-    paper="Szegedy et al. 2014; Goodfellow et al. 2015 (FGSM); Kurakin et al. 2017 / Madry et al. 2018 (PGD)",
-    needs_image=True,
-    needs_grad=True,
-)
-def run(
-    net: Any,
-    img: Image.Image,
-    p: FoolingParams,
-    obs: Observer,
-) -> Result:
-    """Targeted PGD/FGSM under an L-inf budget; reports steps, probabilities, norms and saliency before/after."""
-    progress = obs.callback()  # a plain callable for the runtime layer
-    if not net.has_head:
-        raise BadInput(f"fooling needs a classifier; {net.name!r} has no classifier head")
-    module = net.require_module("fooling")
-    x0 = net.to_tensor01(img)
-    with torch.no_grad():
-        prob0 = module(net.normalize(x0))[0].softmax(-1)
-    n = prob0.numel()
-    pred0 = int(prob0.argmax())
-    rng = np.random.default_rng(p.seed)
+def _pick_target(net: Backbone, p: FoolingParams, n: int, pred0: int) -> int:
+    """The class to fool towards: `p.target`, or (-1) a seeded random class other than the prediction."""
     if p.target == -1:
-        target = int(rng.integers(n - 1))
-        target += int(target >= pred0)
-    else:
-        target = net.check_target(p.target)
-    if p.epsilon <= 0:
-        raise BadInput(
-            "fooling: epsilon must be > 0 (it is the L-inf budget in 0..1 pixel units, e.g. 8/255)"
-        )
+        target = int(np.random.default_rng(p.seed).integers(n - 1))
+        return target + int(target >= pred0)
+    checked = net.check_target(p.target)
+    if checked is None:
+        raise BadInput("fooling: give a target class index (or -1 for a random one)")
+    return checked
+
+
+def _attack(
+    net: Backbone,
+    x0: torch.Tensor,
+    target: int,
+    p: FoolingParams,
+    alpha: float,
+    obs: Observer,
+) -> tuple[torch.Tensor, list[float], list[float], int, str | None]:
+    """Signed-gradient steps towards `target` inside the L-inf ball around `x0`, the network seeing 8-bit images.
+
+    Returns (image, loss per evaluation, target probability per evaluation, steps taken, why it stopped early)."""
+    module = net.require_module("fooling")
     eps = float(p.epsilon)
     steps = 1 if p.method == "fgsm" else p.steps
-    alpha = eps if p.method == "fgsm" else (p.alpha or eps / 8)
     x = x0.clone()
     if p.random_start and p.method == "pgd":
         g = torch.Generator().manual_seed(p.seed)
         x = (x0 + (torch.rand(x0.shape, generator=g) * 2 - 1) * eps).clamp(0, 1)
-    should_stop = obs.should_stop
     history: list[float] = []
     probs: list[float] = []
     taken, stopped = 0, None
@@ -143,7 +134,7 @@ def run(
             break
         if k == steps:
             break
-        if should_stop is not None and should_stop():
+        if obs.should_stop():
             stopped = f"cancelled at step {k}"
             break
         (grad,) = torch.autograd.grad(loss, xv)
@@ -151,15 +142,47 @@ def run(
             x = xv - alpha * grad.sign()
             x = torch.min(torch.max(x, x0 - eps), x0 + eps).clamp(0, 1)
         taken = k + 1
-        if progress is not None:
-            progress(0.9 * (k + 1) / steps, f"step {k + 1}/{steps}  p(target) {pt:.3f}")
+        obs.progress(0.9 * (k + 1) / steps, f"step {k + 1}/{steps}  p(target) {pt:.3f}")
+    return x, history, probs, taken, stopped
+
+
+@register(
+    "fooling",
+    "synthesize",
+    FoolingParams,
+    paper="Szegedy et al. 2014; Goodfellow et al. 2015 (FGSM); Kurakin et al. 2017 / Madry et al. 2018 (PGD)",
+    needs_image=True,
+    needs_grad=True,
+)
+def run(
+    net: Backbone,
+    img: Image.Image,
+    p: FoolingParams,
+    obs: Observer,
+) -> Result:
+    """Targeted PGD/FGSM under an L-inf budget; reports steps, probabilities, norms and saliency before/after."""
+    if not net.has_head:
+        raise BadInput(f"fooling needs a classifier; {net.name!r} has no classifier head")
+    module = net.require_module("fooling")
+    x0 = net.to_tensor01(img)
+    with torch.no_grad():
+        prob0 = module(net.normalize(x0))[0].softmax(-1)
+    n = prob0.numel()
+    pred0 = int(prob0.argmax())
+    target = _pick_target(net, p, n, pred0)
+    if p.epsilon <= 0:
+        raise BadInput(
+            "fooling: epsilon must be > 0 (it is the L-inf budget in 0..1 pixel units, e.g. 8/255)"
+        )
+    eps = float(p.epsilon)
+    alpha = eps if p.method == "fgsm" else (p.alpha or eps / 8)
+    x, history, probs, taken, stopped = _attack(net, x0, target, p, alpha, obs)
     x_adv = _opt.quantize(x.detach())
     with torch.no_grad():
         prob1 = module(net.normalize(x_adv))[0].softmax(-1)
     pred1 = int(prob1.argmax())
     delta = x_adv - x0
-    if progress is not None:
-        progress(0.95, "saliency before/after")
+    obs.progress(0.95, "saliency before/after")
     sal0, sal1 = input_saliency(net, x0, pred0), input_saliency(net, x_adv, target)
     cam0, cam1 = grad_cam(net, x0, pred0), grad_cam(net, x_adv, target)
     names = net.labels or [str(i) for i in range(n)]
@@ -199,6 +222,5 @@ def run(
     }
     if cam0 is not None and cam1 is not None:
         extras["gradcam_before"], extras["gradcam_after"] = cam0, cam1
-    if progress is not None:
-        progress(1.0, f"p(target) {meta['target_prob']:.3f}")
+    obs.progress(1.0, f"p(target) {meta['target_prob']:.3f}")
     return _opt.image_result(x_adv, meta, image=_opt.to_pil(x0), extras=extras, losses=_opt.records(history))

@@ -8,7 +8,7 @@ early layers keep nearly every pixel, deep ones only parts and layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from ...images import make_grid
 from ...registry import LAYERS, SEED, Observer, param, register
 from ...result import LossRecord, Result
 from . import _opt
+
+if TYPE_CHECKING:
+    from ...backbone import Backbone
 
 
 @dataclass
@@ -44,7 +47,7 @@ _VGG19_DEPTHS = (
 )
 
 
-def default_layers(net: Any) -> list[str]:
+def default_layers(net: Backbone) -> list[str]:
     """Four depths: relu2_2/3_3/4_3/5_3 on VGG16 (relu2_2/3_4/4_4/5_4 on VGG19), else spread over the network."""
     names = {li.name for li in net.layers()}
     for cand in (_VGG16_DEPTHS, _VGG19_DEPTHS):
@@ -58,7 +61,7 @@ def default_layers(net: Any) -> list[str]:
     return [convs[i] for i in idx]
 
 
-def relative_feature_error(net: Any, x01: torch.Tensor, layer: str, target: torch.Tensor) -> float:
+def relative_feature_error(net: Backbone, x01: torch.Tensor, layer: str, target: torch.Tensor) -> float:
     """||F(x) - F0|| / ||F0|| at `layer` for the 8-bit version of x."""
     with torch.no_grad():
         a = _opt.forward(net, _opt.quantize(x01), [layer])[0][layer]
@@ -75,7 +78,7 @@ def relative_feature_error(net: Any, x01: torch.Tensor, layer: str, target: torc
     page="inversion",
 )
 def run(
-    net: Any,
+    net: Backbone,
     img: Image.Image,
     p: InversionParams,
     obs: Observer,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -22,6 +22,9 @@ from ...errors import BadInput
 from ...registry import LAYER, LAYERS, SEED, Observer, param, register
 from ...result import Result
 from . import _opt
+
+if TYPE_CHECKING:
+    from ...backbone import Backbone
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,7 +115,7 @@ def resolve_styles(p_style: str) -> list[Image.Image]:
 
 
 def blended_grams(
-    net: Any,
+    net: Backbone,
     styles: Sequence[Image.Image],
     weights: Sequence[float],
     layers: Sequence[str],
@@ -141,13 +144,12 @@ def blended_grams(
     page="style",
 )
 def run(
-    net: Any,
+    net: Backbone,
     img: Image.Image,
     p: StyleTransferParams,
     obs: Observer,
 ) -> Result:
     """Gatys style transfer of `img` (content) towards the style image(s); progress is reported per iteration."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     cw = _opt.non_negative(p.content_weight, "content_weight")
     sw = _opt.non_negative(p.style_weight, "style_weight")
     tw = _opt.non_negative(p.tv_weight, "tv_weight")
@@ -168,8 +170,7 @@ def run(
     _opt.check_memory(net, h, w, what="style_transfer")
     side = max(8, round(p.style_scale * p.size))
     _opt.check_memory(net, side, side, what="style_transfer (style image)")
-    if progress is not None:
-        progress(0.0, "style targets")
+    obs.progress(0.0, "style targets")
     targets = blended_grams(
         net, styles, blend, style_layers, side, c01 if p.preserve_color == "histogram" else None
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from ...errors import BadInput, ResourceLimit
 from ...registry import LAYERS, SEED, Observer, param, register
 from ...result import Result
 from . import _opt
+
+if TYPE_CHECKING:
+    from ...backbone import Backbone
 
 EL_MAX_WORK = 4e10  # Efros-Leung: output pixels x exemplar windows x window size, about a minute of CPU
 
@@ -137,7 +140,7 @@ def efros_leung(
     page="inversion",
 )
 def run(
-    net: Any,
+    net: Backbone,
     img: Image.Image,
     p: TextureParams,
     obs: Observer,

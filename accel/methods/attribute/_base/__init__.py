@@ -10,7 +10,7 @@ from .backprop import run_rule
 from .baselines import blur, make_baseline
 from .cam import CAMBase, GradCAMWeights, run_cam
 from .gradients import REDUCTIONS, class_gradient, gradient_rgb, input_gradient, reduce_channels, upsample
-from .results import BACKENDS, make_result
+from .results import make_result
 from .rules import rectifier_rule
 from .targets import (
     Score,
@@ -25,7 +25,6 @@ from .targets import (
 )
 
 __all__ = [
-    "BACKENDS",
     "REDUCTIONS",
     "CAMBase",
     "GradCAMWeights",

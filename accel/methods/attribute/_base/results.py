@@ -14,8 +14,6 @@ from ....result import Result
 if TYPE_CHECKING:
     from ....backbone import Backbone
 
-BACKENDS = ("auto", "torch", "onnxruntime")  # engines a forward-only attribution may run on
-
 
 def make_result(
     net: Backbone,
