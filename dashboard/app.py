@@ -17,8 +17,9 @@ if str(ROOT) not in sys.path:
 
 from accel.runtime.alloc import tune_allocator  # noqa: E402
 from dashboard.auth import account_box, require_sign_in  # noqa: E402
-from dashboard.common import sidebar, start_idle_trimmer  # noqa: E402
 from dashboard.runview import show_shared_run  # noqa: E402
+from dashboard.sidebar import sidebar  # noqa: E402
+from dashboard.state import start_idle_trimmer  # noqa: E402
 
 tune_allocator()  # torch eager (gradients, synthesis) without a page fault per activation; once per process
 start_idle_trimmer()  # freed memory goes back to the OS while the server is idle
@@ -69,7 +70,8 @@ PAGES = {
 nav = st.navigation(PAGES)
 sidebar()
 account_box()
-if st.query_params.get("run"):
-    show_shared_run(st.query_params.get("run"))
+shared = st.query_params.get("run")
+if shared:
+    show_shared_run(shared)
 else:
     nav.run()

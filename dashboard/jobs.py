@@ -26,8 +26,10 @@ from accel import settings
 from accel.store import image_key
 
 from .auth import current_user
-from .common import Ctx, link_line, load_run, run_key
-from .widgets import loss_figure, plain, session_space, show_result, shown, shown_error
+from .display import loss_figure, show_result
+from .session_store import public_text
+from .state import Ctx, load_run, run_key, session_space
+from .ui import escape_md, link_line
 
 log = logging.getLogger("convlens.dashboard")
 
@@ -196,11 +198,11 @@ def heavy_turn(what: str, key: str) -> Iterator[None]:
         if not t.admitted:
             box = st.empty()
             with box.container():
-                bar = st.progress(0.0, text=plain(queue_text(what, t)))
+                bar = st.progress(0.0, text=escape_md(queue_text(what, t), strict=True))
                 st.button("Stop", key=f"{key}_stop_waiting", icon=":material/stop:", help="leave the line")
             while not t.wait(timeout=0.5):
                 # every update is also where Streamlit interrupts this run when the user clicks Stop
-                bar.progress(0.0, text=plain(queue_text(what, t)))
+                bar.progress(0.0, text=escape_md(queue_text(what, t), strict=True))
             box.empty()
         yield
     finally:
@@ -292,6 +294,7 @@ class Job:
         self.finished: float | None = None
         self.stop_event = threading.Event()
         self.stoppable = stoppable
+        self.params: dict[str, Any] = {}  # a technique job's parameters (for_method)
         self.thread = threading.Thread(target=self._main, name=f"convlens-{name}", daemon=True)
 
     @classmethod
@@ -320,7 +323,7 @@ class Job:
             return rid, res
 
         job = cls(name, work, user=current_user(), heavy=spec.heavy, stoppable=spec.stoppable)
-        job.params = params  # type: ignore[attr-defined]
+        job.params = params
         return job
 
     def start(self) -> Job:
@@ -413,7 +416,7 @@ def start_or_reuse(c: Ctx, slot: str, name: str, params: dict[str, Any], img: Im
     start_job(slot, Job.for_method(c, name, params, img))
 
 
-def _loss_from_result(res: accel.Result) -> list[float] | None:
+def loss_curve_of(res: accel.Result) -> list[float] | None:
     """The run's loss curve from its typed field (None when the method does not optimise)."""
     curve = res.loss_curve()
     return curve if len(curve) > 1 else None
@@ -422,11 +425,13 @@ def _loss_from_result(res: accel.Result) -> list[float] | None:
 def live_status(j: Job, slot: str) -> None:
     """The live view of a queued or running job: place in line or progress, image, loss curve, Stop button."""
     if j.queued and j.ticket is not None and not j.ticket.admitted:
-        st.progress(0.0, text=plain(queue_text(j.name, j.ticket)))
+        st.progress(0.0, text=escape_md(queue_text(j.name, j.ticket), strict=True))
     elif j.queued:
-        st.progress(0.0, text=plain(f"{j.name}: joining the line"))
+        st.progress(0.0, text=escape_md(f"{j.name}: joining the line", strict=True))
     else:
-        st.progress(j.frac, text=shown(f"{j.name}: {j.msg} · {j.elapsed:.1f} s"))
+        st.progress(
+            j.frac, text=escape_md(public_text(f"{j.name}: {j.msg} · {j.elapsed:.1f} s"), strict=True)
+        )
         cols = st.columns([2, 3])
         if j.snapshot is not None:
             cols[0].image(j.snapshot, caption="current image", width="stretch")
@@ -459,28 +464,29 @@ def panel(slot: str, *, poll_s: float = 0.7, caption: str = "") -> None:
         return
     if j is not None:
         if j.state == "error":
-            shown_error(f"{j.name}: {j.error}")
+            st.error(escape_md(public_text(f"{j.name}: {j.error}"), strict=True))
             return
         if j.state == "stopped" and j.run_id is None:
             if j.msg == "left the line before starting":
-                st.warning(plain(f"{j.name}: stopped while waiting in line; nothing ran"))
+                st.warning(escape_md(f"{j.name}: stopped while waiting in line; nothing ran", strict=True))
                 return
             st.warning(
-                plain(
-                    f"{j.name} stopped after {j.elapsed:.1f} s (no partial result; the method has no stop hook)"
+                escape_md(
+                    f"{j.name} stopped after {j.elapsed:.1f} s (no partial result; the method has no stop hook)",
+                    strict=True,
                 )
             )
             if j.snapshot is not None:
                 st.image(j.snapshot, caption="last image", width=320)
             return
         run_id, res, cached = j.run_id, j.result, False
-        losses = _loss_from_result(res) if res is not None else None
+        losses = loss_curve_of(res) if res is not None else None
         losses = losses or (j.losses if len(j.losses) > 1 else None)
         if j.state == "stopped":
             st.warning(f"stopped by you after {j.elapsed:.1f} s; showing the partial result")
     else:
         run, res = load_run(done_id)
-        run_id, cached, losses = done_id, True, _loss_from_result(res)
+        run_id, cached, losses = done_id, True, loss_curve_of(res)
     if res is None:
         return
     show_result(res, caption=caption)

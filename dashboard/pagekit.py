@@ -1,6 +1,7 @@
-"""Building blocks shared by the technique pages: pick a registered method, edit its declared parameters in a
-form, run it through the store (or as a background job), and show the result with its shareable link. Heavy
-methods (MethodSpec.heavy) wait for their turn in the fair-use line (dashboard.jobs.GATE) before they compute."""
+"""Building blocks shared by the technique pages: the methods a page lists (each spec names its page), a method
+picker, its declared parameters in a form, running it through the store (or as a background job), and the result
+with its shareable link. Heavy methods (MethodSpec.heavy) wait for their turn in the fair-use line
+(dashboard.jobs.GATE) before they compute."""
 
 from __future__ import annotations
 
@@ -10,21 +11,43 @@ from typing import Any
 import streamlit as st
 
 import accel
-from accel import dataroots
+from accel import dataroots, registry
+from accel.registry import MethodSpec
 
 from . import jobs
-from .common import Ctx, guard, link_line, load_run, run_key, run_stored, st_progress
-from .widgets import fit_width, param_controls, show_result
+from .display import fit_width, show_result
+from .state import Ctx, load_run, run_key, run_stored
+from .ui import escape_md, guard, link_line, st_progress
+from .widgets import param_controls
 
 
-def pick_method(names: Sequence[str], key: str, label: str = "Technique") -> Any:
+def methods_on(page: str) -> list[MethodSpec]:
+    """The registered techniques whose spec names `page`, in registry order. Technique modules that failed to import
+    (the registry records them instead of failing) are shown as a warning on the pages of their family."""
+    specs = registry.methods(page=page)
+    families = {s.family for s in specs} | {f for f, p in registry.FAMILY_PAGES.items() if p == page}
+    broken = {
+        k: v
+        for k, v in registry.broken_modules().items()
+        if any(k.startswith(f"accel.methods.{f}.") for f in families)
+    }
+    if broken:
+        st.warning(
+            "Some techniques could not be loaded: "
+            + "; ".join(f"`{k.rsplit('.', 1)[1]}` ({escape_md(v[:160])})" for k, v in broken.items())
+        )
+    return specs
+
+
+def pick_method(specs: Sequence[MethodSpec], key: str, label: str = "Technique") -> MethodSpec:
     """A method picker with its one-line summary and paper; returns the spec."""
+    names = [s.name for s in specs]
     name = (
-        st.radio(label, list(names), horizontal=True, key=f"{key}_method")
+        st.radio(label, names, horizontal=True, key=f"{key}_method")
         if len(names) <= 6
-        else st.selectbox(label, list(names), key=f"{key}_method")
+        else st.selectbox(label, names, key=f"{key}_method")
     )
-    spec = accel.get(name)
+    spec = next(s for s in specs if s.name == name)
     bits = [b for b in (spec.summary, f"paper: {spec.paper}" if spec.paper else "") if b]
     if bits:
         st.caption(" · ".join(bits))
@@ -32,7 +55,7 @@ def pick_method(names: Sequence[str], key: str, label: str = "Technique") -> Any
 
 
 def method_form(
-    c: Ctx, spec: Any, key: str, submit: str = "Run", columns: int = 3
+    c: Ctx, spec: MethodSpec, key: str, submit: str = "Run", columns: int = 3
 ) -> tuple[bool, dict[str, Any]]:
     """The declared parameters of `spec` in a form (nothing reruns until submit); returns (submitted, params)."""
     params: dict[str, Any] = {}
@@ -76,7 +99,7 @@ def run_heavy_aware(
         raise type(e)(dataroots.redact(str(e))) from None
 
 
-def needs_image_or_stop(c: Ctx, spec: Any) -> bool:
+def needs_image_or_stop(c: Ctx, spec: MethodSpec) -> bool:
     """False (with a hint) when `spec` needs an image and the sidebar has none."""
     if spec.needs_image and c.img is None:
         st.info(f"{spec.name} needs an input image: pick or upload one in the sidebar.")
@@ -84,13 +107,17 @@ def needs_image_or_stop(c: Ctx, spec: Any) -> bool:
     return True
 
 
-def run_panel(c: Ctx, names: Sequence[str], key: str, empty: str) -> tuple[str, Any] | None:
-    """A synchronous technique panel (inspect family): method picker, parameter form, result and link.
-    Returns (run_id, result) of the result shown, if any."""
-    if not names:
-        st.info(empty)
+def _no_methods() -> None:
+    st.info("No registered technique names this page (`register(..., page=...)` in accel/methods/).")
+
+
+def run_panel(c: Ctx, specs: Sequence[MethodSpec], key: str) -> tuple[str, Any] | None:
+    """A synchronous technique panel: method picker, parameter form, result and link. Returns (run_id, result) of
+    the result shown, if any."""
+    if not specs:
+        _no_methods()
         return None
-    spec = pick_method(names, key)
+    spec = pick_method(specs, key)
     if not needs_image_or_stop(c, spec):
         return None
     with guard(spec.name):
@@ -98,7 +125,7 @@ def run_panel(c: Ctx, names: Sequence[str], key: str, empty: str) -> tuple[str, 
         if go:
             bar = st_progress(spec.name)
             rid, _res, cached = run_heavy_aware(c, spec.name, params, key=key, progress=bar)
-            bar.done()  # type: ignore[attr-defined]
+            bar.done()
             st.session_state[f"{key}_run"] = (spec.name, rid, cached)
     last = st.session_state.get(f"{key}_run")
     if last and last[0] == spec.name:
@@ -110,24 +137,23 @@ def run_panel(c: Ctx, names: Sequence[str], key: str, empty: str) -> tuple[str, 
     return None
 
 
-def job_panel(c: Ctx, names: Sequence[str], key: str, empty: str, *, img: Any = "sidebar") -> None:
-    """A long-running technique panel (synthesis family): parameter form, then live progress, current image, stop
-    button and loss curve from a background job; the result is stored and linkable."""
-    if not names:
-        st.info(empty)
+def job_panel(c: Ctx, specs: Sequence[MethodSpec], key: str) -> None:
+    """A long-running technique panel (optimisation): parameter form, then live progress, current image, stop
+    button and loss curve from a background job; the result is stored and linkable. The input is the sidebar's
+    image for methods that take one."""
+    if not specs:
+        _no_methods()
         return
-    spec = pick_method(names, key)
+    spec = pick_method(specs, key)
     if not needs_image_or_stop(c, spec):
         return
-    image = c.img if (img == "sidebar" and spec.needs_image) else (None if img == "sidebar" else img)
-    if spec.needs_image and image is not None:
+    image = c.img if spec.needs_image else None
+    if image is not None:
         st.image(fit_width(image), caption="input", width=160)
     with guard(spec.name):
         go, params = method_form(c, spec, key, submit="Start")
         if go:
-            accel.registry.validate(
-                spec.params, params, spec.name
-            )  # refuse bad values before starting a thread
+            registry.validate(spec.params, params, spec.name)  # refuse bad values before starting a thread
             jobs.start_or_reuse(c, f"{key}:{spec.name}", spec.name, params, image)
     with guard(spec.name):
         jobs.panel(f"{key}:{spec.name}")

@@ -19,9 +19,11 @@ from PIL import Image
 
 import accel
 
-from .common import SessionStore, escape_md, get_store, guard, load_run, share_link
-from .jobs import _loss_from_result
-from .widgets import loss_figure, meta_line, show_result
+from .display import loss_figure, meta_line, show_result
+from .jobs import loss_curve_of
+from .session_store import SessionStore, get_store
+from .state import load_run
+from .ui import escape_md, guard, share_link
 
 
 def _export_bytes(store: SessionStore, run_ids: tuple[str, ...], kind: str) -> bytes:
@@ -113,7 +115,7 @@ def render_run(run_id: str, *, key: str = "run") -> None:
                 st.image(extra, caption="image grid", width="stretch" if extra.width >= 700 else "content")
             if res.image is not None:
                 st.image(res.image, caption="input", width=200)
-        losses = _loss_from_result(res)
+        losses = loss_curve_of(res)
         if losses:
             st.plotly_chart(loss_figure(losses), key=f"{key}_loss")
     with cols[1]:

@@ -326,7 +326,7 @@ def test_jobs_stop_and_uploads_go_when_the_session_ends(heavy_method: str) -> No
     def touch_space() -> None:
         import streamlit as st
 
-        from dashboard.widgets import session_space
+        from dashboard.state import session_space
 
         st.text(str(session_space().dir))
 

@@ -259,8 +259,9 @@ def _assert_literal(values: list[str]) -> None:
 
 
 def test_markdown_and_html_in_titles_show_as_literal_text(store: RunStore, monkeypatch) -> None:
-    from dashboard.common import SessionStore, escape_md
     from dashboard.runview import _export_bytes
+    from dashboard.session_store import SessionStore
+    from dashboard.ui import escape_md
 
     rid = store.put(
         _result(0),
@@ -308,7 +309,7 @@ def test_markdown_and_html_in_titles_show_as_literal_text(store: RunStore, monke
 
 
 def test_escape_md_neutralises_every_construct_that_fetches_or_links() -> None:
-    from dashboard.common import escape_md
+    from dashboard.ui import escape_md
 
     cases = {
         "![a](http://h/i.png)": r"!\[a\](http\://h/i.png)",

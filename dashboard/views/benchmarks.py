@@ -5,8 +5,6 @@ on the server), and when sign-in is required only administrators (CONVLENS_ADMIN
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import time
 from typing import Any
 
@@ -15,8 +13,8 @@ import streamlit as st
 
 from dashboard import jobs
 from dashboard.auth import current_user, may_run_bench
-from dashboard.common import get_store
-from dashboard.widgets import plain
+from dashboard.session_store import get_store
+from dashboard.ui import escape_md
 
 TIME_KEYS = ("median_s", "ms", "median_ms", "mean_ms", "time_ms", "seconds", "time_s", "wall_s")
 
@@ -79,47 +77,36 @@ def _figure(rows: list[dict], key: str, title: str, log: bool) -> go.Figure:
 st.title("Benchmarks")
 st.caption("torch eager vs ONNX Runtime per workload, from `convlens bench` reports saved in the run store.")
 store = get_store()
-try:
-    bench = importlib.import_module("accel.bench")
-except ImportError:
-    bench = None
-run_bench = getattr(bench, "run_bench", None) if bench is not None else None
-if run_bench is None:
-    st.info(
-        "The benchmark harness (accel.bench) is not installed yet; `convlens bench` reports will appear here."
-    )
-else:
-    allowed, why = may_run_bench()
+allowed, why = may_run_bench()
 
-    def _bench(job: jobs.Job, run_bench: Any = run_bench, store: Any = store) -> tuple[None, None]:
-        """The quick bench in a background job; stored as a bench record unless it stored itself."""
-        before = len(store.records("bench"))
-        kwargs: dict[str, Any] = {"quick": True}
-        if "progress" in inspect.signature(run_bench).parameters:
-            kwargs["progress"] = job._progress  # Stop ends it at the next workload
-        report = run_bench(**kwargs)
-        if isinstance(report, dict) and len(store.records("bench")) == before:  # it did not store itself
-            store.put_record(
-                "bench", report, title=f"quick bench (dashboard) {time.strftime('%Y-%m-%d %H:%M')}"
-            )
-        return None, None
 
-    running = jobs.jobs().get("bench")
-    busy = running is not None and running.running
-    if st.button(
-        "Run the quick bench",
-        type="primary",
-        key="bench_run",
-        help=why or "a few minutes on 2 cores; waits in the fair-use line like every heavy run",
-        disabled=not allowed or busy,
-    ):
-        jobs.start_job("bench", jobs.Job("quick bench", _bench, user=current_user(), heavy=True))
-    if not allowed:
-        st.caption(plain(why))
-    jobs.panel("bench")
-    done = jobs.jobs().get("bench")
-    if done is not None and done.state == "done":
-        st.success(f"bench finished in {done.elapsed:.0f} s")
+def _bench(job: jobs.Job, store: Any = store) -> tuple[None, None]:
+    """The quick bench in a background job; stored as a bench record unless it stored itself."""
+    from accel.bench import run_bench
+
+    before = len(store.records("bench"))
+    report = run_bench(quick=True, progress=job.observer.progress)  # Stop ends it at the next workload
+    if isinstance(report, dict) and len(store.records("bench")) == before:  # it did not store itself
+        store.put_record("bench", report, title=f"quick bench (dashboard) {time.strftime('%Y-%m-%d %H:%M')}")
+    return None, None
+
+
+running = jobs.jobs().get("bench")
+busy = running is not None and running.running
+if st.button(
+    "Run the quick bench",
+    type="primary",
+    key="bench_run",
+    help=why or "a few minutes on 2 cores; waits in the fair-use line like every heavy run",
+    disabled=not allowed or busy,
+):
+    jobs.start_job("bench", jobs.Job("quick bench", _bench, user=current_user(), heavy=True))
+if not allowed:
+    st.caption(escape_md(why, strict=True))
+jobs.panel("bench")
+done = jobs.jobs().get("bench")
+if done is not None and done.state == "done":
+    st.success(f"bench finished in {done.elapsed:.0f} s")
 
 records = store.records("bench")
 if not records:

@@ -3,51 +3,49 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import plotly.graph_objects as go
 import streamlit as st
 
 import accel
+from accel.registry import MethodSpec
 from accel.result import Result
 from dashboard import faithfulness
-from dashboard.common import (
-    guard,
-    link_line,
-    load_run,
-    method_names,
-    require_ctx,
-    run_stored,
-    st_progress,
-    unset,
-)
-from dashboard.widgets import (
-    PREDICTED,
-    colorbar_image,
-    meta_line,
-    param_controls,
-    shared_scale,
-    shown,
-    target_index,
-)
+from dashboard.display import colorbar_image, meta_line, shared_scale, target_index
+from dashboard.pagekit import methods_on
+from dashboard.session_store import public_text
+from dashboard.sidebar import require_ctx
+from dashboard.state import load_run, run_stored
+from dashboard.ui import escape_md, guard, link_line, st_progress, unset
+from dashboard.widgets import PREDICTED, param_controls
+
+
+def class_param(spec: MethodSpec) -> str | None:
+    """The parameter that takes the class a method explains (its first of kind "class"): the page's shared target
+    goes there."""
+    return next((i.name for i in spec.param_infos() if i.kind == "class"), None)
+
 
 st.title("Compare attribution methods")
 c = require_ctx()
-names = method_names("attribute")
+specs = methods_on("compare")
+names = [s.name for s in specs]
 if not names:
-    st.info(
-        "No attribution method is registered yet (accel/methods/attribute/). They appear here as they land."
-    )
+    st.info('No registered technique names this page (`register(..., page="compare")` in accel/methods/).')
     st.stop()
 net = c.net
 if not net.differentiable:
     st.warning(
-        shown(
-            f"{c.model} is forward-only (ONNX): gradient methods will refuse; perturbation methods still work."
+        escape_md(
+            public_text(
+                f"{c.model} is forward-only (ONNX): gradient methods will refuse; perturbation methods still work."
+            ),
+            strict=True,
         )
     )
 
-PREFERRED = ("saliency", "gradcam", "integrated_gradients", "guided_backprop", "smoothgrad", "occlusion")
-default = [n for n in PREFERRED if n in names][:4] or names[:4]
+default = [s.name for s in specs if s.featured][:4] or names[:4]  # the methods their specs feature
 if not st.session_state.get("_cmp_link_applied"):  # deep link: ?methods=saliency,gradcam[&go=1]
     st.session_state["_cmp_link_applied"] = True
     linked = [m for m in (st.query_params.get("methods") or "").split(",") if m in names]
@@ -75,12 +73,14 @@ with st.form("cmp_form"):
             key="cmp_target",
         )
         target = None if t == PREDICTED else int(t)
-    all_params: dict[str, dict] = {}
+    all_params: dict[str, dict[str, Any]] = {}
     cols = st.columns(min(4, max(1, len(chosen))))
     for i, name in enumerate(chosen):
         spec = accel.get(name)
         with cols[i % len(cols)].expander(f"{name} parameters"), guard(name):
-            all_params[name] = param_controls(spec, net, key="cmp", skip=("target",), backend=c.backend)
+            shared = class_param(spec)
+            skip = (shared,) if shared else ()
+            all_params[name] = param_controls(spec, net, key="cmp", skip=skip, backend=c.backend)
     f1, f2 = st.columns([3, 1])
     score = f1.checkbox(
         "Faithfulness scores (deletion / insertion AUC vs a random map)",
@@ -121,13 +121,14 @@ def score_maps(runs: list[dict], steps: int) -> None:
             lambda f, msg="": bar(f, f"{len(todo)} map(s): {msg}"),
             steps,
         )
-        for (r, _), sc in zip(todo, outs or [None] * len(todo), strict=True):
+        found: list[dict[str, Any] | None] = list(outs) if outs else [None] * len(todo)
+        for (r, _), sc in zip(todo, found, strict=True):
             scores[r["run_id"]] = {**(sc or {}), "steps": steps}
-    bar.done()  # type: ignore[attr-defined]
+    bar.done()
 
 
 if go_run:
-    runs = []
+    runs: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     bar = st_progress("computing maps")
     for k, name in enumerate(chosen):
@@ -135,8 +136,9 @@ if go_run:
             continue
         params = dict(all_params[name])
         spec = accel.get(name)
-        if target is not None and any(i.name == "target" for i in spec.param_infos()):
-            params["target"] = target
+        shared = class_param(spec)
+        if target is not None and shared:
+            params[shared] = target
 
         def prog(f: float, msg: str = "", k: int = k, name: str = name) -> None:
             bar((k + f) / max(1, len(chosen)), f"{name}: {msg}")
@@ -144,7 +146,7 @@ if go_run:
         with guard(name):
             rid, res, cached = run_stored(c, name, params, observer=accel.ProgressObserver(prog))
             runs.append({"name": name, "run_id": rid, "cached": cached})
-    bar.done()  # type: ignore[attr-defined]
+    bar.done()
     st.session_state["cmp_runs"] = runs
     st.session_state["cmp_total_s"] = time.perf_counter() - t0
     st.session_state["cmp_sanity"] = None
@@ -187,7 +189,7 @@ for i in range(0, len(maps), ncols):
             scaled_map = Result("map", m, res.meta, res.image)
             st.image(scaled_map.overlay(alpha=alpha, cmap=cmap, vmin=lo, vmax=hi), width="stretch")
             st.markdown(f"**{r['name']}**")
-            st.caption(shown(meta_line(res.meta)) or "no timing recorded")
+            st.caption(escape_md(public_text(meta_line(res.meta)), strict=True) or "no timing recorded")
             s = scores.get(r["run_id"])
             if s:
                 parts = []
@@ -247,7 +249,7 @@ elif st.button(
                 out[r["name"]] = faithfulness.sanity(
                     net, c.img, r["name"], params, int(tgt) if tgt is not None else target, prog
                 )
-    bar.done()  # type: ignore[attr-defined]
+    bar.done()
     st.session_state["cmp_sanity"] = {k: v for k, v in out.items() if v}
 san = st.session_state.get("cmp_sanity")
 if san:

@@ -1,5 +1,8 @@
 """Embeddings: a dataset's feature vectors projected (PCA / t-SNE / UMAP) as a WebGL scatter coloured by label;
-select a point to see the item, its feature-space and pixel-space neighbours, and explain it on Compare."""
+select a point to see the item, its feature-space and pixel-space neighbours, and explain it on Compare.
+
+The techniques whose spec names the "embeddings" page: those without an input image draw the map (the form at the
+top), one that takes an image is the per-item tool (the selected item's nearest neighbours)."""
 
 from __future__ import annotations
 
@@ -7,19 +10,15 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-import accel
 from accel import dataroots
 from accel.images import foolbox_imagenet
-from dashboard.common import guard, link_line, load_run, method_names, require_ctx, st_progress
-from dashboard.pagekit import method_form, run_heavy_aware
-from dashboard.widgets import check_path_params, fit_width, image_row, points_figure, show_result, shown
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _dataset(spec: str) -> object:
-    from accel import datasets
-
-    return datasets.get(spec)
+from dashboard.display import fit_width, image_row, points_figure, show_result
+from dashboard.pagekit import method_form, methods_on, pick_method, run_heavy_aware
+from dashboard.session_store import public_text
+from dashboard.sidebar import require_ctx
+from dashboard.state import dataset, load_run
+from dashboard.ui import escape_md, guard, link_line, st_progress
+from dashboard.widgets import check_path_params
 
 
 def _explain_target(item_id: str) -> dict | None:
@@ -34,17 +33,21 @@ def _explain_target(item_id: str) -> dict | None:
 
 st.title("Embeddings")
 c = require_ctx(need_image=False)
-if "embedding" not in method_names("inspect"):
-    st.info("The embedding technique is not registered yet (accel/methods/inspect/embedding.py).")
+on_page = methods_on("embeddings")
+maps = [s for s in on_page if not s.needs_image]
+item_tool = next((s for s in on_page if s.needs_image), None)
+if not maps:
+    st.info('No registered technique draws a map on this page (`register(..., page="embeddings")`).')
     st.stop()
-spec = accel.get("embedding")
-st.caption(spec.summary)
-with guard("embedding"):
+spec = pick_method(maps, "emb") if len(maps) > 1 else maps[0]
+if len(maps) == 1:
+    st.caption(spec.summary)
+with guard(spec.name):
     go, params = method_form(c, spec, "emb", submit="Compute")
     if go:
-        bar = st_progress("embedding")
-        rid, _res, cached = run_heavy_aware(c, "embedding", params, key="emb", progress=bar)
-        bar.done()  # type: ignore[attr-defined]
+        bar = st_progress(spec.name)
+        rid, _res, cached = run_heavy_aware(c, spec.name, params, key="emb", progress=bar)
+        bar.done()
         st.session_state["emb_run"] = (rid, cached)
         st.session_state.pop("emb_sel", None)
 last = st.session_state.get("emb_run")
@@ -64,12 +67,11 @@ feats = ex.get("features")
 n = len(res.data)
 link_line(rid, cached)
 meta = res.meta
-st.caption(
-    shown(
-        f"{n:,} points · {dataroots.display_spec(meta.get('dataset', ''))} · tap {meta.get('tap', '')} "
-        f"({meta.get('dim', '?')}-D) · {meta.get('projection', '')} in {meta.get('projection_s', float('nan')):.1f} s"
-    )
+summary = (
+    f"{n:,} points · {dataroots.display_spec(meta.get('dataset', ''))} · tap {meta.get('tap', '')} "
+    f"({meta.get('dim', '?')}-D) · {meta.get('projection', '')} in {meta.get('projection_s', float('nan')):.1f} s"
 )
+st.caption(escape_md(public_text(summary), strict=True))
 
 
 def _item_name(item_id: str) -> str:
@@ -88,16 +90,10 @@ def _name(i: int) -> str:
 
 def _feature_neighbours(feats: np.ndarray, i: int, k: int) -> list[int]:
     """The k nearest stored vectors to point i (cosine), through the neighbours technique's exact search."""
-    try:
-        from accel.methods.inspect.neighbors import knn
+    from accel.methods.inspect.neighbors import knn
 
-        idx, _d, _used = knn(feats, feats[i : i + 1], k, "cosine", "auto", np.asarray([i]))
-        return [int(j) for j in idx[0]]
-    except ImportError:
-        v = feats / (np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12)
-        d = -(v @ v[i])
-        d[i] = np.inf
-        return [int(j) for j in np.argsort(d)[:k]]
+    idx, _d, _used = knn(feats, feats[i : i + 1], k, "cosine", "auto", np.asarray([i]))
+    return [int(j) for j in idx[0]]
 
 
 @st.fragment
@@ -122,19 +118,26 @@ def explorer() -> None:
             st.info("Select a point to see the item and its nearest neighbours in feature and pixel space.")
             return
         item_id = str(ids[i]) if i < len(ids) else ""
-        st.markdown(f"**{shown(_name(i))}**" + (f" · {len(sel)} selected" if len(sel) > 1 else ""))
+        st.markdown(
+            f"**{escape_md(public_text(_name(i)), strict=True)}**"
+            + (f" · {len(sel)} selected" if len(sel) > 1 else "")
+        )
         item_img = None
         with guard("item"):
-            item_img = _dataset(str(meta["dataset"])).load(item_id).image
-            st.image(fit_width(item_img), caption=shown(_item_name(item_id)), width=160)
+            item_img = dataset(str(meta["dataset"])).load(item_id).image
+            st.image(
+                fit_width(item_img),
+                caption=escape_md(public_text(_item_name(item_id)), strict=True),
+                width=160,
+            )
         k = st.slider("neighbours", 2, 24, 8, key="emb_k")
-        full = item_img is not None and "neighbors" in method_names("inspect")
+        full = item_img is not None and item_tool is not None
         auto = full and (n <= 10_000 or st.session_state.get("emb_pixels_for") == i)
         if not auto and isinstance(feats, np.ndarray) and len(feats) == n:
             with guard("feature-space neighbours"):
                 nb = _feature_neighbours(feats, i, k)
                 st.markdown("*Nearest in feature space* (cosine, from the stored vectors)")
-                ds = _dataset(str(meta["dataset"]))
+                ds = dataset(str(meta["dataset"]))
                 tiles = [fit_width(ds.load(str(ids[j])).image) for j in nb]
                 image_row(tiles, [_name(j) for j in nb], ncols=min(8, k))
         if full:
@@ -145,7 +148,7 @@ def explorer() -> None:
             ):
                 st.session_state["emb_pixels_for"] = i
                 auto = True
-            if auto:
+            if auto and item_tool is not None:
                 with guard("neighbours"):
                     nparams = {
                         "dataset": str(meta["dataset"]),
@@ -153,8 +156,10 @@ def explorer() -> None:
                         "k": int(k),
                         "tap": str(meta.get("tap")),
                     }
-                    nparams = check_path_params(accel.get("neighbors"), nparams, c.net)
-                    nid, nres, ncached = run_heavy_aware(c, "neighbors", nparams, key="emb_nb", img=item_img)
+                    nparams = check_path_params(item_tool, nparams, c.net)
+                    nid, nres, ncached = run_heavy_aware(
+                        c, item_tool.name, nparams, key="emb_nb", img=item_img
+                    )
                     show_result(
                         nres,
                         caption="query | nearest in feature space (top row) and pixel space (bottom row)",

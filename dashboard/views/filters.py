@@ -1,20 +1,13 @@
-"""Filters & activations: first-layer filters, activation grids and the other per-image inspect techniques."""
+"""Filters & activations: first-layer filters, activation grids and the other per-image inspect techniques (every
+technique whose spec names the "filters" page)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.common import method_names, require_ctx
-from dashboard.pagekit import run_panel
-
-OTHER_PAGES = {"max_patches", "neighbors", "embedding"}
+from dashboard.pagekit import methods_on, run_panel
+from dashboard.sidebar import require_ctx
 
 st.title("Filters & activations")
 c = require_ctx(need_image=False)
-names = [n for n in method_names("inspect") if n not in OTHER_PAGES]
-run_panel(
-    c,
-    names,
-    "flt",
-    "No inspect technique is registered yet (accel/methods/inspect/). Filters and activations appear here as they land.",
-)
+run_panel(c, methods_on("filters"), "flt")

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import html
 import time
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
 import accel
-from dashboard.common import escape_md, guard, public_text, require_ctx
-from dashboard.widgets import fit_width
+from dashboard.display import fit_width
+from dashboard.session_store import public_text
+from dashboard.sidebar import require_ctx
+from dashboard.ui import escape_md, guard
 
 
 @st.cache_resource(show_spinner="Preparing the runner...", max_entries=8)
-def _runner(weights: str, backend: str, _net: object) -> object:
+def _runner(weights: str, backend: str, _net: Any) -> Any:
+    """One forward runner per (weights, backend) per server process, shared by every session."""
     return accel.runner(_net, ["logits"], backend=backend)
 
 

@@ -1,11 +1,12 @@
-"""Inversion & texture: reconstruct an image from a layer's code; synthesize a texture from Gram statistics."""
+"""Inversion & texture: reconstruct an image from a layer's code; synthesize a texture from Gram statistics (every
+technique whose spec names the "inversion" page)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.common import method_names, require_ctx
-from dashboard.pagekit import job_panel
+from dashboard.pagekit import job_panel, methods_on
+from dashboard.sidebar import require_ctx
 
 st.title("Inversion & texture")
 st.caption(
@@ -13,7 +14,4 @@ st.caption(
     "of the sidebar image (the exemplar)."
 )
 c = require_ctx(need_image=False)
-names = [n for n in ("inversion", "texture") if n in method_names("synthesize")]
-job_panel(
-    c, names, "inv", "Inversion and texture synthesis are not registered yet (accel/methods/synthesize/)."
-)
+job_panel(c, methods_on("inversion"), "inv")

@@ -7,17 +7,11 @@ import numpy as np
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from dashboard.common import guard, method_names, require_ctx
-from dashboard.pagekit import run_panel
-from dashboard.widgets import image_row
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _dataset(spec: str) -> object:
-    from accel import datasets
-
-    return datasets.get(spec)
-
+from dashboard.display import image_row
+from dashboard.pagekit import methods_on, run_panel
+from dashboard.sidebar import require_ctx
+from dashboard.state import dataset
+from dashboard.ui import guard
 
 st.title("Max-activating patches")
 st.caption(
@@ -25,10 +19,7 @@ st.caption(
     "field; below, the same fields outlined on the source images."
 )
 c = require_ctx(need_image=False)
-names = [n for n in method_names("inspect") if n in ("max_patches",)]
-shown = run_panel(
-    c, names, "mxp", "The max_patches technique is not registered yet (accel/methods/inspect/)."
-)
+shown = run_panel(c, methods_on("patches"), "mxp")
 if shown is not None:
     rid, res = shown
     boxes, ids = res.extras.get("boxes"), res.extras.get("ids")
@@ -42,7 +33,7 @@ if shown is not None:
             key="mxp_unit",
         )
         with guard("source images"):
-            ds = _dataset(str(res.meta["dataset"]))
+            ds = dataset(str(res.meta["dataset"]))
             values = res.extras.get("values")
             tiles, caps = [], []
             for j, item_id in enumerate(ids[u]):
@@ -50,7 +41,11 @@ if shown is not None:
                 view = c.net.deprocess(c.net.preprocess(item.image)).convert("RGB")  # what the network saw
                 t, left, b, r = (int(v) for v in boxes[u, j])
                 f = max(1, 192 // max(view.size))
-                view = view.resize((view.width * f, view.height * f), Image.NEAREST) if f > 1 else view
+                view = (
+                    view.resize((view.width * f, view.height * f), Image.Resampling.NEAREST)
+                    if f > 1
+                    else view
+                )
                 d = ImageDraw.Draw(view)
                 d.rectangle([left * f, t * f, r * f - 1, b * f - 1], outline=(255, 40, 40), width=max(2, f))
                 tiles.append(view)

@@ -13,8 +13,10 @@ import time
 import streamlit as st
 
 import accel
-from dashboard.common import damaged_runs, escape_md, get_store, guard, share_link
 from dashboard.runview import export_buttons, owner_label, render_run
+from dashboard.session_store import get_store
+from dashboard.state import damaged_runs
+from dashboard.ui import escape_md, guard, share_link
 
 
 def _delete(run_ids: tuple[str, ...]) -> None:
@@ -182,7 +184,9 @@ else:
         for i, r in enumerate(recent):
             with cols[i % 6]:
                 try:
-                    st.image(r.rendered(), width="stretch")
+                    picture = r.rendered()
+                    if picture is not None:
+                        st.image(picture, width="stretch")
                 except accel.BadInput:
                     st.caption("damaged picture")
                 st.caption(f"[{escape_md(r.method)}]({share_link(r.id)}) · {escape_md(r.model)}")

@@ -1,12 +1,13 @@
-"""Style transfer: Gatys et al. (optimisation) next to a fast feed-forward network, with measured times."""
+"""Style transfer: every technique whose spec names the "style" page side by side (Gatys et al.'s optimisation
+next to a fast feed-forward network), with their measured times compared."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from dashboard import jobs
-from dashboard.common import method_names, require_ctx
-from dashboard.pagekit import job_panel
+from dashboard.pagekit import job_panel, methods_on
+from dashboard.sidebar import require_ctx
 
 st.title("Style transfer")
 st.caption(
@@ -15,24 +16,19 @@ st.caption(
 c = require_ctx()
 if not c.model.startswith("vgg"):
     st.info("Gatys' losses are defined on VGG layers: pick vgg19 (or vgg16) as the backbone in the sidebar.")
-avail = method_names("synthesize")
-left, right = st.columns(2)
-with left:
-    st.subheader("Gatys (optimisation)")
-    job_panel(
-        c, [n for n in ("style_transfer",) if n in avail], "gatys", "style_transfer is not registered yet."
-    )
-with right:
-    st.subheader("Fast (feed-forward)")
-    job_panel(c, [n for n in ("fast_style",) if n in avail], "fast", "fast_style is not registered yet.")
-
-times = {}
-for slot, label in (("gatys:style_transfer", "Gatys"), ("fast:fast_style", "fast")):
-    _rid, res = jobs.result_of(slot)
+specs = methods_on("style")
+times: dict[str, float] = {}
+for spec, col in zip(specs, st.columns(max(1, len(specs))), strict=False):
+    with col:
+        st.subheader(f"{spec.name} ({'optimisation' if spec.stoppable else 'one pass'})")
+        job_panel(c, [spec], f"sty_{spec.name}")
+    _rid, res = jobs.result_of(f"sty_{spec.name}:{spec.name}")
     if res is not None and isinstance(res.meta.get("wall_s"), (int, float)):
-        times[label] = float(res.meta["wall_s"])
-if len(times) == 2:
-    ratio = times["Gatys"] / max(times["fast"], 1e-9)
+        times[spec.name] = float(res.meta["wall_s"])
+if not specs:
+    job_panel(c, specs, "sty")  # says that no technique names this page
+if len(times) >= 2:
+    (slow, t_slow), *_, (fast, t_fast) = sorted(times.items(), key=lambda kv: -kv[1])
     st.success(
-        f"Gatys {times['Gatys']:.2f} s vs fast {times['fast']:.3f} s: the fast network is {ratio:.0f}x quicker"
+        f"{slow} {t_slow:.2f} s vs {fast} {t_fast:.3f} s: {fast} is {t_slow / max(t_fast, 1e-9):.0f}x quicker"
     )

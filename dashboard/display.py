@@ -1,0 +1,200 @@
+"""Results on a page: any Result shown by its kind, captions with timings, a shared colour scale for several maps,
+loss curves, WebGL scatters of points and image grids. Every caption and label that may hold user text (dataset
+labels, file names) is shown literally, without server paths."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image
+
+from accel.images import colorize
+from accel.result import Result
+
+from .session_store import public_text
+from .ui import escape_md, html_text
+
+# ---------------------------------------------------------------------------------------------------- display
+
+
+def meta_line(meta: dict[str, Any]) -> str:
+    """Wall time, backend and passes of a result, for captions under maps and images."""
+    parts = []
+    if isinstance(meta.get("wall_s"), (int, float)):
+        parts.append(f"{meta['wall_s']:.2f} s")
+    if meta.get("backend"):
+        parts.append(str(meta["backend"]))
+    if isinstance(meta.get("passes"), (int, float)):
+        parts.append(f"{int(meta['passes'])} passes")
+    t = meta.get("target")
+    if isinstance(t, dict) and t.get("index") is not None:
+        lab = f" {t['label']}" if t.get("label") else ""
+        prob = f" (p={t['probability']:.2f})" if isinstance(t.get("probability"), float) else ""
+        parts.append(f"target {t['index']}{lab}{prob}")
+    elif isinstance(t, (int, np.integer)):
+        parts.append(f"target {int(t)}")
+    return " · ".join(parts)
+
+
+def target_index(meta: dict[str, Any]) -> int | None:
+    """The class index a result explains (meta "target" as an int or as {"index": ...})."""
+    t = meta.get("target")
+    if isinstance(t, dict):
+        t = t.get("index")
+    return int(t) if isinstance(t, (int, np.integer)) else None
+
+
+def show_result(
+    res: Result, *, caption: str = "", alpha: float = 0.5, width: Any = None, key: str = ""
+) -> None:
+    """Display any Result by kind: maps as overlays, images/grids/patches as pictures, points as a scatter. The caption
+    (labels may come from an uploaded model or dataset) is shown as text, server paths hidden."""
+    cap = escape_md(public_text(" · ".join(x for x in (caption, meta_line(res.meta)) if x)), strict=True)
+    if res.kind == "points":
+        st.plotly_chart(points_figure(res), key=key or None)
+        if cap:
+            st.caption(cap)
+        return
+    try:
+        img = res.overlay(alpha=alpha) if res.kind == "map" else res.to_image()
+    except ValueError as e:
+        st.warning(escape_md(public_text(f"cannot display this {res.kind} result: {e}"), strict=True))
+        return
+    img = fit_width(img)
+    st.image(img, caption=cap or None, width=width or ("stretch" if img.width >= 640 else "content"))
+
+
+def fit_width(img: Image.Image, max_side: int = 900) -> Image.Image:
+    """Upscale tiny images (nearest neighbour) so 28x28 inputs stay visible; never exceed `max_side`."""
+    w, h = img.size
+    if max(w, h) >= 256:
+        return img
+    f = max(1, min(256 // max(w, h), max_side // max(w, h)))
+    return img.resize((w * f, h * f), Image.Resampling.NEAREST)
+
+
+def shared_scale(
+    maps: list[np.ndarray], mode: str, signed: bool
+) -> tuple[list[np.ndarray], float, float, str]:
+    """One colour scale for several attribution maps: `mode` "normalised" divides each map by its 99th
+    percentile of |values| (a common 0..1 scale), "absolute" keeps raw values under one global min/max."""
+    out = [
+        np.asarray(m, dtype=np.float32) if signed else np.abs(np.asarray(m, dtype=np.float32)) for m in maps
+    ]
+    if mode == "normalised":
+        res = []
+        for m in out:
+            p = float(np.percentile(np.abs(m), 99)) if m.size else 1.0
+            res.append(np.clip(m / (p if p > 0 else 1.0), -1.0, 1.0))
+        out = res
+        lo, hi = (-1.0, 1.0) if signed else (0.0, 1.0)
+    else:
+        hi = max((float(np.max(np.abs(m))) for m in out if m.size), default=1.0) or 1.0
+        lo = -hi if signed else min((float(np.min(m)) for m in out if m.size), default=0.0)
+    cmap = "RdBu_r" if signed else "jet"
+    return out, lo, hi, cmap
+
+
+def colorbar_image(lo: float, hi: float, cmap: str, width: int = 512, height: int = 14) -> Image.Image:
+    """A horizontal colour bar for the shared scale."""
+    ramp = np.tile(np.linspace(lo, hi, width, dtype=np.float32), (height, 1))
+    return Image.fromarray(colorize(ramp, cmap, lo, hi))
+
+
+def loss_figure(losses: Sequence[float], title: str = "loss") -> go.Figure:
+    """A small line plot of an optimisation's loss curve."""
+    y = np.asarray(losses, dtype=np.float64)
+    fig = go.Figure(go.Scatter(x=np.arange(len(y)), y=y, mode="lines", name=title))
+    fig.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), title=title, xaxis_title="step")
+    return fig
+
+
+def points_figure(
+    res: Result,
+    *,
+    labels: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+    highlight: Sequence[int] = (),
+    marker_size: float | None = None,
+) -> go.Figure:
+    """A WebGL scatter (go.Scattergl) of a points result coloured by label; customdata holds the point index."""
+    pts = np.asarray(res.data, dtype=np.float32)
+    n = len(pts)
+    if labels is None:
+        labels = _find(res, ("labels", "label", "y"))
+    classes = classes or _find(res, ("classes", "class_names", "label_names"))
+    size = marker_size or (6 if n <= 2000 else 4 if n <= 20000 else 2.5)
+    idx = np.arange(n)
+    fig = go.Figure()
+    lab = np.asarray(labels).astype(np.int64) if labels is not None and len(labels) == n else None
+    if lab is not None and len(np.unique(lab)) <= 20:
+        for c in np.unique(lab):
+            sel = lab == c
+            name = html_text(classes[c] if classes is not None and 0 <= c < len(classes) else str(c))
+            fig.add_trace(
+                go.Scattergl(
+                    x=pts[sel, 0],
+                    y=pts[sel, 1],
+                    mode="markers",
+                    name=name,
+                    customdata=idx[sel],
+                    text=[name]
+                    * int(sel.sum()),  # class names come from dataset folders: escaped, never a template
+                    marker=dict(size=size, opacity=0.8),
+                    hovertemplate="%{text}<br>#%{customdata}<extra></extra>",
+                )
+            )
+    else:
+        fig.add_trace(
+            go.Scattergl(
+                x=pts[:, 0],
+                y=pts[:, 1],
+                mode="markers",
+                customdata=idx,
+                marker=dict(
+                    size=size, color=lab if lab is not None else None, colorscale="Turbo", opacity=0.8
+                ),
+                hovertemplate="#%{customdata}<extra></extra>",
+            )
+        )
+    if len(highlight):
+        h = np.asarray(highlight, dtype=np.int64)
+        fig.add_trace(
+            go.Scattergl(
+                x=pts[h, 0],
+                y=pts[h, 1],
+                mode="markers",
+                name="selected",
+                customdata=h,
+                marker=dict(size=14, symbol="circle-open", color="black", line=dict(width=2)),
+                hoverinfo="skip",
+            )
+        )
+    fig.update_layout(
+        height=560, margin=dict(l=10, r=10, t=30, b=10), legend=dict(itemsizing="constant"), dragmode="pan"
+    )
+    return fig
+
+
+def _find(res: Result, names: Sequence[str]) -> Any:
+    for src in (res.extras, res.meta):
+        for k in names:
+            if k in src and src[k] is not None:
+                return src[k]
+    return None
+
+
+def image_row(
+    images: Sequence[Image.Image], captions: Sequence[str], ncols: int = 6, width: Any = "stretch"
+) -> None:
+    """A row-wrapped grid of images with captions (shown as text: they often hold dataset labels or file names)."""
+    if not images:
+        return
+    for i in range(0, len(images), ncols):
+        cols = st.columns(ncols)
+        for col, im, cap in zip(cols, images[i : i + ncols], captions[i : i + ncols]):
+            col.image(im, caption=escape_md(public_text(cap), strict=True) if cap else None, width=width)
