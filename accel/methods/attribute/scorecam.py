@@ -74,7 +74,10 @@ class ScoreCAMWeights(CAMBase):
 
         def reduce(outs: dict[str, np.ndarray]) -> np.ndarray:
             p = _softmax(outs["logits"])
-            return sum(v * p[:, c] for c, v in coefs.items())
+            out = np.zeros(len(p), dtype=p.dtype)
+            for c, v in coefs.items():
+                out = out + v * p[:, c]
+            return out
 
         x0 = self.x.numpy()
         probs = r.sweep(

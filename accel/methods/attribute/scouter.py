@@ -129,6 +129,8 @@ def load_scouter(net: Backbone, sign: str = "positive", checkpoint: str = "") ->
             f"{path.name} is a SCOUTER head with sign {cfg['sign']!r}, but sign={sign!r} was asked for"
         )
     layer = cfg.get("layer")
+    if not isinstance(layer, str):
+        raise BadInput(f"{path.name} names no feature layer (its config lacks 'layer')")
     info = net.layer(layer)  # BadInput if the backbone lacks the layer the head was trained on
     if len(info.out_shape) != 3 or info.out_shape[0] != cfg["in_channels"]:
         raise BadInput(

@@ -163,7 +163,7 @@ def run(net: Backbone, img: Image.Image, p: SaliencyGrabCutParams, obs: Observer
     bgd = np.zeros((1, 65), np.float64)
     fgd = np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)  # GrabCut's GMM initialisation uses k-means with OpenCV's RNG
-    cv2.grabCut(bgr, mask, None, bgd, fgd, p.iterations, cv2.GC_INIT_WITH_MASK)
+    cv2.grabCut(bgr, mask, (0, 0, 0, 0), bgd, fgd, p.iterations, cv2.GC_INIT_WITH_MASK)  # rect unused
     cut = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD))
     cutout = Image.fromarray(np.dstack([rgb, (cut * 255).astype(np.uint8)]), "RGBA")
     meta: dict[str, Any] = {
