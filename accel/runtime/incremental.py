@@ -582,7 +582,9 @@ class IncrementalOcclusion:
     def _session(path: Path) -> Any:
         from .session import make_session
 
-        sess, _, _ = make_session(path, ("CPUExecutionProvider",) if not torch.cuda.is_available() else None)
+        sess, _, _ = make_session(  # pooled with the engine: shared by every caller, no arena
+            path, ("CPUExecutionProvider",) if not torch.cuda.is_available() else None, arena=False
+        )
         return sess
 
     def _quantize(self, paths: list[Path], tail_path: Path) -> tuple[list[Path], Path, np.ndarray, list]:

@@ -167,9 +167,12 @@ def provider_options(provider: str, fp16: bool = False) -> dict[str, Any]:
     return {}
 
 
-def session_options(threads: int | None = None, optimized_path: str | os.PathLike[str] | None = None) -> Any:
+def session_options(
+    threads: int | None = None, optimized_path: str | os.PathLike[str] | None = None, arena: bool = True
+) -> Any:
     """SessionOptions as convlens uses them: full graph optimisation, quiet logs, no busy-waiting unless
-    CONVLENS_ORT_SPIN, `threads` intra-op threads (default: `default_threads()`)."""
+    CONVLENS_ORT_SPIN, `threads` intra-op threads (default: `default_threads()`); `arena=False` for sessions
+    shared by many callers (see below)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -177,10 +180,11 @@ def session_options(threads: int | None = None, optimized_path: str | os.PathLik
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
     so.log_severity_level = QUIET
-    # No per-session CPU arena: it grows to the sum of the runs in flight on a shared session and never shrinks
-    # (8 concurrent occlusions on lite0 kept ~0.8 GiB); plain malloc is as fast here (625-window sweep 5.89 vs
-    # 5.83 s, incremental 3.47 vs 3.72 s) and gives memory back (`alloc.release_memory`).
-    so.enable_cpu_mem_arena = False
+    # Pooled sessions run without the CPU arena: it grows to the sum of the runs in flight on a shared session and
+    # never shrinks (8 concurrent occlusions on lite0 kept ~0.8 GiB); plain malloc is as fast here (625-window
+    # sweep 5.89 vs 5.83 s, incremental 3.47 vs 3.72 s) and gives memory back (`alloc.release_memory`). Other
+    # sessions keep it: its allocation failures state the size asked for, malloc's only say "bad_alloc".
+    so.enable_cpu_mem_arena = bool(arena)
     if not settings.get("CONVLENS_ORT_SPIN"):  # shared machines: do not busy-wait between ops
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path is not None:
@@ -194,10 +198,12 @@ def make_session(
     threads: int | None = None,
     optimized_path: str | os.PathLike[str] | None = None,
     fp16: bool = False,
+    arena: bool = True,
 ) -> tuple[Any, str, list[str]]:
     """Start an InferenceSession on the best provider that really starts; returns (session, provider, failures).
 
-    For convlens' own graphs (exports, stages); an uploaded graph runs in `accel.runtime.sandbox` instead."""
+    For convlens' own graphs (exports, stages); an uploaded graph runs in `accel.runtime.sandbox` instead.
+    `arena=False` for the pooled sessions every browser session shares (see `session_options`)."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(QUIET)
@@ -215,7 +221,7 @@ def make_session(
         order.append("CPUExecutionProvider")
     alloc: OrtAllocationError | None = None
     for prov in order:
-        so = session_options(threads, optimized_path if prov == "CPUExecutionProvider" else None)
+        so = session_options(threads, optimized_path if prov == "CPUExecutionProvider" else None, arena)
         plist: list[Any] = (
             [prov]
             if prov == "CPUExecutionProvider"
