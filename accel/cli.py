@@ -153,7 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .runtime.export import export_backbone
-    from .runtime.runner import check_file_parity
+    from .runtime.export import check_file_parity
 
     out = check_out_file(args.out, (".onnx",), "--out")
     net = _load(args)

@@ -427,3 +427,43 @@ def test_convlens_export_of_lite0_runs_sandboxed_and_overhead(
         )
         assert sbx - ina < max(0.25, 0.5 * ina), rows[-1]
     record_property("summary_line", "sandbox overhead on a lite0 ONNX file: " + "; ".join(rows))
+
+
+# -- the one export + parity + session path for modules that are not backbones (fast-style networks) ------------
+
+
+class _TracesDifferently(torch.nn.Module):
+    """Doubles its input when traced for export, returns it as is in eager mode: every export disagrees."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if torch.jit.is_tracing() else x
+
+
+def test_verified_graph_rebuilds_a_disagreeing_cache_entry_and_refuses_a_fresh_one(tmp_path):
+    from accel.runtime import export as ex
+
+    spec = ex.GraphSpec(
+        example=(torch.rand(1, 3, 8, 8),),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h", 3: "w"}},
+    )
+    probes = [np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32) for h, w in ((8, 8), (12, 16))]
+    conv = torch.nn.Conv2d(3, 2, 3).eval()
+    target = tmp_path / "conv.onnx"
+    got = ex.verified_graph(conv, target, spec, probes)
+    assert got.path == target and got.parity <= ex.PARITY_RTOL and ex.recorded_problem(target) is None
+    assert ex.verified_graph(conv, target, spec, probes) is got  # opened and checked once per process
+    # another network's graph recorded under this name (a stale or planted cache entry): rebuilt, then used
+    ex.export_module(torch.nn.Conv2d(3, 2, 3).eval(), spec, target, rebuild=True)
+    with pytest.warns(UserWarning, match="failed its parity check"):
+        again = ex.verified_graph(conv, target, spec, probes, providers=("CPUExecutionProvider",))
+    assert again.parity <= ex.PARITY_RTOL
+    # a module whose fresh export disagrees too is refused, and its graph is not left in the cache
+    sly = tmp_path / "sly.onnx"
+    with (
+        pytest.warns(UserWarning, match="rebuilding it"),
+        pytest.raises(ex.ParityError, match="also after rebuilding"),
+    ):
+        ex.verified_graph(_TracesDifferently(), sly, spec, probes)
+    assert not sly.exists()

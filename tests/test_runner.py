@@ -600,7 +600,7 @@ def test_check_file_parity_of_an_out_file(tmp_path):
     export passes with its per-tap differences, another model's graph is refused with ParityError."""
     import copy
 
-    from accel.runtime.runner import ParityError, check_file_parity
+    from accel.runtime.export import ParityError, check_file_parity
 
     net = get_net("fashion_cnn")
     good = export_mod.export_backbone(net, ["logits", "embedding"], out=tmp_path / "good.onnx")

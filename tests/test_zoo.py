@@ -279,3 +279,58 @@ def test_models_dir_copy_still_loads(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert accel.load("vgg19").module is not None
+
+
+def test_onnx_files_get_their_engine_from_accel_load(tmp_path, chelsea):
+    """The zoo runs nothing itself: accel.zoo.load refuses an .onnx file with a pointer to accel.load, which
+    injects ONNX Runtime's sandboxed runner as the backbone's forward engine."""
+    from accel.runtime.export import export_backbone
+
+    path = export_backbone(get_net("fashion_cnn"), ["logits"], out=tmp_path / "f.onnx")
+    with pytest.raises(BadInput, match="load it with accel.load"):
+        zoo.load(path)
+    net = accel.load(path)
+    assert net.engine is not None and net.predict(chelsea, top=1) == get_net("fashion_cnn").predict(
+        chelsea, top=1
+    )
+
+
+def test_architectures_declare_their_decomposition():
+    """What the incremental engine splits is declared by each architecture (chain names are layers of the
+    backbone); torchvision classifiers declare none."""
+    from accel.archs import decomposition
+
+    for name, crop_only in (
+        ("alexnet", False),
+        ("vgg19", False),
+        ("fashion_cnn", False),
+        ("efficientnet_lite0", True),
+    ):
+        net = get_net(name)
+        dec = decomposition(net.module)
+        assert dec is not None and dec.crop_only is crop_only
+        layers = {li.name for li in net.layers()}
+        assert dec.chain and all(n in layers for n, _ in dec.chain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert decomposition(accel.load("resnet18", pretrained=False).module) is None
+
+
+def test_every_shipped_artifact_matches_its_card(tmp_path, monkeypatch):
+    """One card + SHA-256 check for every shipped file (backbones, fast-style networks, SCOUTER heads); a
+    trained file that does not match is refused, naming the command that retrains it."""
+    from accel.methods.synthesize import fast_style
+
+    for card_path in sorted(zoo.MODELS_DIR.glob("*.toml")):
+        card, path = zoo.cards.shipped(card_path.stem)
+        assert path.is_file() and card["sha256"] == zoo.file_sha256(path)
+    for f in zoo.MODELS_DIR.glob("*.toml"):
+        shutil.copy(f, tmp_path / f.name)
+    damaged = bytearray((zoo.MODELS_DIR / "fast_style_mosaic.safetensors").read_bytes())
+    damaged[-1] ^= 1
+    (tmp_path / "fast_style_mosaic.safetensors").write_bytes(bytes(damaged))
+    monkeypatch.setattr(zoo.cards, "MODELS_DIR", tmp_path)
+    with pytest.raises(BadInput, match=r"SHA-256 .*retrain it with: python -m accel\.training\.fast_style"):
+        fast_style.load_transformer("mosaic")
+    with pytest.raises(BadInput, match=r"fashion_cnn\.safetensors is missing; retrain it with"):
+        accel.load("fashion_cnn")

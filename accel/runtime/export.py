@@ -434,6 +434,49 @@ def module_parity(module: nn.Module, session: Any, probes: Sequence[np.ndarray])
     return worst
 
 
+def compare_to_torch(
+    net: Backbone, taps: Sequence[str], x: np.ndarray, outs: Sequence[np.ndarray], meta: dict[str, Any]
+) -> None:
+    """Parity: ONNX outputs `outs` for input `x` against the torch module, per tap (max abs diff recorded in
+    `meta`); ParityError past PARITY_RTOL relative to max(1, |torch output|)."""
+    from .runner import forward_taps
+
+    with torch.no_grad():
+        ref = forward_taps(net, torch.from_numpy(x), taps)
+    worst = 0.0
+    for t, o in zip(taps, outs):
+        r = ref[t].float().numpy()
+        if o.shape[1:] != r.shape[1:]:
+            raise ParityError(
+                f"ONNX export of {net.name} gives tap {t!r} the shape {o.shape[1:]}, torch "
+                f"{r.shape[1:]}; refusing to use it"
+            )
+        d, scale = parity_gap(r, o)
+        worst = max(worst, d / scale) if d == d else float("inf")
+        meta.setdefault("parity_max_abs", {})[t] = d
+        if not d <= PARITY_RTOL * scale:  # NaN differences fail too
+            raise ParityError(
+                f"ONNX export of {net.name} disagrees with torch on tap {t!r}: max abs diff {d:.3g} "
+                f"(allowed {PARITY_RTOL * scale:.3g}); refusing to use it"
+            )
+    meta["parity_rel"] = worst
+
+
+def check_file_parity(net: Backbone, taps: Sequence[str], path: str | Path) -> dict[str, Any]:
+    """Parity of an exported .onnx file (e.g. `convlens export --out`) against `net`'s torch module on the
+    same probe input the runner uses; returns {"parity_max_abs": {tap: diff}, "parity_rel": worst}, or
+    ParityError (a BadInput) if it disagrees."""
+    from .session import make_session, run_session
+
+    sess, _, _ = make_session(path, ("CPUExecutionProvider",))
+    g = torch.Generator().manual_seed(0)
+    x = net.normalize(torch.rand(2, 3, net.pre.size, net.pre.size, generator=g)).numpy()
+    outs = run_session(sess, {sess.get_inputs()[0].name: x}, f"checking {Path(path).name}")
+    meta: dict[str, Any] = {}
+    compare_to_torch(net, list(dict.fromkeys(taps)), x, outs, meta)
+    return meta
+
+
 @dataclass(frozen=True)
 class VerifiedGraph:
     """A cached export opened in ONNX Runtime after its parity check: file, session, provider, worst gap."""

@@ -29,7 +29,7 @@ import torch
 from .. import settings
 from ..errors import BadInput, ResourceLimit
 from ..taps import capture
-from .export import PARITY_RTOL, ParityError, parity_gap
+from .export import ParityError, compare_to_torch
 from .sweep import Perturbation
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ POOL_MAX = 16  # ONNX Runtime runners kept (least recently used dropped first)
 def forward_taps(net: Backbone, x: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
     """Run the torch module once and return the requested taps (the definition both runners implement)."""
     mod = net.require_module("the torch runner")
-    emb = net.embedding_layer
+    emb = net.embedding_layer or ""
     if "embedding" in taps and not emb:
         raise BadInput(f"{net.name!r} declares no embedding layer; name a layer tap instead")
     if "logits" in taps and not net.has_head:
@@ -51,7 +51,7 @@ def forward_taps(net: Backbone, x: torch.Tensor, taps: Sequence[str]) -> dict[st
         )
     hooks = [t for t in taps if t not in ("logits", "embedding")]
     if "embedding" in taps and emb not in hooks:
-        hooks.append(emb)  # type: ignore[arg-type]
+        hooks.append(emb)
     with capture(mod, hooks) as st:
         y = mod(x)
     out: dict[str, torch.Tensor] = {}
@@ -59,7 +59,7 @@ def forward_taps(net: Backbone, x: torch.Tensor, taps: Sequence[str]) -> dict[st
         if t == "logits":
             out[t] = y
         elif t == "embedding":
-            e = st[emb]  # type: ignore[index]
+            e = st[emb]
             out[t] = (e.mean((2, 3)) if e.ndim == 4 else e).flatten(1)
         else:
             out[t] = st[t]
@@ -335,7 +335,12 @@ class OrtRunner(Runner):
             if precision == "int8":
                 path = quantize_int8(path, calib)
         self.path = path
-        self.session, self.provider, failures = make_session(path, providers, fp16=precision == "fp16")
+        self.session, self.provider, failures = make_session(
+            path,
+            providers,
+            fp16=precision == "fp16",
+            arena=False,  # pooled: shared by every caller
+        )
         if precision == "fp16":
             if self.provider == "CPUExecutionProvider":
                 raise BadInput(
@@ -458,47 +463,6 @@ class OrtRunner(Runner):
 
     def _check(self, x: np.ndarray, outs: list[np.ndarray]) -> None:
         compare_to_torch(self.net, self.taps, x, outs, self.meta)
-
-
-def compare_to_torch(
-    net: Backbone, taps: Sequence[str], x: np.ndarray, outs: Sequence[np.ndarray], meta: dict[str, Any]
-) -> None:
-    """Parity: ONNX outputs `outs` for input `x` against the torch module, per tap (max abs diff recorded in
-    `meta`); ParityError past PARITY_RTOL relative to max(1, |torch output|)."""
-    with torch.no_grad():
-        ref = forward_taps(net, torch.from_numpy(x), taps)
-    worst = 0.0
-    for t, o in zip(taps, outs):
-        r = ref[t].float().numpy()
-        if o.shape[1:] != r.shape[1:]:
-            raise ParityError(
-                f"ONNX export of {net.name} gives tap {t!r} the shape {o.shape[1:]}, torch "
-                f"{r.shape[1:]}; refusing to use it"
-            )
-        d, scale = parity_gap(r, o)
-        worst = max(worst, d / scale) if d == d else float("inf")
-        meta.setdefault("parity_max_abs", {})[t] = d
-        if not d <= PARITY_RTOL * scale:  # NaN differences fail too
-            raise ParityError(
-                f"ONNX export of {net.name} disagrees with torch on tap {t!r}: max abs diff {d:.3g} "
-                f"(allowed {PARITY_RTOL * scale:.3g}); refusing to use it"
-            )
-    meta["parity_rel"] = worst
-
-
-def check_file_parity(net: Backbone, taps: Sequence[str], path: str | Path) -> dict[str, Any]:
-    """Parity of an exported .onnx file (e.g. `convlens export --out`) against `net`'s torch module on the
-    same probe input the runner uses; returns {"parity_max_abs": {tap: diff}, "parity_rel": worst}, or
-    ParityError (a BadInput) if it disagrees."""
-    from .session import make_session, run_session
-
-    sess, _, _ = make_session(path, ("CPUExecutionProvider",))
-    g = torch.Generator().manual_seed(0)
-    x = net.normalize(torch.rand(2, 3, net.pre.size, net.pre.size, generator=g)).numpy()
-    outs = run_session(sess, {sess.get_inputs()[0].name: x}, f"checking {Path(path).name}")
-    meta: dict[str, Any] = {}
-    compare_to_torch(net, list(dict.fromkeys(taps)), x, outs, meta)
-    return meta
 
 
 def onnx_logits(net: Backbone, x: np.ndarray) -> np.ndarray:
