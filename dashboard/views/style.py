@@ -16,7 +16,8 @@ st.caption(
 c = require_ctx()
 if not c.model.startswith("vgg"):
     st.info("Gatys' losses are defined on VGG layers: pick vgg19 (or vgg16) as the backbone in the sidebar.")
-specs = methods_on("style")
+# optimisation first (it can be stopped), then the one-pass networks it is compared with
+specs = sorted(methods_on("style"), key=lambda s: not s.stoppable)
 times: dict[str, float] = {}
 for spec, col in zip(specs, st.columns(max(1, len(specs))), strict=False):
     with col:
