@@ -152,8 +152,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .runtime.export import export_backbone
-    from .runtime.export import check_file_parity
+    from .runtime.export import check_file_parity, export_backbone
 
     out = check_out_file(args.out, (".onnx",), "--out")
     net = _load(args)

@@ -117,7 +117,9 @@ def test_early_stop_progress_and_cancellation():
     res = _tiny_run(-_opt.class_score(2), steps=8, observer=w)
     assert len(w.seen) == 8 and w.seen == sorted(w.seen) and w.seen[-1] == pytest.approx(1.0)
     assert res.loss_history[-1] < res.loss_history[0]
-    assert [r.value for r in w.records] == res.loss_history and [r.step for r in w.records] == list(range(1, 9))
+    assert [r.value for r in w.records] == res.loss_history and [r.step for r in w.records] == list(
+        range(1, 9)
+    )
     w = Watch(stop_after=4)
     res = _tiny_run(-_opt.class_score(2), steps=50, observer=w)
     assert res.steps == 4 and res.stopped.startswith("cancelled")

@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import BadInput
+from ...registry import SILENT, Observer
 from ...runtime.runner import runner
 
 if TYPE_CHECKING:
     from ...backbone import Backbone, LayerInfo
     from ...datasets import Dataset
-
-Progress = Callable[[float, str], None] | None
 
 _LOCK = threading.RLock()
 
@@ -53,10 +52,9 @@ class LRU(OrderedDict):
 _FEATURES = LRU(6)
 
 
-def report(progress: Progress, frac: float, msg: str) -> None:
-    """Call `progress` if given, with the fraction clipped to 0..1."""
-    if progress is not None:
-        progress(float(min(1.0, max(0.0, frac))), msg)
+def report(obs: Observer, frac: float, msg: str) -> None:
+    """Tell the observer `frac` of the work is done, the fraction clipped to 0..1."""
+    obs.progress(float(min(1.0, max(0.0, frac))), msg)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -142,7 +140,7 @@ def dataset_features(
     ds: Dataset,
     tap: str = "embedding",
     backend: str = "auto",
-    progress: Progress = None,
+    obs: Observer = SILENT,
     batch_size: int = 256,
 ) -> Features:
     """Features of `tap` for every image of `ds`, computed once through the runner and cached (LRU)."""
@@ -168,7 +166,7 @@ def dataset_features(
             ids.extend(bid)
             thumbs.append(to_thumbs(net, x, ts))
             done += len(x)
-            report(progress, done / max(n, 1), f"features {done}/{n}")
+            report(obs, done / max(n, 1), f"features {done}/{n}")
         if not feats:
             extra = f" ({len(ds.errors)} unreadable files, e.g. {ds.errors[0]})" if ds.errors else ""
             raise BadInput(f"dataset {ds.spec} yielded no images{extra}")
@@ -193,7 +191,7 @@ def dataset_features(
         )
 
     feats = _FEATURES.get_or(key, make)
-    report(progress, 1.0, "features ready")
+    report(obs, 1.0, "features ready")
     return feats
 
 

@@ -84,9 +84,8 @@ def channel_stats(maps: np.ndarray) -> dict[str, np.ndarray]:
 )
 def run(net: Backbone, img: Image.Image, p: ActivationsParams, obs: Observer) -> Result:
     """All feature maps of one layer for one image as a grayscale grid, plus per-channel statistics."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     li = spatial_layer(net, p.layer, default_activation_layer(net), "activations")
-    report(progress, 0.1, f"forward to {li.name}")
+    report(obs, 0.1, f"forward to {li.name}")
     maps = layer_maps(net, img, li.name)
     if not np.isfinite(maps).all():
         raise BadInput(f"layer {li.name!r} produced NaN/inf activations for this image")
@@ -112,11 +111,11 @@ def run(net: Backbone, img: Image.Image, p: ActivationsParams, obs: Observer) ->
             a, b = float(m.min()), float(m.max())
         u = (m - a) / (b - a) if b > a else np.zeros_like(m)
         tiles.append(upscale(rgb((np.clip(u, 0, 1) * 255 + 0.5).astype(np.uint8)), zoom))
-    report(progress, 0.8, "drawing")
+    report(obs, 0.8, "drawing")
     ncols = math.ceil(math.sqrt(len(tiles)))
     grid = make_grid(tiles, ncols=ncols, pad=p.pad, pad_value=(255, 255, 80))
     dead = np.flatnonzero(stats["max"] <= 0)
-    report(progress, 1.0, "done")
+    report(obs, 1.0, "done")
     return Result(
         "grid",
         grid,

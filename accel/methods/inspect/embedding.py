@@ -199,14 +199,13 @@ def project(
 )
 def run(net: Backbone, img: Any, p: EmbeddingParams, obs: Observer) -> Result:
     """A 2-D map (PCA / t-SNE / UMAP) of a dataset's feature vectors, with labels and the t-SNE image grid."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     tap = vector_tap(net, p.tap)
     ds = resolve_dataset(net, p.dataset, p.limit)
-    fs = dataset_features(net, ds, tap, p.backend, progress=lambda f, m: report(progress, 0.5 * f, m))
+    fs = dataset_features(net, ds, tap, p.backend, obs=obs.span(0.0, 0.5))
     if p.grid:  # at most grid^2 tiles, fewer for a small dataset (a near-square grid: + one row)
         m = min(len(fs.feats), p.grid**2)
         check_canvas((m + math.isqrt(m) + 1) * p.thumb**2, "embedding image grid", "grid or thumb")
-    report(progress, 0.5, f"{p.projection} of {len(fs.feats)} points")
+    report(obs, 0.5, f"{p.projection} of {len(fs.feats)} points")
     t0 = time.perf_counter()
     pts, impl = project(fs, p.projection, p.perplexity, p.n_neighbors, p.seed, p.gradient)
     proj_s = time.perf_counter() - t0
@@ -229,7 +228,7 @@ def run(net: Backbone, img: Any, p: EmbeddingParams, obs: Observer) -> Result:
         **{f"features_{k}": v for k, v in fs.meta.items()},
     }
     if p.grid:
-        report(progress, 0.9, "image grid")
+        report(obs, 0.9, "image grid")
         t1 = time.perf_counter()
         mosaic, chosen, cells = grid_image(pts, fs.thumbs, p.grid, p.thumb, p.seed)
         extras.update(grid_image=mosaic, grid_points=chosen, grid_cells=cells, image=Image.fromarray(mosaic))
@@ -242,7 +241,7 @@ def run(net: Backbone, img: Any, p: EmbeddingParams, obs: Observer) -> Result:
         k = min(10, (len(pts) - 1) // 2)  # scikit-learn needs k < n/2 (a 5-image set gets k=2)
         meta["trustworthiness"] = float(trustworthiness(fs.feats, pts, n_neighbors=k))
         meta["trustworthiness_k"] = k
-    report(progress, 1.0, "done")
+    report(obs, 1.0, "done")
     return Result("points", pts.astype(np.float32), meta=meta, extras=extras)
 
 

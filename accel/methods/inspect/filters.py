@@ -71,7 +71,6 @@ def _pick_conv(net: Backbone, name: str) -> tuple[str, nn.Conv2d, bool]:
 )
 def run(net: Backbone, img: Any, p: FiltersParams, obs: Observer) -> Result:
     """Convolution kernels as a tile mosaic: RGB tiles for the first layer, per-input-channel grids deeper."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     name, conv, first = _pick_conv(net, p.layer)
     w = conv.weight.detach().float().cpu().numpy()  # (O, I/groups, kh, kw)
     out_c, in_c, kh, kw = w.shape
@@ -88,7 +87,7 @@ def run(net: Backbone, img: Any, p: FiltersParams, obs: Observer) -> Result:
     check_canvas(
         n_tiles * (kh * zoom + p.pad) * (kw * zoom + p.pad), "filters", "max_filters, max_inputs or zoom"
     )
-    report(progress, 0.3, f"{len(shown)} filters of {name}")
+    report(obs, 0.3, f"{len(shown)} filters of {name}")
 
     if rgb_tiles or in_c == 1:
         # one tile per filter: RGB (first layer) or grayscale (single input channel / depthwise)
@@ -110,7 +109,7 @@ def run(net: Backbone, img: Any, p: FiltersParams, obs: Observer) -> Result:
                 tiles.append(upscale(rgb((np.clip(t, 0, 1) * 255 + 0.5).astype(np.uint8)), zoom))
         grid = make_grid(tiles, ncols=n_in, pad=p.pad, pad_value=(255, 255, 255))
         layout = {"rows": len(shown), "cols": n_in, "inputs_shown": n_in}
-    report(progress, 1.0, "done")
+    report(obs, 1.0, "done")
 
     sel = flat[shown]
     stats = {

@@ -19,12 +19,11 @@ import numpy as np
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import BACKEND, DATASET, LAYER, Observer, param, register
+from ...registry import BACKEND, DATASET, LAYER, SILENT, Observer, param, register
 from ...result import Result
 from ...runtime.runner import runner
 from ._common import (
     LRU,
-    Progress,
     check_canvas,
     dataset_key,
     default_activation_layer,
@@ -117,7 +116,7 @@ def scan(
     k: int,
     batch_size: int = 128,
     backend: str = "auto",
-    progress: Progress = None,
+    obs: Observer = SILENT,
 ) -> tuple[TopK, dict[str, Any]]:
     """Pass 1: stream `ds` through the runner and keep the top-k per channel of `layer` (cached per inputs)."""
     key = (net.weights_hash(), dataset_key(ds), layer, k)
@@ -129,7 +128,7 @@ def scan(
         top = TopK(k, int(net.layer(layer).out_shape[0]))
         for x, _labels, ids in ds.batches(net, batch_size):
             top.update(r.run(x)[layer], ids)
-            report(progress, 0.9 * top.seen / max(n, 1), f"{top.seen}/{n} images")
+            report(obs, 0.9 * top.seen / max(n, 1), f"{top.seen}/{n} images")
         if top.seen == 0:
             extra = f" ({len(ds.errors)} unreadable files, e.g. {ds.errors[0]})" if ds.errors else ""
             raise BadInput(f"dataset {ds.spec} yielded no images{extra}")
@@ -187,7 +186,6 @@ def crop_unit(
 )
 def run(net: Backbone, img: Any, p: MaxPatchesParams, obs: Observer) -> Result:
     """The k dataset patches (exact receptive fields) that activate chosen channels most, with their values."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     import torch
 
     li = spatial_layer(net, p.layer, default_activation_layer(net), "max_patches")
@@ -200,7 +198,7 @@ def run(net: Backbone, img: Any, p: MaxPatchesParams, obs: Observer) -> Result:
     chosen = parse_int_list(p.channels, "max_patches: channels", n_ch) if p.channels.strip() else []
     ds = resolve_dataset(net, p.dataset, p.limit)
     t0 = time.perf_counter()
-    top, info = scan(net, ds, li.name, p.k, p.batch_size, p.backend, progress)
+    top, info = scan(net, ds, li.name, p.k, p.batch_size, p.backend, obs)
     sel = top.selectivity()
     if not chosen:
         ranked = [int(c) for c in np.argsort(-sel, kind="stable") if np.isfinite(sel[c])]
@@ -216,7 +214,7 @@ def run(net: Backbone, img: Any, p: MaxPatchesParams, obs: Observer) -> Result:
 
     # pass 2: reload only the winning images and crop their fields
     win_ids = list(dict.fromkeys(top.ids[c, j] for c in chosen for j in range(k_eff)))
-    report(progress, 0.9, f"cropping {len(win_ids)} images")
+    report(obs, 0.9, f"cropping {len(win_ids)} images")
     xs: dict[str, np.ndarray] = {}
     for x, _lab, ids in ds.subset(win_ids).batches(net, p.batch_size):
         for i, key in enumerate(ids):
@@ -254,7 +252,7 @@ def run(net: Backbone, img: Any, p: MaxPatchesParams, obs: Observer) -> Result:
         ids_out.append(row_ids)
         crops.append(row_crops)
     mosaic = draw_mosaic(patches, values, chosen, side)
-    report(progress, 1.0, "done")
+    report(obs, 1.0, "done")
     return Result(
         "patches",
         patches,

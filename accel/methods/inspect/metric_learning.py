@@ -16,10 +16,9 @@ import numpy as np
 from PIL import Image
 
 from ...errors import BadInput
-from ...registry import BACKEND, DATASET, SEED, TAP, Observer, param, register
+from ...registry import BACKEND, DATASET, SEED, SILENT, TAP, Observer, param, register
 from ...result import Result
 from ._common import (
-    Progress,
     dataset_features,
     report,
     resolve_dataset,
@@ -73,7 +72,7 @@ def train_head(
     margin: float,
     lr: float,
     seed: int,
-    progress: Progress = None,
+    obs: Observer = SILENT,
 ) -> tuple[Any, list[float]]:
     """Train Linear-ReLU-Linear + L2 norm with batch-hard triplet loss; returns (head, mean loss per epoch)."""
     import torch
@@ -112,8 +111,7 @@ def train_head(
             tot += float(loss.detach()) * int(valid.sum())
             cnt += int(valid.sum())
         losses.append(tot / max(cnt, 1))
-        if progress is not None:
-            progress((ep + 1) / epochs, f"epoch {ep + 1}/{epochs} loss {losses[-1]:.4f}")
+        obs.progress((ep + 1) / epochs, f"epoch {ep + 1}/{epochs} loss {losses[-1]:.4f}")
     return head.eval(), losses
 
 
@@ -126,7 +124,6 @@ def train_head(
 )
 def run(net: Backbone, img: Any, p: MetricLearningParams, obs: Observer) -> Result:
     """Train a triplet-loss projection head on frozen features; recall@1 before/after and the new 2-D map."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     import torch
 
     tap = "embedding" if p.tap == "pixels" else vector_tap(net, p.tap)
@@ -137,7 +134,7 @@ def run(net: Backbone, img: Any, p: MetricLearningParams, obs: Observer) -> Resu
         raise BadInput(
             f"metric_learning needs labelled images; {ds.spec} has no labels (use class subfolders)"
         )
-    fs = dataset_features(net, ds, tap, p.backend, progress=lambda f, m: report(progress, 0.3 * f, m))
+    fs = dataset_features(net, ds, tap, p.backend, obs=obs.span(0.0, 0.3))
     feats = fs.pixels() if p.tap == "pixels" else fs.feats
     labels = fs.labels
     if (labels < 0).any():
@@ -172,7 +169,7 @@ def run(net: Backbone, img: Any, p: MetricLearningParams, obs: Observer) -> Resu
             p.margin,
             p.lr,
             p.seed,
-            progress=lambda f, m: report(progress, 0.3 + 0.65 * f, m),
+            obs=obs.span(0.3, 0.95),
         )
     with torch.no_grad():
         z = torch.nn.functional.normalize(head(torch.from_numpy(xs)), dim=1).numpy()
@@ -184,7 +181,7 @@ def run(net: Backbone, img: Any, p: MetricLearningParams, obs: Observer) -> Resu
     pts_before = pca(feats[test], 2)
     sc_b, sc_a = scatter_image(pts_before, labels[test], 384), scatter_image(pts, labels[test], 384)
     side = np.concatenate([sc_b, np.full((384, 8, 3), 255, np.uint8), sc_a], axis=1)
-    report(progress, 1.0, f"recall@1 {before:.3f} -> {after:.3f}")
+    report(obs, 1.0, f"recall@1 {before:.3f} -> {after:.3f}")
     return Result(
         "points",
         pts,

@@ -172,10 +172,9 @@ class NeighborsParams:
 )
 def run(net: Backbone, img: Image.Image, p: NeighborsParams, obs: Observer) -> Result:
     """k nearest dataset images of the query in feature space next to those in pixel space."""
-    progress = obs.callback()  # a plain callable for the runtime layer
     tap = vector_tap(net, p.tap)
     ds = resolve_dataset(net, p.dataset, p.limit)
-    fs = dataset_features(net, ds, tap, p.backend, progress=lambda f, m: report(progress, 0.9 * f, m))
+    fs = dataset_features(net, ds, tap, p.backend, obs=obs.span(0.0, 0.9))
     x = net.preprocess(img).numpy()
     qf = runner(net, [tap], backend=p.backend).run(x)[tap]
     qf = qf.mean(axis=(2, 3)) if qf.ndim == 4 else qf.reshape(1, -1)
@@ -191,7 +190,7 @@ def run(net: Backbone, img: Image.Image, p: NeighborsParams, obs: Observer) -> R
         raise BadInput(f"neighbors: k={p.k} but the gallery {ds.spec} has only {n_avail} usable images")
     fi, fd, used = knn(fs.feats, qf, p.k, p.metric, p.index, exclude)
     pi, pd, _ = knn(gp, qp, p.k, p.pixel_metric, p.index, exclude)
-    report(progress, 0.95, "drawing")
+    report(obs, 0.95, "drawing")
 
     def side(idx: np.ndarray, dist: np.ndarray) -> dict[str, Any]:
         labs = fs.labels[idx]
@@ -205,7 +204,7 @@ def run(net: Backbone, img: Image.Image, p: NeighborsParams, obs: Observer) -> R
 
     feat, pix = side(fi[0], fd[0]), side(pi[0], pd[0])
     mosaic = _draw(qthumb[0], fs.thumbs, feat, pix, p.tile)
-    report(progress, 1.0, "done")
+    report(obs, 1.0, "done")
     return Result(
         "grid",
         mosaic,
