@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import BadInput
 
@@ -22,7 +22,7 @@ FAMILY_VERBS = {"explain": "attribute", "inspect": "inspect", "synthesize": "syn
 class _Parser(argparse.ArgumentParser):
     """argparse with convlens's error convention: one line on stderr, exit code 2 (no usage block)."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         hint = f" (see `{self.prog} --help`)"
         print(f"convlens: error: {' '.join(message.split())}{hint}", file=sys.stderr)
         raise SystemExit(2)
@@ -98,19 +98,23 @@ def _save_output(write: Any, out: Path, what: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _progress_bar(desc: str) -> Any:
-    from tqdm import tqdm
+class _ProgressBar:
+    """A `callback(frac, msg)` that draws a tqdm bar on stderr (terminals only); close() removes it."""
 
-    bar = tqdm(total=100, desc=desc, unit="%", leave=False, file=sys.stderr, disable=None)  # terminals only
+    def __init__(self, desc: str) -> None:
+        from tqdm import tqdm
 
-    def cb(frac: float, msg: str = "") -> None:
-        bar.n = int(round(100 * max(0.0, min(1.0, frac))))
+        self._bar = tqdm(total=100, desc=desc, unit="%", leave=False, file=sys.stderr, disable=None)
+
+    def __call__(self, frac: float, msg: str = "") -> None:
+        self._bar.n = int(round(100 * max(0.0, min(1.0, frac))))
         if msg:
-            bar.set_postfix_str(msg, refresh=False)
-        bar.refresh()
+            self._bar.set_postfix_str(msg, refresh=False)
+        self._bar.refresh()
 
-    cb.close = bar.close  # type: ignore[attr-defined]
-    return cb
+    def close(self) -> None:
+        """Remove the bar from the terminal."""
+        self._bar.close()
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -175,7 +179,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         check_out_dir(args.out, "--out")
-    bar = _progress_bar("bench")
+    bar = _ProgressBar("bench")
     try:
         rep = run_bench(quick=args.quick, out_dir=args.out, int8=True if args.int8 else None, progress=bar)
     finally:
@@ -195,7 +199,7 @@ def _add_method_args(p: argparse.ArgumentParser, spec: Any) -> None:
             help_ += (
                 f" [{info.min if info.min is not None else ''}..{info.max if info.max is not None else ''}]"
             )
-        p.add_argument(flag, dest=f"p_{info.name}", default=None, help=f"{help_} (default: {info.default})")
+        p.add_argument(flag, dest=f"p_{info.name}", default=None, help=f"{help_} (default: {info.default})".replace("%", "%%"))
 
 
 def _method_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespace:
@@ -249,7 +253,7 @@ def cmd_method(args: argparse.Namespace) -> int:
     img = open_image(args.image) if args.image else None
     net = _load(args)
     params = {k[2:]: v for k, v in vars(args).items() if k.startswith("p_") and v is not None}
-    bar = _progress_bar(spec.name)
+    bar = _ProgressBar(spec.name)
     run_id = ""
     try:
         obs = registry.ProgressObserver(bar)
@@ -270,40 +274,38 @@ def cmd_method(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (technique subcommands generated from the registry)."""
-    from . import registry
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """The flags that choose a backbone: --model, --arch, --trust."""
+    p.add_argument("--model", "-m", default="efficientnet_lite0", help="zoo name, torchvision name, or file")
+    p.add_argument("--arch", default=None, help="architecture for a state-dict checkpoint")
+    p.add_argument(
+        "--trust", action="store_true", help="allow full pickles in checkpoints (runs their code!)"
+    )
 
-    ap = _Parser(prog="convlens", description="See inside convolutional networks.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
 
-    def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--model", "-m", default="efficientnet_lite0", help="zoo name, torchvision name, or file"
-        )
-        p.add_argument("--arch", default=None, help="architecture for a state-dict checkpoint")
-        p.add_argument(
-            "--trust", action="store_true", help="allow full pickles in checkpoints (runs their code!)"
-        )
-
+def _add_model_verbs(sub: Any) -> None:
+    """`models`, `predict` and `export`: the zoo and what a backbone does on its own."""
     p = sub.add_parser("models", help="list the model zoo and whether weights are present")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_models)
 
     p = sub.add_parser("predict", help="top-k classes for an image")
     p.add_argument("image")
-    model_args(p)
+    _model_args(p)
     p.add_argument("--top", type=_positive_int, default=5, help="how many classes to print (>= 1)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("export", help="export a backbone (with taps as outputs) to ONNX, parity-checked")
-    model_args(p)
+    _model_args(p)
     p.add_argument("--taps", nargs="*", default=None, help="logits, embedding, or layer names")
     p.add_argument("--out", required=True)
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(fn=cmd_export)
 
+
+def _add_tool_verbs(sub: Any) -> None:
+    """`bench`, `train`, `limits`, `store` and `config`: the workbench's own tools."""
     p = sub.add_parser(
         "bench", help="benchmark torch eager vs ONNX Runtime (and Captum) on convlens workloads"
     )
@@ -348,9 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="the README's table of settings and defaults")
     p.set_defaults(fn=cmd_config)
 
-    from .jobs import add_job_parser
 
-    add_job_parser(sub)
+def _add_method_verbs(sub: Any) -> None:
+    """`explain`, `inspect` and `synthesize`: one verb per family; method flags come in a second parse."""
+    from . import registry
 
     for verb, family in FAMILY_VERBS.items():
         names = ", ".join(sp.name for sp in registry.methods(family)) or "(none yet)"
@@ -362,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--method", required=True, help=f"one of: {names}; the input IMAGE goes before or after it"
         )
-        model_args(p)
+        _model_args(p)
         p.add_argument("--out", default=None, help="output PNG (default: <method>.png)")
         p.add_argument(
             "--save",
@@ -370,6 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
             help="keep the result in the run store (CONVLENS_STORE) and answer an identical request from it",
         )
         p.set_defaults(fn=cmd_method, family=family)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (technique subcommands generated from the registry)."""
+    from .jobs import add_job_parser
+
+    ap = _Parser(prog="convlens", description="See inside convolutional networks.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _add_model_verbs(sub)
+    _add_tool_verbs(sub)
+    add_job_parser(sub)
+    _add_method_verbs(sub)
     return ap
 
 
@@ -394,7 +409,8 @@ def cmd_limits(args: argparse.Namespace) -> int:
         try:
             current = f"{get(c.env):>12,}"
         except SettingError as e:
-            current, _ = f"{'INVALID':>12}", bad.append(str(e))
+            current = f"{'INVALID':>12}"
+            bad.append(str(e))
         print(f"{c.env:<26} {current}  (default {c.default:,}): {c.what}")
     if bad:
         raise BadInput(bad[0])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from io import BufferedIOBase
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -71,14 +71,14 @@ def find_fashion_mnist() -> Path | None:
     return None
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> BufferedIOBase:
     """Open an idx file for binary reading, transparently gunzipping `.gz`."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")
     return open(path, "rb")
 
 
-def _read_exact(stream: BinaryIO, n: int, path: Path) -> bytes:
+def _read_exact(stream: BufferedIOBase, n: int, path: Path) -> bytes:
     """Read exactly n bytes or raise BadInput naming the truncated file."""
     data = stream.read(n)
     if len(data) != n:

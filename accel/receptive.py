@@ -271,7 +271,12 @@ def _arg(args: Sequence[Any], kwargs: dict[str, Any], idx: int, name: str, defau
 
 def _nodes_in(obj: Any) -> list[fx.Node]:
     found: list[fx.Node] = []
-    fx.node.map_arg(obj, lambda n: found.append(n) or n)
+
+    def keep(n: fx.Node) -> fx.Node:
+        found.append(n)
+        return n
+
+    fx.node.map_arg(obj, keep)
     return found
 
 

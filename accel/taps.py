@@ -45,7 +45,9 @@ def capture(
 
             def post(_m: nn.Module, _a: tuple, out: object, key: str = tap) -> None:
                 t = out[0] if isinstance(out, (tuple, list)) else out
-                store[key] = t.detach() if detach else t  # type: ignore[union-attr]
+                if not isinstance(t, torch.Tensor):
+                    raise BadInput(f"tap {key!r}: the layer's output is a {type(t).__name__}, not a tensor")
+                store[key] = t.detach() if detach else t
 
             handles.append(sub.register_forward_hook(post))
         else:

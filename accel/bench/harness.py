@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backbone import Backbone
+
 Progress = Callable[[float, str], None]
 
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile", "asimd", "sve")
@@ -119,17 +121,7 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def torch_module(net: Any) -> torch.nn.Module:
-    """The backbone's PyTorch module; the bench's models all have one (a forward-only .onnx file has none)."""
-    if net.module is None:
-        from ..errors import BadInput
-
-        raise BadInput(f"{net.name!r} is forward-only (an ONNX file): this workload needs its PyTorch module")
-    module: torch.nn.Module = net.module
-    return module
-
-
-def count_macs(net: Any) -> int:
+def count_macs(net: Backbone) -> int:
     """Multiply-accumulates of one forward pass (convolutions and linear layers)."""
     macs = 0
     hooks = []
@@ -143,7 +135,7 @@ def count_macs(net: Any) -> int:
         nonlocal macs
         macs += out.numel() * m.in_features
 
-    module = torch_module(net)
+    module = net.require_module("this bench workload")
     for m in module.modules():
         if isinstance(m, torch.nn.Conv2d):
             hooks.append(m.register_forward_hook(conv_hook))
@@ -163,7 +155,7 @@ def photo_paths() -> list[Path]:
     return [Path(p) for p, _ in foolbox_imagenet()] + [Path(p) for p in sorted(sample_images().values())]
 
 
-def photos(net: Any, n: int) -> np.ndarray:
+def photos(net: Backbone, n: int) -> np.ndarray:
     """A batch of `n` real photos preprocessed for `net` (repeated when there are fewer photos than `n`)."""
     from ..images import open_image
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..harness import in_child, torch_module
+from ..harness import in_child
 
 # (name, batch, with backward): what the heap workload measures
 ALLOC_STEPS = (("forward_b1", 1, False), ("forward_b16", 16, False), ("gradient_b8", 8, True))
@@ -26,7 +26,7 @@ def alloc_child(tuned: bool, q: Any) -> None:
     state = tune_allocator() if tuned else {"applied": False, "reason": "default glibc heap"}
     torch.set_num_threads(default_threads())
     net = load("efficientnet_lite0")
-    module = torch_module(net)
+    module = net.require_module("this bench workload")
     x = net.preprocess(sample_image("chelsea"))
     out: dict[str, Any] = {"allocator": state}
     for name, b, grad in ALLOC_STEPS:

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..harness import compare, photos, torch_module
+from ...backbone import Backbone
+from ..harness import compare, photos
 
 PROVIDERS = (("CUDAExecutionProvider", "ort_cuda"), ("TensorrtExecutionProvider", "ort_trt"))
 
@@ -32,7 +33,7 @@ def torch_rows(module: torch.nn.Module, x: np.ndarray) -> dict[str, Callable[[],
     return {"torch_fp32": fp32, "torch_autocast_fp16": fp16}
 
 
-def ort_rows(net: Any, x: np.ndarray, bs: int) -> tuple[dict[str, Callable[[], Any]], dict[str, dict]]:
+def ort_rows(net: Backbone, x: np.ndarray, bs: int) -> tuple[dict[str, Callable[[], Any]], dict[str, dict]]:
     """ONNX Runtime CUDA / TensorRT runners at fp32 and fp16 (those that start on their provider), with the meta
     each row reports; a provider that cannot start or falls back is recorded as an error row."""
     import onnxruntime as ort
@@ -74,7 +75,7 @@ def bench_gpu(models: list[str], batches: list[int], repeats: int) -> dict[str, 
     for name in models:
         net = load(name)
         dev_mod = (
-            copy.deepcopy(torch_module(net)).to("cuda").eval()
+            copy.deepcopy(net.require_module("this bench workload")).to("cuda").eval()
         )  # the CPU module stays for the parity checks
         for bs in batches:
             x = photos(net, bs)

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..harness import compare, in_child, peak_rss_mb, torch_module
+from ...backbone import Backbone
+from ..harness import compare, in_child, peak_rss_mb
 
 WINDOW = 32  # the window every occlusion row uses (the method's default)
 MODEL = "efficientnet_lite0"
@@ -22,7 +23,7 @@ PHOTO = "chelsea"
 class Setup:
     """One photo, one network and one window grid shared by every engine of the sweep workload."""
 
-    net: Any
+    net: Backbone
     img: Any
     x: np.ndarray
     occ: Any  # accel.runtime.sweep.Occlusion
@@ -97,7 +98,7 @@ def full_row(su: Setup, sweeper: Any, key: str) -> Callable[[], None]:
 
 def drill_row(su: Setup, sweeper: Any, key: str, refine: float) -> Callable[[], None]:
     """A row of the runtime's adaptive drill-down on `sweeper` (the plain ONNX Runtime runner or an engine)."""
-    from ...runtime.incremental import drill_down
+    from ...runtime.drill import drill_down
 
     def go() -> None:
         s = su.net.pre.size
@@ -114,7 +115,7 @@ def captum_rows(su: Setup, captum_default: bool) -> dict[str, Callable[[], None]
         from captum.attr import Occlusion as CaptumOcclusion
     except ImportError:
         return {}
-    module = torch_module(su.net)
+    module = su.net.require_module("this bench workload")
 
     def fwd(t: torch.Tensor) -> torch.Tensor:
         return torch.softmax(module(t), 1)
@@ -143,7 +144,8 @@ def captum_rows(su: Setup, captum_default: bool) -> dict[str, Callable[[], None]
 
 def lite0_rows(su: Setup, int8: bool, captum_default: bool) -> tuple[dict[str, Callable[[], None]], dict]:
     """Every efficientnet_lite0 engine, in the order they alternate; also the INT8 runner and engine used."""
-    from ...runtime.incremental import DRILL_REFINE, incremental
+    from ...runtime.drill import DRILL_REFINE
+    from ...runtime.incremental import incremental
     from ...runtime.runner import runner
 
     ort = runner(su.net, ["logits"], backend="onnxruntime")  # the automatic batch, as users get it
@@ -238,7 +240,7 @@ def captum_speedups(engines: dict[str, dict[str, Any]]) -> dict[str, dict[str, f
 
 def bench_occlusion(stride: int, repeats: int, int8: bool, captum_default: bool) -> dict[str, Any]:
     """(b) the occlusion sweep of efficientnet_lite0 (window 32) across engines, plus vgg16 incremental."""
-    from ...runtime.incremental import DRILL_REFINE
+    from ...runtime.drill import DRILL_REFINE
 
     su = setup(stride)
     fns, int8_engines = lite0_rows(su, int8, captum_default)
