@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -10,18 +9,7 @@ from PIL import Image
 
 from ...registry import LAYER, TARGET, Observer, param, register
 from ...result import Result
-from ._base import (
-    REDUCTIONS,
-    GradCAMWeights,
-    Score,
-    class_gradient,
-    gradient_rgb,
-    input_tensor,
-    make_result,
-    reduce_channels,
-    require_head,
-    target_meta,
-)
+from ._base import REDUCTIONS, GradCAMWeights, MapRun, Score, class_gradient, gradient_rgb, reduce_channels
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -43,22 +31,17 @@ class GuidedGradCAMParams:
 )
 def run(net: Backbone, img: Image.Image, p: GuidedGradCAMParams, obs: Observer) -> Result:
     """Element-wise product of the guided-backprop gradient (C,H,W) and the Grad-CAM map, reduced over channels."""
-    t0 = time.perf_counter()
-    require_head(net, "guided_gradcam")
-    net.check_target(p.target)
+    run = MapRun(net, img, "guided_gradcam", p.target)
     cam = GradCAMWeights(net, p.layer)
-    x = input_tensor(net, img)
-    logits = cam.forward(x)
-    grad, _, t, n = class_gradient(net, x, p.target, "guided_gradcam", rule="guided")
+    logits = cam.forward(run.x)
+    grad, _, t, n = class_gradient(net, run.x, p.target, "guided_gradcam", rule="guided")
     heat, low = cam.compute(Score({t: 1.0}))
     prod = grad * heat[None]
     obs.progress(1.0, "guided grad-cam done")
-    return make_result(
-        net,
-        x,
+    return run.result(
         reduce_channels(prod, p.reduce),
-        t0,
-        target=target_meta(net, t, logits),
+        t,
+        logits,
         passes=cam.passes + 1,
         extras={"gradient": prod, "gradcam": heat, "rgb": gradient_rgb(prod)},
         layer=cam.layer,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,18 +12,7 @@ from PIL import Image
 from ...errors import BadInput
 from ...registry import SEED, TARGET, Observer, param, register
 from ...result import Result
-from ._base import (
-    REDUCTIONS,
-    Score,
-    input_gradient,
-    input_tensor,
-    make_baseline,
-    make_result,
-    reduce_channels,
-    require_head,
-    resolve_target,
-    target_meta,
-)
+from ._base import REDUCTIONS, MapRun, Score, input_gradient, make_baseline, reduce_channels, resolve_target
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -90,11 +78,9 @@ class IntegratedGradientsParams:
 )
 def run(net: Backbone, img: Image.Image, p: IntegratedGradientsParams, obs: Observer) -> Result:
     """(x - x') * sum_k w_k grad f(x' + a_k (x - x')), reduced over channels; meta has the completeness gap."""
-    t0 = time.perf_counter()
-    require_head(net, "integrated_gradients")
-    net.check_target(p.target)
+    run = MapRun(net, img, "integrated_gradients", p.target)
     alphas, weights = path_points(p.steps, p.method)
-    x = input_tensor(net, img)
+    x = run.x
     base = torch.from_numpy(make_baseline(net, x, p.baseline, p.blur_sigma, p.seed))[None]
     with torch.no_grad():
         ends = net.require_module("integrated_gradients")(torch.cat([x, base])).float().numpy()
@@ -114,12 +100,10 @@ def run(net: Backbone, img: Image.Image, p: IntegratedGradientsParams, obs: Obse
         obs.progress(done / p.steps, f"integrated gradients {done}/{p.steps} steps")
     attr = (diff[0].double() * total).float().numpy()
     gap = float(attr.astype(np.float64).sum() - (ends[0, t] - ends[1, t]))
-    return make_result(
-        net,
-        x,
+    return run.result(
         reduce_channels(attr, p.reduce),
-        t0,
-        target=target_meta(net, t, logits),
+        t,
+        logits,
         passes=passes,
         extras={"attribution": attr, "baseline": base[0].numpy()},
         baseline_score=float(ends[1, t]),

@@ -3,7 +3,6 @@ probability. The occluded copies are built lazily and batched through `runner.sw
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,25 +13,12 @@ from ... import settings
 from ...errors import BadInput, ResourceLimit
 from ...registry import BACKEND, TARGET, Observer, param, register
 from ...result import Result
-from ...runtime.incremental import (
-    DRILL_REFINE,
-    INCREMENTAL_BATCH,
-    IncrementalOcclusion,
-    drill_down,
-    incremental,
-    net_macs,
-    supports_incremental,
-)
+from ...runtime.cuts import net_macs, supports_incremental
+from ...runtime.drill import DRILL_REFINE, drill_down
+from ...runtime.incremental import INCREMENTAL_BATCH, IncrementalOcclusion, incremental
 from ...runtime.runner import runner
 from ...runtime.sweep import Occlusion
-from ._base import (
-    input_tensor,
-    make_baseline,
-    make_result,
-    require_head,
-    resolve_target,
-    target_meta,
-)
+from ._base import MapRun, make_baseline, resolve_target
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -169,9 +155,8 @@ AUTO_MIN_MACS = 1e8  # smaller networks (fashion_cnn: 28 px) run whole faster th
 def run(net: Backbone, img: Image.Image, p: OcclusionParams, obs: Observer) -> Result:
     """Drop in the target probability when each window is replaced by the baseline; both map forms in extras."""
     progress = obs.callback()  # a plain callable for the runtime layer
-    t0 = time.perf_counter()
-    require_head(net, "occlusion")
-    net.check_target(p.target)
+    run = MapRun(net, img, "occlusion", p.target)
+    x = run.x
     if p.stride < 1:
         raise BadInput(f"occlusion: stride must be >= 1 pixel, got {p.stride}")
     _, h, w = net.input_shape
@@ -180,7 +165,6 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, obs: Observer) -> R
             f"occlusion: window {p.window} is larger than the {h}x{w} input of {net.name!r}; use window <= {min(h, w)}"
         )
     check_windows(h, w, p)
-    x = input_tensor(net, img)
     base = make_baseline(net, x, p.baseline, p.blur_sigma)
     occ = Occlusion(h, w, (p.window, p.window), (p.stride, p.stride), baseline=base)
     r = runner(net, ["logits"], backend=p.backend, batch_size=p.batch_size)
@@ -220,12 +204,10 @@ def run(net: Backbone, img: Image.Image, p: OcclusionParams, obs: Observer) -> R
     engine_used = "drill_down" if extra else ("incremental" if inc is not None else "plain")
     pix = per_pixel(occ, drops)
     gmap = grid_map(occ, grid)
-    return make_result(
-        net,
-        x,
+    return run.result(
         pix if p.form == "per_pixel" else gmap,
-        t0,
-        target=target_meta(net, t, logits),
+        t,
+        logits,
         passes=passes,
         backend=r.backend,
         extras={"grid": grid, "per_pixel": pix, "grid_map": gmap, "coverage": occ.coverage(), **extra},

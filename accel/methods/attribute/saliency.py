@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -10,7 +9,7 @@ from PIL import Image
 
 from ...registry import TARGET, Observer, register
 from ...result import Result
-from ._base import class_gradient, input_tensor, make_result, reduce_channels, target_meta
+from ._base import MapRun, class_gradient, reduce_channels
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -31,17 +30,8 @@ class SaliencyParams:
 )
 def run(net: Backbone, img: Image.Image, p: SaliencyParams, obs: Observer) -> Result:
     """Gradient of the class logit w.r.t. the network input; abs, then max over channels."""
-    t0 = time.perf_counter()
-    x = input_tensor(net, img)
-    grad, logits, t, _ = class_gradient(net, x, p.target, "saliency")
+    run = MapRun(net, img)
+    grad, logits, t, _ = class_gradient(net, run.x, p.target, "saliency")
     obs.progress(1.0, "saliency done")
-    return make_result(
-        net,
-        x,
-        reduce_channels(grad, "abs_max"),
-        t0,
-        target=target_meta(net, t, logits),
-        passes=1,
-        extras={"gradient": grad},
-        reduction="abs_max",
-    )
+    data = reduce_channels(grad, "abs_max")
+    return run.result(data, t, logits, passes=1, extras={"gradient": grad}, reduction="abs_max")

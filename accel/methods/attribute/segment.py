@@ -6,7 +6,6 @@ GrabCut's colour models and graph cut then snap the rough map to the object's ed
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,18 +15,7 @@ from PIL import Image
 from ...errors import BadInput
 from ...registry import LAYER, TARGET, Observer, param, register
 from ...result import Result
-from ._base import (
-    GradCAMWeights,
-    Score,
-    blur,
-    class_gradient,
-    input_tensor,
-    make_result,
-    reduce_channels,
-    require_head,
-    resolve_target,
-    target_meta,
-)
+from ._base import GradCAMWeights, MapRun, Score, blur, class_gradient, reduce_channels, resolve_target
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -128,14 +116,12 @@ def run(net: Backbone, img: Image.Image, p: SaliencyGrabCutParams, obs: Observer
     """Mask (0/1 map) of the object GrabCut cuts out from the seeds; the cut-out image and seeds in extras."""
     import cv2
 
-    t0 = time.perf_counter()
-    require_head(net, "saliency_grabcut")
-    net.check_target(p.target)
+    run = MapRun(net, img, "saliency_grabcut", p.target)
+    x = run.x
     if not p.bg < p.fg <= p.sure_fg:
         raise BadInput(
             f"saliency_grabcut: need bg < fg <= sure_fg, got bg={p.bg}, fg={p.fg}, sure_fg={p.sure_fg}"
         )
-    x = input_tensor(net, img)
     size = x.shape[-1]
     if p.seed_map == "gradcam":
         cam = GradCAMWeights(net, p.layer)
@@ -176,12 +162,10 @@ def run(net: Backbone, img: Image.Image, p: SaliencyGrabCutParams, obs: Observer
         meta["iou"] = iou(cut, gt)
         meta["seed_iou"] = iou(scaled >= p.fg, gt)
     obs.progress(1.0, "grabcut done")
-    return make_result(
-        net,
-        x,
+    return run.result(
         cut.astype(np.float32),
-        t0,
-        target=target_meta(net, t, logits),
+        t,
+        logits,
         passes=passes,
         extras={"cutout": cutout, "seed": heat, "trimap": labels},
         **meta,

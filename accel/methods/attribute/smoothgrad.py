@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -12,17 +11,7 @@ from PIL import Image
 
 from ...registry import SEED, TARGET, Observer, param, register
 from ...result import Result
-from ._base import (
-    Score,
-    input_gradient,
-    input_tensor,
-    make_result,
-    reduce_channels,
-    require_head,
-    resolve_target,
-    target_meta,
-    torch_logits,
-)
+from ._base import MapRun, Score, input_gradient, reduce_channels, resolve_target, torch_logits
 
 if TYPE_CHECKING:
     from ...zoo import Backbone
@@ -61,10 +50,8 @@ class SmoothGradParams:
 )
 def run(net: Backbone, img: Image.Image, p: SmoothGradParams, obs: Observer) -> Result:
     """Average gradients over `samples` Gaussian-perturbed inputs; max over channels of the aggregate."""
-    t0 = time.perf_counter()
-    require_head(net, "smoothgrad")
-    net.check_target(p.target)
-    x = input_tensor(net, img)
+    run = MapRun(net, img, "smoothgrad", p.target)
+    x = run.x
     logits = torch_logits(net, x)
     t = resolve_target(net, p.target, logits, "smoothgrad")
     sigma = p.noise * float(x.max() - x.min())
@@ -88,12 +75,10 @@ def run(net: Backbone, img: Image.Image, p: SmoothGradParams, obs: Observer) -> 
         obs.progress(done / p.samples, f"smoothgrad {done}/{p.samples} samples")
     mean = (acc / p.samples).float().numpy()
     data = reduce_channels(np.abs(mean) if p.aggregate == "abs_of_mean" else mean, "max")
-    return make_result(
-        net,
-        x,
+    return run.result(
         data,
-        t0,
-        target=target_meta(net, t, logits),
+        t,
+        logits,
         passes=passes,
         extras={"gradient": mean},
         sigma=sigma,

@@ -3,7 +3,7 @@ channel or unit of an intermediate layer, with every rectifier's backward replac
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,15 +11,32 @@ import torch
 from PIL import Image
 
 from ....errors import BadInput
-from ....registry import SILENT, Observer
+from ....registry import LAYER, SILENT, TARGET, Observer, param
 from ....result import Result
 from ....taps import capture
-from .gradients import class_gradient, gradient_rgb, input_gradient, reduce_channels
-from .results import make_result
-from .targets import input_tensor, target_meta
+from .gradients import REDUCTIONS, class_gradient, gradient_rgb, input_gradient, reduce_channels
+from .results import MapRun
 
 if TYPE_CHECKING:
     from ....backbone import Backbone
+
+
+@dataclass
+class RuleParams:
+    """The parameters of a modified-backprop map (guided backprop, deconvnet): a class, or a layer's unit."""
+
+    target: int | None = TARGET(
+        help="class index to explain (default: the predicted class unless layer is set)"
+    )
+    layer: str | None = LAYER(
+        help="explain a unit of this layer instead of a class (a name from net.layers())"
+    )
+    channel: int | None = param(None, "channel of `layer` (default: its most active channel)", min=0)
+    row: int | None = param(
+        None, "row of a single unit in `layer`'s map (with col; default: the whole channel)", min=0
+    )
+    col: int | None = param(None, "column of a single unit in `layer`'s map (with row)", min=0)
+    reduce: str = param("abs_max", "channel reduction of the (C,H,W) gradient", choices=REDUCTIONS)
 
 
 def _check_selection(
@@ -89,43 +106,29 @@ def _unit_gradient(
 
 
 def run_rule(
-    net: Backbone,
-    img: Image.Image,
-    method: str,
-    rule: str,
-    *,
-    target: int | None,
-    layer: str | None,
-    channel: int | None,
-    row: int | None,
-    col: int | None,
-    reduce: str,
-    obs: Observer = SILENT,
+    net: Backbone, img: Image.Image, method: str, rule: str, p: RuleParams, obs: Observer = SILENT
 ) -> Result:
     """Guided backprop / deconvnet for a class score, or for a channel (or one unit) of an intermediate layer."""
-    t0 = time.perf_counter()
-    _check_selection(method, target, layer, channel, row, col)
-    x = input_tensor(net, img)
-    tmeta: dict[str, Any] | None = None
+    _check_selection(method, p.target, p.layer, p.channel, p.row, p.col)
+    run = MapRun(net, img)
+    t: int | None = None
+    logits: np.ndarray | None = None
     extra: dict[str, Any] = {}
-    if layer is None:
-        grad, logits, t, n = class_gradient(net, x, target, method, rule=rule)
-        tmeta = target_meta(net, t, logits)
+    if p.layer is None:
+        grad, logits, t, n = class_gradient(net, run.x, p.target, method, rule=rule)
     else:
-        grad, n, extra = _unit_gradient(net, x, method, rule, layer, channel, row, col)
+        grad, n, extra = _unit_gradient(net, run.x, method, rule, p.layer, p.channel, p.row, p.col)
     if n == 0:
         extra["warning"] = f"{net.name} has no ReLU/ReLU6 on this path: the {rule} rule changed nothing"
     obs.progress(1.0, f"{method} done")
-    return make_result(
-        net,
-        x,
-        reduce_channels(grad, reduce),
-        t0,
-        target=tmeta,
+    return run.result(
+        reduce_channels(grad, p.reduce),
+        t,
+        logits,
         passes=1,
         extras={"gradient": grad, "rgb": gradient_rgb(grad)},
         rule=rule,
         rectifiers=n,
-        reduction=reduce,
+        reduction=p.reduce,
         **extra,
     )

@@ -3,7 +3,6 @@ upsampling; a subclass defines only how channels are weighted (Grad-CAM, Grad-CA
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,17 +15,8 @@ from ....result import Result
 from ....runtime.runner import Runner, runner
 from ....taps import resolve
 from .gradients import upsample
-from .results import make_result
-from .targets import (
-    Score,
-    check_layer,
-    default_cam_layer,
-    input_tensor,
-    require_head,
-    resolve_target,
-    second_class,
-    target_meta,
-)
+from .results import MapRun
+from .targets import Score, check_layer, default_cam_layer, resolve_target, second_class, target_meta
 
 if TYPE_CHECKING:
     from ....backbone import Backbone
@@ -146,13 +136,10 @@ def run_cam(
     **meta: Any,
 ) -> Result:
     """Resolve the target (and foil), run a CAM and package the Result."""
-    t0 = time.perf_counter()
-    x = input_tensor(net, img)
-    require_head(net, method)
-    net.check_target(target)  # fail fast, before any pass
+    run = MapRun(net, img, method, target)  # fails fast, before any pass
     if foil is not None:
         net.check_target(foil)
-    logits = cam.forward(x)
+    logits = cam.forward(run.x)
     t = resolve_target(net, target, logits, method)
     coefs: dict[int, float] = {t: 1.0}
     extra_meta: dict[str, Any] = {}
@@ -166,12 +153,10 @@ def run_cam(
     obs.progress(0.1, f"{method}: layer {cam.layer}")
     big, low = cam.compute(Score(coefs))
     obs.progress(1.0, "done")
-    return make_result(
-        net,
-        x,
+    return run.result(
         big,
-        t0,
-        target=target_meta(net, t, logits),
+        t,
+        logits,
         passes=cam.passes,
         backend=cam.backend,
         extras={"lowres": low},
