@@ -218,3 +218,18 @@ def test_readme_settings_table_matches_the_declarations() -> None:
     assert table == markdown_table(), (
         "README settings table is stale: paste `convlens config --markdown` into it"
     )
+
+
+def test_every_methods_help_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """`convlens <verb> --method M --help` prints the method's flags for every registered technique (help text
+    holding '%', as deepdream's and saliency_grabcut's do, used to crash argparse's formatter)."""
+    import accel
+    from accel import cli
+
+    verb = {fam: v for v, fam in cli.FAMILY_VERBS.items()}
+    for spec in accel.list_methods():
+        with pytest.raises(SystemExit) as e:
+            cli.main([verb[spec.family], "--method", spec.name, "--help"])
+        assert e.value.code == 0, spec.name
+        out = capsys.readouterr().out
+        assert out.startswith("usage:") and spec.name in out, (spec.name, out[:200])
