@@ -2,13 +2,13 @@
 
 `param` (image parameterisations), `transforms` (random robustness transforms), `objectives` (losses that form an
 algebra: ``-class_score(281) + 1e-4 * l2() + 0.1 * tv()``), `forward` (the one capturing pass per step and the
-memory check), `loop` (`optimize`, `OptResult`), `render` (image conversions and Results), `checks` (shared
+memory check), `loop` (`optimize`), `render` (`OptResult`, image conversions and Results), `checks` (shared
 parameter checks) and `styles` (style layers and style images). Techniques use it as ``from . import _opt``.
 """
 
 from .checks import non_negative, parse_names, parse_weights
 from .forward import MAX_SIDE, check_layers, check_memory, estimate_bytes, forward, memory_budget_bytes
-from .loop import OPTIMIZERS, OptResult, check_steps_lr, make_optimizer, optimize
+from .loop import OPTIMIZERS, check_steps_lr, make_optimizer, optimize
 from .objectives import (
     Ctx,
     Objective,
@@ -28,6 +28,7 @@ from .objectives import (
 )
 from .param import FourierImage, ImageParam, PixelImage, make_param
 from .render import (
+    OptResult,
     amplified_difference,
     image_result,
     pil_to01,

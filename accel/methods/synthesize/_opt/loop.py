@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,47 +23,13 @@ from ....result import LossRecord
 from .forward import check_layers, forward
 from .objectives import Ctx, Objective
 from .param import ImageParam
-from .render import to_pil
+from .render import OptResult, to_pil
 from .transforms import Transform
 
 if TYPE_CHECKING:
     from ....backbone import Backbone
 
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
-
-
-@dataclass
-class OptResult:
-    """What `optimize` returns: the final image (1,3,H,W in 0..1), losses per step, and why it stopped."""
-
-    image: torch.Tensor
-    loss_history: list[float]
-    steps: int
-    stopped: str | None
-    terms: dict[str, float]
-    terms_history: dict[str, list[float]] = field(default_factory=dict)
-    wall_s: float = 0.0
-
-    def records(self) -> list[LossRecord]:
-        """The loss curve as typed records (what Result.losses holds): total and named terms per step."""
-        return [
-            LossRecord(i + 1, float(v), {k: float(h[i]) for k, h in self.terms_history.items() if i < len(h)})
-            for i, v in enumerate(self.loss_history)
-        ]
-
-    def meta(self) -> dict[str, Any]:
-        """The summary every technique puts in Result.meta."""
-        h = self.loss_history
-        return {
-            "loss_history": [float(v) for v in h],
-            "loss_start": float(h[0]) if h else None,
-            "loss_final": float(h[-1]) if h else None,
-            "steps_run": self.steps,
-            "stopped": self.stopped,
-            "terms": dict(self.terms),
-            "terms_history": {k: [float(x) for x in v] for k, v in self.terms_history.items()},
-            "optimize_s": round(self.wall_s, 3),
-        }
 
 
 class _Diverged(Exception):

@@ -8,7 +8,8 @@ with the loss curve in `Result.losses`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +19,39 @@ from PIL import Image
 from ....errors import BadInput
 from ....result import LossRecord, Result
 
-if TYPE_CHECKING:
-    from .loop import OptResult
+
+@dataclass
+class OptResult:
+    """What `optimize` returns: the final image (1,3,H,W in 0..1), losses per step, and why it stopped."""
+
+    image: torch.Tensor
+    loss_history: list[float]
+    steps: int
+    stopped: str | None
+    terms: dict[str, float]
+    terms_history: dict[str, list[float]] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def records(self) -> list[LossRecord]:
+        """The loss curve as typed records (what Result.losses holds): total and named terms per step."""
+        return [
+            LossRecord(i + 1, float(v), {k: float(h[i]) for k, h in self.terms_history.items() if i < len(h)})
+            for i, v in enumerate(self.loss_history)
+        ]
+
+    def meta(self) -> dict[str, Any]:
+        """The summary every technique puts in Result.meta."""
+        h = self.loss_history
+        return {
+            "loss_history": [float(v) for v in h],
+            "loss_start": float(h[0]) if h else None,
+            "loss_final": float(h[-1]) if h else None,
+            "steps_run": self.steps,
+            "stopped": self.stopped,
+            "terms": dict(self.terms),
+            "terms_history": {k: [float(x) for x in v] for k, v in self.terms_history.items()},
+            "optimize_s": round(self.wall_s, 3),
+        }
 
 
 def pil_to01(img: Image.Image, size: int | None = None, square: bool = False) -> torch.Tensor:
