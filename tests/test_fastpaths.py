@@ -308,7 +308,7 @@ def test_int8_incremental_reports_its_accuracy_cost(lite0, chelsea):
 
 def _stage_files(inc: IncrementalOcclusion) -> list:
     parts = [f"stage{st.lo}_{st.hi}" for st in inc.stages] + [f"tail{inc.k}"]
-    return [inc._stage_path(p) for p in parts]
+    return [inc.stage_path(p) for p in parts]
 
 
 def _bump_one_weight(path) -> None:
@@ -330,7 +330,8 @@ def test_tampered_stage_is_detected_and_rebuilt(tamper, chelsea, tmp_path, monke
     """A cached stage that was altered (bytes flipped; a valid graph with one weight changed; the same with a
     matching SHA-256 record forged beside it) is detected on open, rebuilt with a warning, never used: the map
     afterwards equals the clean one to 1e-6."""
-    from accel.runtime import incremental as incr
+    from accel.runtime import export as incr
+    from accel.runtime.stages import stage_session
 
     monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path))  # a private cache: no other test sees the damage
     net = get_net("fashion_cnn")
@@ -339,7 +340,7 @@ def test_tampered_stage_is_detected_and_rebuilt(tamper, chelsea, tmp_path, monke
     first = IncrementalOcclusion(net, ["logits"])
     clean = first.sweep(x, occ)["logits"]
     files = _stage_files(first)
-    assert all(f.exists() and incr._recorded_problem(f) is None for f in files)
+    assert all(f.exists() and incr.recorded_problem(f) is None for f in files)
     victim = max(files[:-1], key=lambda f: f.stat().st_size)  # the stage with the most weights
     if tamper == "flip_bytes":
         data = bytearray(victim.read_bytes())
@@ -350,12 +351,12 @@ def test_tampered_stage_is_detected_and_rebuilt(tamper, chelsea, tmp_path, monke
         _bump_one_weight(victim)
         # had it been used, the map would be wrong: run the sweep once with the tampered graph swapped in
         k = files.index(victim)
-        first.stages[k].sess = incr.IncrementalOcclusion._session(victim)
+        first.stages[k].sess = stage_session(victim)
         wrong = first.sweep(x, occ)["logits"]
         assert np.abs(wrong - clean).max() > 1e-3
         if tamper == "one_weight_and_its_record":
-            incr._write_record(victim, *incr._digest(victim))
-            assert incr._recorded_problem(victim) is None  # the hash alone cannot see it now
+            incr.write_record(victim)
+            assert incr.recorded_problem(victim) is None  # the hash alone cannot see it now
     expected = {
         "flip_bytes": "does not match the SHA-256",
         "one_weight": "does not match the SHA-256",
@@ -365,7 +366,7 @@ def test_tampered_stage_is_detected_and_rebuilt(tamper, chelsea, tmp_path, monke
         again = IncrementalOcclusion(net, ["logits"])
     assert [r["file"] for r in again.meta["rebuilt_stages"]] == [victim.name]
     assert expected in again.meta["rebuilt_stages"][0]["problem"]
-    assert incr._recorded_problem(victim) is None  # rebuilt, with a fresh record
+    assert incr.recorded_problem(victim) is None  # rebuilt, with a fresh record
     after = again.sweep(x, occ)["logits"]
     assert np.abs(after - clean).max() <= 1e-6
     # the next open finds everything in order: nothing rebuilt, no warning
@@ -383,12 +384,12 @@ def test_stage_without_record_is_rebuilt_and_stale_temporaries_are_removed(chels
     import subprocess
     import sys
 
-    from accel.runtime import incremental as incr
+    from accel.runtime import export as incr
 
     monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path))
     net = get_net("fashion_cnn")
     inc = IncrementalOcclusion(net, ["logits"])
-    folder = inc._stage_path("x").parent
+    folder = inc.stage_path("x").parent
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
@@ -398,7 +399,7 @@ def test_stage_without_record_is_rebuilt_and_stale_temporaries_are_removed(chels
     stale.write_bytes(b"half a graph")
     live.write_bytes(b"being written")
     victim = _stage_files(inc)[0]
-    incr._record_path(victim).unlink()
+    incr.record_path(victim).unlink()
     with pytest.warns(UserWarning, match="has no recorded SHA-256"):
         again = IncrementalOcclusion(net, ["logits"])
     assert [r["file"] for r in again.meta["rebuilt_stages"]] == [victim.name]

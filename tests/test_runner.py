@@ -244,7 +244,7 @@ def test_allocator_tuning_can_be_turned_off(monkeypatch):
 
 def _fresh_cache(tmp_path, monkeypatch):
     """An empty export cache for this test, and an empty runner pool (so nothing is reused from elsewhere)."""
-    from accel.runtime import runner as runner_mod
+    from accel.runtime import pool as runner_mod
 
     monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path / "cache"))
     runner_mod.clear_pool()
@@ -278,7 +278,7 @@ def test_tampered_export_is_detected_rebuilt_and_equal_to_a_clean_one(tmp_path, 
     assert np.abs(sess.run(None, {"input": x})[0] - clean["logits"]).max() > 1e-3
     assert "does not match the SHA-256" in export_mod.recorded_problem(path)
 
-    from accel.runtime import runner as runner_mod
+    from accel.runtime import pool as runner_mod
 
     runner_mod.clear_pool()
     with pytest.warns(UserWarning, match="does not match the SHA-256 recorded"):
@@ -294,7 +294,7 @@ def test_consistent_but_wrong_export_fails_parity_and_is_rebuilt(tmp_path, monke
     parity check refuses it, it is rebuilt with a warning, and the rebuilt graph agrees with a clean one."""
     import copy
 
-    from accel.runtime import runner as runner_mod
+    from accel.runtime import pool as runner_mod
 
     _fresh_cache(tmp_path, monkeypatch)
     net = get_net("fashion_cnn")
@@ -457,7 +457,7 @@ def test_pool_shares_one_session_per_weights_taps_and_options(tmp_path, monkeypa
     no caller's torch module; it is bounded, least recently used first out; new weights get a new runner."""
     import copy
 
-    from accel.runtime import runner as runner_mod
+    from accel.runtime import pool as runner_mod
     from accel.runtime.session import sessions_started
 
     _fresh_cache(tmp_path, monkeypatch)
@@ -539,7 +539,7 @@ def test_occlusion_window_cap_refuses_before_any_work(lite0, chelsea, monkeypatc
 
     from accel.errors import ResourceLimit
     from accel.methods.attribute.occlusion import windows_planned
-    from accel.runtime import runner as runner_mod
+    from accel.runtime import pool as runner_mod
 
     before = runner_mod.pool_info()
     t0 = time.perf_counter()

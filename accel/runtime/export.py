@@ -87,7 +87,7 @@ class TapModule(nn.Module):
         self.taps = list(taps)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from .runner import forward_taps
+        from .forward import forward_taps
 
         out = forward_taps(self.net, x, self.taps)
         return tuple(out[t] for t in self.taps)
@@ -439,7 +439,7 @@ def compare_to_torch(
 ) -> None:
     """Parity: ONNX outputs `outs` for input `x` against the torch module, per tap (max abs diff recorded in
     `meta`); ParityError past PARITY_RTOL relative to max(1, |torch output|)."""
-    from .runner import forward_taps
+    from .forward import forward_taps
 
     with torch.no_grad():
         ref = forward_taps(net, torch.from_numpy(x), taps)

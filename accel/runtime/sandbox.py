@@ -5,26 +5,22 @@ iterations) or ask for terabytes. So a user's graph never runs in the convlens p
 process with an address-space cap (RLIMIT_AS = CONVLENS_ONNX_MAX_MB) where every request (open a session, run a
 batch) has a wall-clock limit (CONVLENS_ONNX_TIMEOUT_S). Past the limit the host is killed (SIGKILL) and the caller
 gets a `ResourceLimit` naming the setting; the next request starts a fresh host. Allocation failures come back as
-`OrtAllocationError` (the runner halves its batch), every other ONNX Runtime error as `BadInput`.
+`OrtAllocationError` (the runner halves its batch), every other ONNX Runtime error as `BadInput`. This module is
+the parent's side; the child's is `accel.runtime.sandbox_host`, the frames they exchange `sandbox_wire`.
 
 Graphs convlens exported itself from its own torch modules (parity-checked) keep running in-process, for speed.
 
-Hosts are few (`POOL_SIZE`) and shared: a graph is bound to one host, which keeps up to `SESSIONS_PER_HOST`
+Hosts are few (`POOL_SIZE`) and shared: a graph is bound to one host, which keeps up to `sandbox_host.SESSIONS_PER_HOST`
 sessions (least recently used closed first) and reopens a graph it dropped. Requests to one host take turns.
-The wire format is frames over the child's stdin/stdout: a 4-byte big-endian header length, a JSON header, then
-the header's `nbytes` of raw float32 data. Nothing is pickled in either direction.
+Requests and answers are frames over the child's stdin/stdout (`accel.runtime.sandbox_wire`); nothing is pickled.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
-import json
 import os
-import select
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -38,14 +34,14 @@ import numpy as np
 
 from .. import settings
 from ..errors import BadInput, ResourceLimit
+from .export import file_digest
+from .sandbox_wire import Died, TimedOut, frame, read_frame, write_all
 
 TIMEOUT_VAR = "CONVLENS_ONNX_TIMEOUT_S"
 MEMORY_VAR = "CONVLENS_ONNX_MAX_MB"
 POOL_SIZE = 2  # host processes; a graph stays on one host
 IDLE_S = 300.0  # a host idle this long is stopped (its memory goes back); the next request starts a fresh one
-SESSIONS_PER_HOST = 8  # sessions a host keeps open (least recently used closed first)
 STARTUP_S = 60.0  # a host must say "ready" within this (python + numpy + onnxruntime imports)
-MAX_HEADER = 1 << 20
 _ROOT = Path(__file__).resolve().parents[2]  # the folder holding the accel package
 
 
@@ -57,80 +53,6 @@ def timeout_s() -> float:
 def memory_mb() -> float:
     """The current address-space cap of a sandbox process, in MiB."""
     return float(settings.get(MEMORY_VAR))
-
-
-# ----------------------------------------------------------------------------------------------- framing
-
-
-def _frame(header: dict[str, Any], payload: bytes | memoryview = b"") -> list[bytes | memoryview]:
-    head = json.dumps({**header, "nbytes": memoryview(payload).nbytes}).encode()
-    return [struct.pack(">I", len(head)), head, payload]
-
-
-class _Died(Exception):
-    """The host closed its pipe (it exited or was killed)."""
-
-
-class _TimedOut(Exception):
-    """A request passed its deadline."""
-
-
-def _write_all(fd: int, parts: list[bytes | memoryview], deadline: float | None) -> None:
-    for part in parts:
-        view = memoryview(part).cast("B")
-        off = 0
-        while off < len(view):
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _TimedOut
-                _, w, _ = select.select([], [fd], [], left)
-                if not w:
-                    raise _TimedOut
-            try:
-                off += os.write(fd, view[off : off + (1 << 20)])
-            except BlockingIOError:
-                continue
-            except (BrokenPipeError, OSError) as e:
-                raise _Died(str(e)) from None
-
-
-def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _TimedOut
-            r, _, _ = select.select([fd], [], [], left)
-            if not r:
-                raise _TimedOut
-        try:
-            chunk = os.read(fd, min(n - len(buf), 1 << 20))
-        except BlockingIOError:
-            continue
-        except OSError as e:
-            raise _Died(str(e)) from None
-        if not chunk:
-            raise _Died("end of stream")
-        buf += chunk
-    return bytes(buf)
-
-
-def _read_frame(fd: int, deadline: float | None) -> tuple[dict[str, Any], bytes]:
-    (n,) = struct.unpack(">I", _read_exact(fd, 4, deadline))
-    if n > MAX_HEADER:
-        raise _Died(f"header of {n} bytes")
-    try:
-        header = json.loads(_read_exact(fd, n, deadline))
-    except ValueError:
-        raise _Died("malformed header") from None
-    if not isinstance(header, dict):
-        raise _Died("malformed header")
-    nbytes = header.get("nbytes", 0)
-    if not isinstance(nbytes, int) or nbytes < 0:
-        raise _Died("malformed payload size")
-    return header, _read_exact(fd, nbytes, deadline) if nbytes else b""
 
 
 # ----------------------------------------------------------------------------------------------- the host (parent side)
@@ -167,7 +89,7 @@ class _Host:
         env.pop("PYTHONSTARTUP", None)
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child; closed in kill()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "accel.runtime.sandbox", str(int(cap * 2**20))],
+            [sys.executable, "-m", "accel.runtime.sandbox_host", str(int(cap * 2**20))],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._err,
@@ -181,8 +103,8 @@ class _Host:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         os.set_blocking(self.proc.stdin.fileno(), False)
         try:
-            hello, _ = _read_frame(self.proc.stdout.fileno(), time.monotonic() + STARTUP_S)
-        except (_Died, _TimedOut):
+            hello, _ = read_frame(self.proc.stdout.fileno(), time.monotonic() + STARTUP_S)
+        except (Died, TimedOut):
             why = self._stderr_tail()
             self.kill()
             if "MemoryError" in why or "bad_alloc" in why or "Cannot allocate" in why:
@@ -234,16 +156,16 @@ class _Host:
         _start_reaper()
         deadline = time.monotonic() + limit
         try:
-            _write_all(self.proc.stdin.fileno(), _frame({**header, "timeout": limit}, payload), deadline)
-            return _read_frame(self.proc.stdout.fileno(), deadline)
-        except _TimedOut:
+            write_all(self.proc.stdin.fileno(), frame({**header, "timeout": limit}, payload), deadline)
+            return read_frame(self.proc.stdout.fileno(), deadline)
+        except TimedOut:
             self.kill()
             raise ResourceLimit(
                 f"{name}: the ONNX graph ran longer than {limit:g} s and was stopped (the limit is the setting "
                 f"{TIMEOUT_VAR}); it may loop without end. If it is genuinely this slow, raise the limit, e.g. "
                 f"{TIMEOUT_VAR}={max(1, int(limit * 4))}"
             ) from None
-        except _Died:
+        except Died:
             code = self.proc.poll() if self.proc is not None else None
             why = self._stderr_tail()
             self.kill()
@@ -338,15 +260,6 @@ def hosts_started() -> int:
 atexit.register(shutdown)
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class SandboxedGraph:
     """One untrusted ONNX graph, opened in a sandbox host; `run(x)` returns its outputs as float32 arrays.
 
@@ -361,7 +274,7 @@ class SandboxedGraph:
         self.path = Path(path)
         self.name = name or self.path.name
         try:
-            self.sha256 = file_sha256(self.path)
+            self.sha256 = file_digest(self.path)[1]
         except OSError as e:
             raise BadInput(f"{self.name}: cannot read the file ({e.strerror or type(e).__name__})") from None
         self.threads = int(threads or default_threads())
@@ -456,159 +369,3 @@ class SandboxedGraph:
             outs.append(np.frombuffer(data, np.float32, n // 4, off).reshape(shape).copy())
             off += n
         return outs
-
-
-# ----------------------------------------------------------------------------------------------- the host (child side)
-
-
-def _limit_memory(max_bytes: int) -> None:
-    import resource
-
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        cap = max_bytes if hard == resource.RLIM_INFINITY else min(max_bytes, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    except (ValueError, OSError):  # pragma: no cover - a platform without RLIMIT_AS: the timeout still holds
-        pass
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def _watchdog(state: dict[str, Any], parent: int) -> None:
-    """Exit when the parent is gone, or when one request runs far past its limit (belt and braces: the parent
-    kills the host at the limit itself)."""
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:
-            os._exit(3)
-        t0, limit = state.get("t0"), state.get("limit")
-        if t0 is not None and limit is not None and time.monotonic() - t0 > limit + 10:
-            os._exit(4)
-
-
-def _serve(
-    max_bytes: int,
-) -> None:  # pragma: no cover - runs in the child process (tested through the parent)
-    """The child's loop: answer open / run / close requests until the parent closes the pipe."""
-    _limit_memory(max_bytes)
-    rfd = os.dup(0)
-    wfd = os.dup(1)
-    os.dup2(2, 1)  # anything printed goes to stderr, never into the protocol stream
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    state: dict[str, Any] = {}
-    threading.Thread(target=_watchdog, args=(state, os.getppid()), daemon=True).start()
-
-    import onnxruntime as ort
-
-    from .session import QUIET, clean_ort_message, is_allocation_failure, requested_bytes
-
-    ort.set_default_logger_severity(QUIET)
-    sessions: OrderedDict[str, Any] = OrderedDict()
-
-    def send(header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
-        _write_all(wfd, _frame(header, payload), None)
-
-    def fail(e: BaseException) -> dict[str, Any]:
-        raw = str(e) or type(e).__name__
-        if isinstance(e, MemoryError) or is_allocation_failure(raw):
-            return {
-                "ok": False,
-                "kind": "alloc",
-                "msg": clean_ort_message(raw),
-                "requested": requested_bytes(raw),
-            }
-        return {"ok": False, "kind": "error", "msg": clean_ort_message(raw)}
-
-    send({"ready": True, "pid": os.getpid()})
-    while True:
-        try:
-            head, payload = _read_frame(rfd, None)
-        except _Died:
-            return
-        op = head.get("op")
-        state["t0"], state["limit"] = time.monotonic(), float(head.get("timeout", 60.0))
-        try:
-            if op == "open":
-                reply = _open_session(head, sessions, ort)
-            elif op == "run":
-                key = head.get("key")
-                if key not in sessions:
-                    reply, out = {"ok": False, "kind": "missing"}, b""
-                else:
-                    sessions.move_to_end(key)
-                    reply, out = _run_session(sessions[key], head, payload, ort)
-                state["t0"] = None
-                send(reply, out)
-                continue
-            elif op == "close":
-                sessions.pop(head.get("key"), None)
-                reply = {"ok": True}
-            else:
-                reply = {"ok": False, "kind": "error", "msg": f"unknown request {op!r}"}
-        except BaseException as e:  # noqa: BLE001 - every failure is reported to the parent
-            reply = fail(e)
-        state["t0"] = None
-        send(reply)
-
-
-def _open_session(
-    head: dict[str, Any], sessions: OrderedDict[str, Any], ort: Any
-) -> dict[str, Any]:  # pragma: no cover
-    key = str(head["key"])
-    with open(str(head["path"]), "rb") as f:
-        data = f.read()
-    if hashlib.sha256(data).hexdigest() != head.get("sha256"):
-        return {"ok": False, "kind": "changed", "msg": "the file changed after it was checked"}
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = max(1, int(head.get("threads", 1)))
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 4
-    if not head.get("spin"):
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
-    del data
-    evicted = []
-    sessions[key] = sess
-    sessions.move_to_end(key)
-    while len(sessions) > SESSIONS_PER_HOST:
-        evicted.append(sessions.popitem(last=False)[0])
-
-    def io(vs: Any) -> list[Any]:
-        return [[v.name, [d if isinstance(d, int) else -1 for d in (v.shape or [])]] for v in vs]
-
-    return {
-        "ok": True,
-        "inputs": io(sess.get_inputs()),
-        "outputs": io(sess.get_outputs()),
-        "evicted": evicted,
-    }
-
-
-def _run_session(
-    sess: Any, head: dict[str, Any], payload: bytes, ort: Any
-) -> tuple[dict[str, Any], bytes]:  # pragma: no cover
-    shape = [int(d) for d in head["shape"]]
-    x = np.frombuffer(payload, np.float32).reshape(shape)
-    ro = ort.RunOptions()
-    ro.log_severity_level = 4
-    names = head.get("outputs")
-    outs = sess.run([str(n) for n in names] if names else None, {sess.get_inputs()[0].name: x}, ro)
-    shapes, parts = [], []
-    for o in outs:
-        if not isinstance(o, np.ndarray) or o.dtype.kind not in "fiub":
-            kind = getattr(o, "dtype", type(o).__name__)
-            return {
-                "ok": False,
-                "kind": "error",
-                "msg": f"an output is of type {kind}; convlens needs numbers",
-            }, b""
-        a = np.ascontiguousarray(o, dtype=np.float32)
-        shapes.append(list(a.shape))
-        parts.append(a.tobytes())
-    return {"ok": True, "outs": shapes}, b"".join(parts)
-
-
-if __name__ == "__main__":  # pragma: no cover - the host process
-    _serve(int(sys.argv[1]))
