@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
@@ -19,6 +19,11 @@ from .errors import BadInput
 from .registry import Observer, get, run, validate
 from .result import Result
 from .store import image_key, request_key
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from .store import RunFacts
 
 
 class RunIndex(Protocol):
@@ -29,17 +34,7 @@ class RunIndex(Protocol):
 
     def get(self, run_id: str) -> Any: ...
 
-    def put(
-        self,
-        result: Result,
-        *,
-        model: str,
-        method: str,
-        params: dict[str, Any],
-        image_key: str | None,
-        key: str | None = None,
-        title: str = "",
-    ) -> str: ...
+    def put(self, result: Result, **facts: Unpack[RunFacts]) -> str: ...
 
 
 @dataclass(frozen=True)

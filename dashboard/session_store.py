@@ -15,7 +15,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
@@ -23,6 +23,11 @@ import accel
 from accel.store import RunStore, StoredRun, StoreError, default_root, save_upload_to
 
 from .auth import current_user
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from accel.store import RunFacts
 
 log = logging.getLogger("convlens.dashboard")
 
@@ -68,25 +73,14 @@ class MemoryRuns:
         self._why: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def put(
-        self,
-        result: accel.Result,
-        *,
-        model: str,
-        method: str,
-        params: dict[str, Any],
-        owner: str,
-        image_key: str | None,
-        key: str | None,
-        title: str,
-        why: str,
-    ) -> str:
+    def put(self, result: accel.Result, *, owner: str, why: str, **facts: Unpack[RunFacts]) -> str:
         """Keep `result` (the newest MAX are kept) and return its id; `why` says why it was not saved."""
         rid = uuid.uuid4().hex[:16]
         shown = {
             str(k): v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)[:80]
-            for k, v in dict(params).items()
+            for k, v in dict(facts["params"]).items()
         }
+        model, method = facts["model"], facts["method"]
         run = StoredRun(
             rid,
             time.time(),
@@ -94,9 +88,9 @@ class MemoryRuns:
             method,
             result.kind,
             shown,
-            image_key,
-            key,
-            title or f"{method} on {model}",
+            facts["image_key"],
+            facts.get("key"),
+            facts.get("title") or f"{method} on {model}",
             {},
             Path(),
             owner=owner,
@@ -180,45 +174,16 @@ class SessionStore:
         return self.memory.get(run_id) is None
 
     # -- runs
-    def put(
-        self,
-        result: accel.Result,
-        *,
-        model: str,
-        method: str,
-        params: dict[str, Any],
-        image_key: str | None,
-        key: str | None = None,
-        title: str = "",
-        private: bool = False,
-    ) -> str:
+    def put(self, result: accel.Result, *, private: bool = False, **facts: Unpack[RunFacts]) -> str:
         """Store a result owned by this session's user; kept in memory (not saved) when the store fails."""
         if self.runs is not None:
             try:
-                return self.runs.put(
-                    result,
-                    model=model,
-                    method=method,
-                    params=params,
-                    image_key=image_key,
-                    key=key,
-                    title=title,
-                    owner=self.user,
-                    private=private,
-                )
+                return self.runs.put(result, owner=self.user, private=private, **facts)
             except StoreError as e:
                 self.problem = public_text(e)
                 log.error("run store write failed, keeping the result in memory: %s", e)
         return self.memory.put(
-            result,
-            why=self.problem or "the run store is unavailable",
-            model=model,
-            method=method,
-            params=params,
-            owner=self.user,
-            image_key=image_key,
-            key=key,
-            title=title,
+            result, owner=self.user, why=self.problem or "the run store is unavailable", **facts
         )
 
     def lookup(self, key: str) -> str | None:

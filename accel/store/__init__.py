@@ -21,7 +21,7 @@ from .folders import ENV_STORE, StoreError, default_root
 from .index import SCHEMA_VERSION
 from .keys import image_key, request_key
 from .repair import RebuildReport, StoreReport
-from .rows import LOCAL_OWNER, StoredRun
+from .rows import LOCAL_OWNER, RunFacts, StoredRun
 from .runstore import RunStore, forget_opened
 from .uploads import ENV_MAX_UPLOAD_MB, UPLOAD_SUFFIXES, save_upload_to
 
@@ -32,6 +32,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "UPLOAD_SUFFIXES",
     "RebuildReport",
+    "RunFacts",
     "RunStore",
     "StoreError",
     "StoreReport",

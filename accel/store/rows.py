@@ -9,7 +9,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 from PIL import Image
@@ -25,10 +25,14 @@ from ..result import (
 )
 from .folders import MANIFEST, RUN_ID, StoreError, read_failure, read_manifest
 
+if TYPE_CHECKING:
+    from typing import NotRequired
+
 __all__ = [
     "LOCAL_OWNER",
     "MAX_TITLE",
     "SCHEMA",
+    "RunFacts",
     "StoredRun",
     "insert_row",
     "row_from_manifest",
@@ -67,6 +71,18 @@ _RUN_COLUMNS = (
     "owner",
     "private",
 )
+
+
+class RunFacts(TypedDict):
+    """What a stored run is of, as every `put` takes it (keyword arguments): the model, the method and its
+    parameters, the image's key, the request key and a title (default: "<method> on <model>")."""
+
+    model: str
+    method: str
+    params: dict[str, Any]
+    image_key: str | None
+    key: NotRequired[str | None]
+    title: NotRequired[str]
 
 
 def summary_of(meta: dict[str, Any]) -> dict[str, Any]:
