@@ -1,4 +1,5 @@
-# convlens: `make run` serves the dashboard, `make test` runs lint + the whole suite. Both set up .venv first.
+# convlens: `make run` serves the dashboard, `make test` runs lint (ruff, import contracts, mypy) + the whole
+# suite. Both set up .venv first.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -37,9 +38,12 @@ system-deps:
 run: $(STAMP) system-deps
 	$(BIN)/streamlit run dashboard/app.py --server.headless true --server.address $(or $(HOST),127.0.0.1) --server.port $(PORT) --browser.gatherUsageStats false
 
+# Import contracts (layers, walls, no cycles) and mypy, both configured in pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .

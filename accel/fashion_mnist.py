@@ -35,8 +35,8 @@ _MAX_ITEMS = 1_000_000  # far above 60k; bounds what a forged header can make us
 _SIDE = 28
 
 
-def _split_files(split: str) -> tuple[str, str]:
-    """Base names (without .gz) of the image and label files of a split."""
+def split_files(split: str) -> tuple[str, str]:
+    """Base names (without .gz) of a split's image and label files; BadInput for a split other than train/test."""
     if split not in _PREFIX:
         raise BadInput(f"Fashion-MNIST split must be 'train' or 'test', not {split!r}")
     prefix = _PREFIX[split]
@@ -54,7 +54,7 @@ def _resolve(folder: Path, base: str) -> Path | None:
 
 def _complete(folder: Path) -> bool:
     """Whether `folder` holds all four idx files (gzipped or plain)."""
-    return all(_resolve(folder, base) is not None for split in _PREFIX for base in _split_files(split))
+    return all(_resolve(folder, base) is not None for split in _PREFIX for base in split_files(split))
 
 
 def find_fashion_mnist() -> Path | None:
@@ -110,7 +110,7 @@ def read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
 
 def _load_idx_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Read and cross-check one split's images and labels from `folder`."""
-    image_base, label_base = _split_files(split)
+    image_base, label_base = split_files(split)
     image_path, label_path = _resolve(folder, image_base), _resolve(folder, label_base)
     if image_path is None or label_path is None:
         raise BadInput(f"{folder}: missing {image_base}(.gz) or {label_base}(.gz)")
@@ -145,7 +145,7 @@ def _torchvision_fallback(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 28, 28) uint8 and labels (N,) int64 of the 'train' (60k) or 'test' (10k) split."""
-    _split_files(split)  # validates the split name before any I/O
+    split_files(split)  # validates the split name before any I/O
     from .settings import get
 
     override = get(ENV_VAR)
