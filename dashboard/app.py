@@ -26,46 +26,27 @@ start_idle_trimmer()  # freed memory goes back to the OS while the server is idl
 st.set_page_config(page_title="convlens", page_icon=":material/visibility:", layout="wide")
 require_sign_in()  # stops here with only the sign-in page for a signed-out browser when sign-in is required
 P = ROOT / "dashboard" / "views"  # not "pages/": Streamlit would serve that folder itself on deep links
+
+
+def view(name: str, title: str, icon: str) -> st.Page:
+    """The page of views/<name>.py, served at /<name> with a Material icon."""
+    return st.Page(str(P / f"{name}.py"), title=title, icon=f":material/{icon}:", url_path=name)
+
+
 PAGES = {
-    "convlens": [
-        st.Page(str(P / "home.py"), title="Home", icon=":material/home:", default=True),
-    ],
-    "Attribution": [
-        st.Page(str(P / "compare.py"), title="Compare", icon=":material/compare:", url_path="compare"),
-    ],
+    "convlens": [st.Page(str(P / "home.py"), title="Home", icon=":material/home:", default=True)],
+    "Attribution": [view("compare", "Compare", "compare")],
     "Inspect": [
-        st.Page(
-            str(P / "filters.py"),
-            title="Filters & activations",
-            icon=":material/grid_on:",
-            url_path="filters",
-        ),
-        st.Page(
-            str(P / "patches.py"), title="Max-activating patches", icon=":material/crop:", url_path="patches"
-        ),
-        st.Page(
-            str(P / "embeddings.py"),
-            title="Embeddings",
-            icon=":material/scatter_plot:",
-            url_path="embeddings",
-        ),
+        view("filters", "Filters & activations", "grid_on"),
+        view("patches", "Max-activating patches", "crop"),
+        view("embeddings", "Embeddings", "scatter_plot"),
     ],
     "Synthesize": [
-        st.Page(
-            str(P / "synthesis.py"), title="Synthesis", icon=":material/auto_awesome:", url_path="synthesis"
-        ),
-        st.Page(
-            str(P / "inversion.py"),
-            title="Inversion & texture",
-            icon=":material/texture:",
-            url_path="inversion",
-        ),
-        st.Page(str(P / "style.py"), title="Style transfer", icon=":material/brush:", url_path="style"),
+        view("synthesis", "Synthesis", "auto_awesome"),
+        view("inversion", "Inversion & texture", "texture"),
+        view("style", "Style transfer", "brush"),
     ],
-    "Results": [
-        st.Page(str(P / "benchmarks.py"), title="Benchmarks", icon=":material/speed:", url_path="benchmarks"),
-        st.Page(str(P / "runs.py"), title="Runs", icon=":material/history:", url_path="runs"),
-    ],
+    "Results": [view("benchmarks", "Benchmarks", "speed"), view("runs", "Runs", "history")],
 }
 nav = st.navigation(PAGES)
 sidebar()

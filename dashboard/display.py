@@ -105,12 +105,17 @@ def colorbar_image(lo: float, hi: float, cmap: str, width: int = 512, height: in
     return Image.fromarray(colorize(ramp, cmap, lo, hi))
 
 
+def compact(fig: go.Figure, height: int, **layout: Any) -> go.Figure:
+    """`fig` in the dashboard's plot style: `height` pixels, thin margins, plus any other layout settings."""
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), **layout)
+    return fig
+
+
 def loss_figure(losses: Sequence[float], title: str = "loss") -> go.Figure:
     """A small line plot of an optimisation's loss curve."""
     y = np.asarray(losses, dtype=np.float64)
     fig = go.Figure(go.Scatter(x=np.arange(len(y)), y=y, mode="lines", name=title))
-    fig.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), title=title, xaxis_title="step")
-    return fig
+    return compact(fig, 220, title=title, xaxis_title="step")
 
 
 def points_figure(
@@ -174,10 +179,7 @@ def points_figure(
                 hoverinfo="skip",
             )
         )
-    fig.update_layout(
-        height=560, margin=dict(l=10, r=10, t=30, b=10), legend=dict(itemsizing="constant"), dragmode="pan"
-    )
-    return fig
+    return compact(fig, 560, legend=dict(itemsizing="constant"), dragmode="pan")
 
 
 def _find(res: Result, names: Sequence[str]) -> Any:

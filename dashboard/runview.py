@@ -45,23 +45,16 @@ def export_buttons(store: SessionStore, run_ids: Sequence[str], *, key: str, pre
     """HTML and zip download buttons whose files are built only when clicked (never on a rerun)."""
     ids = tuple(run_ids)
     name = f"convlens-{ids[0]}" if len(ids) == 1 else "convlens-runs"
-    c1, c2 = st.columns(2)
-    c1.download_button(
-        f"{prefix} HTML",
-        functools.partial(_export_bytes, store, ids, "html"),
-        file_name=f"{name}.html",
-        mime="text/html",
-        key=f"{key}_html",
-        on_click="ignore",
-    )
-    c2.download_button(
-        f"{prefix} zip",
-        functools.partial(_export_bytes, store, ids, "zip"),
-        file_name=f"{name}.zip",
-        mime="application/zip",
-        key=f"{key}_zip",
-        on_click="ignore",
-    )
+    formats = (("HTML", "html", "text/html"), ("zip", "zip", "application/zip"))
+    for col, (label, fmt, mime) in zip(st.columns(len(formats)), formats):
+        col.download_button(
+            f"{prefix} {label}",
+            functools.partial(_export_bytes, store, ids, fmt),
+            file_name=f"{name}.{fmt}",
+            mime=mime,
+            key=f"{key}_{fmt}",
+            on_click="ignore",
+        )
 
 
 def _set_private(run_id: str, private: bool) -> None:
@@ -133,22 +126,14 @@ def render_run(run_id: str, *, key: str = "run") -> None:
             with st.expander("all metadata"):
                 st.json(json.loads(json.dumps(scalars, default=str)))
         if saved and run.owner == store.user:
-            if run.private:
-                st.button(
-                    "Share by link again",
-                    key=f"{key}_share",
-                    on_click=_set_private,
-                    args=(run.id, False),
-                    help="anyone who has the link can open it",
-                )
-            else:
-                st.button(
-                    "Make private",
-                    key=f"{key}_private",
-                    on_click=_set_private,
-                    args=(run.id, True),
-                    help="only you can open it; its link stops working for others",
-                )
+            label, suffix, why = (
+                ("Share by link again", "share", "anyone who has the link can open it")
+                if run.private
+                else ("Make private", "private", "only you can open it; its link stops working for others")
+            )
+            st.button(
+                label, key=f"{key}_{suffix}", on_click=_set_private, args=(run.id, not run.private), help=why
+            )
         if saved:
             export_buttons(store, [run.id], key=key)
 

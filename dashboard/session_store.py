@@ -27,7 +27,7 @@ from .auth import current_user
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from accel.store import RunFacts
+    from accel.store import RunFacts, RunFilter
 
 log = logging.getLogger("convlens.dashboard")
 
@@ -208,17 +208,10 @@ class SessionStore:
         with self._public():
             return self._need().get(run_id, user=self.user)
 
-    def list(
-        self,
-        method: str | None = None,
-        model: str | None = None,
-        limit: int = 200,
-        offset: int = 0,
-        kind: str | None = None,
-    ) -> builtins.list[StoredRun]:
+    def list(self, **filters: Unpack[RunFilter]) -> builtins.list[StoredRun]:
         """The user's runs and the runs shared with them (opened by link), newest first."""
         with self._public():
-            return self._need().list(method, model, limit, offset, kind, user=self.user)
+            return self._need().list(user=self.user, **filters)
 
     def count(self) -> int:
         """How many runs this user lists."""

@@ -21,7 +21,7 @@ from .folders import ENV_STORE, StoreError, default_root
 from .index import SCHEMA_VERSION
 from .keys import image_key, request_key
 from .repair import RebuildReport, StoreReport
-from .rows import LOCAL_OWNER, RunFacts, StoredRun
+from .rows import LOCAL_OWNER, RunFacts, RunFilter, StoredRun
 from .runstore import RunStore, forget_opened
 from .uploads import ENV_MAX_UPLOAD_MB, UPLOAD_SUFFIXES, save_upload_to
 
@@ -33,6 +33,7 @@ __all__ = [
     "UPLOAD_SUFFIXES",
     "RebuildReport",
     "RunFacts",
+    "RunFilter",
     "RunStore",
     "StoreError",
     "StoreReport",

@@ -33,6 +33,7 @@ __all__ = [
     "MAX_TITLE",
     "SCHEMA",
     "RunFacts",
+    "RunFilter",
     "StoredRun",
     "insert_row",
     "row_from_manifest",
@@ -83,6 +84,17 @@ class RunFacts(TypedDict):
     image_key: str | None
     key: NotRequired[str | None]
     title: NotRequired[str]
+
+
+class RunFilter(TypedDict, total=False):
+    """Which stored runs a listing shows (`RunStore.list`'s keyword arguments): by method, model and result kind,
+    and the page (`limit`, `offset`)."""
+
+    method: str | None
+    model: str | None
+    limit: int
+    offset: int
+    kind: str | None
 
 
 def summary_of(meta: dict[str, Any]) -> dict[str, Any]:

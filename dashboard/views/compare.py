@@ -12,7 +12,7 @@ import accel
 from accel.registry import MethodSpec
 from accel.result import Result
 from dashboard import faithfulness
-from dashboard.display import colorbar_image, meta_line, shared_scale, target_index
+from dashboard.display import colorbar_image, compact, meta_line, shared_scale, target_index
 from dashboard.pagekit import methods_on
 from dashboard.session_store import public_text
 from dashboard.sidebar import require_ctx
@@ -210,20 +210,17 @@ for r, res in results:
 curves = [(r["name"], scores[r["run_id"]]) for r, _ in maps if scores.get(r["run_id"], {}).get("curves")]
 if curves:
     with st.expander("Deletion / insertion curves"):
-        fig = go.Figure()
-        for name, sc in curves:
-            for what, dash in (("deletion", "solid"), ("insertion", "dot")):
-                fig.add_trace(
-                    go.Scatter(
-                        x=sc["fractions"], y=sc["curves"][what], name=f"{name} {what}", line=dict(dash=dash)
-                    )
+        fig = go.Figure(
+            [
+                go.Scatter(
+                    x=sc["fractions"], y=sc["curves"][what], name=f"{name} {what}", line=dict(dash=dash)
                 )
-        fig.update_layout(
-            height=320,
-            margin=dict(l=10, r=10, t=30, b=10),
-            xaxis_title="fraction of pixels deleted / inserted (most salient first)",
-            yaxis_title="target probability",
+                for name, sc in curves
+                for what, dash in (("deletion", "solid"), ("insertion", "dot"))
+            ]
         )
+        x_title = "fraction of pixels deleted / inserted (most salient first)"
+        compact(fig, 320, xaxis_title=x_title, yaxis_title="target probability")
         st.plotly_chart(fig, key="cmp_di_plot")
 
 st.divider()
@@ -261,12 +258,8 @@ if san:
         fig.add_trace(
             go.Scatter(x=sc["layers"], y=sc["ssim"], mode="lines", name=f"{name} SSIM", line=dict(dash="dot"))
         )
-    fig.update_layout(
-        height=340,
-        margin=dict(l=10, r=10, t=30, b=10),
-        xaxis_title="randomised down to (cascade, from the logits)",
-        yaxis_title="similarity to the original map",
-    )
+    x_title = "randomised down to (cascade, from the logits)"
+    compact(fig, 340, xaxis_title=x_title, yaxis_title="similarity to the original map")
     st.plotly_chart(fig, key="cmp_sanity_plot")
     for sc in san.values():
         (st.success if sc["passes"] else st.warning)(sc["verdict"])

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import accel
-from dashboard.display import fit_width
+from dashboard.display import compact, fit_width
 from dashboard.session_store import public_text
 from dashboard.sidebar import require_ctx
 from dashboard.ui import escape_md, guard
@@ -88,9 +88,9 @@ with guard("Layers"):
         fig.add_hline(
             y=float(np.log10(net.pre.size)), line_dash="dot", annotation_text="input size"
         )  # log axis: log10 units
-        fig.update_layout(
-            height=240,
-            margin=dict(l=10, r=10, t=30, b=10),
+        compact(
+            fig,
+            240,
             title="receptive field by depth",
             xaxis_title="layer #",
             yaxis_title="px",
