@@ -199,7 +199,12 @@ def _add_method_args(p: argparse.ArgumentParser, spec: Any) -> None:
             help_ += (
                 f" [{info.min if info.min is not None else ''}..{info.max if info.max is not None else ''}]"
             )
-        p.add_argument(flag, dest=f"p_{info.name}", default=None, help=f"{help_} (default: {info.default})".replace("%", "%%"))
+        p.add_argument(
+            flag,
+            dest=f"p_{info.name}",
+            default=None,
+            help=f"{help_} (default: {info.default})".replace("%", "%%"),
+        )
 
 
 def _method_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespace:
