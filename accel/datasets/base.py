@@ -111,7 +111,8 @@ class Dataset:
 
     @property
     def classes(self) -> list[str] | None:
-        """Class names by label index, or None when the images are unlabelled."""
+        """Class names by label index, or None when the images are unlabelled (folders list themselves first)."""
+        self._list()
         return self._classes
 
     @classes.setter
@@ -136,6 +137,9 @@ class Dataset:
         return lines
 
     # -- what subclasses provide --------------------------------------------------------------------------------
+    def _list(self) -> None:
+        """List the dataset's files if that is deferred to first use (folders); nothing to do by default."""
+
     def _count(self) -> int:
         """How many images the dataset holds, before its limit."""
         raise NotImplementedError

@@ -32,16 +32,6 @@ class ImageFolder(Dataset):
         self._skipped = Skipped()
 
     @property
-    def classes(self) -> list[str] | None:
-        """Class names (the subfolders holding images), or None for a flat folder; listing happens on first use."""
-        self._scan()
-        return self._classes
-
-    @classes.setter
-    def classes(self, value: list[str] | None) -> None:
-        self._classes = value
-
-    @property
     def base_spec(self) -> str:
         return f"folder:{self.root.resolve()}"
 
@@ -51,7 +41,12 @@ class ImageFolder(Dataset):
         self._scan()
         return self._skipped
 
+    def _list(self) -> None:
+        """Class names are the subfolders holding images (None for a flat folder): list them on first use."""
+        self._scan()
+
     def _scan(self) -> list[tuple[Path, int | None]]:
+        """The (path, label) pairs, listed by name on first use (no decoding); left-out files are counted."""
         if self._files is not None:
             return self._files
         skipped = Skipped()
