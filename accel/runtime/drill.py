@@ -23,7 +23,7 @@ Position = tuple[int, int]
 
 
 def _estimate(known_pts: np.ndarray, known_vals: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Piecewise-linear interpolation of the evaluated windows' scores at `query` positions (nearest outside the hull)."""
+    """Piecewise-linear interpolation of the evaluated windows' scores at `query` (nearest outside the hull)."""
     from scipy.interpolate import griddata
     from threadpoolctl import threadpool_limits
 

@@ -52,6 +52,7 @@ def forward_taps(net: Backbone, x: torch.Tensor, taps: Sequence[str]) -> dict[st
 
 
 def _as_batch(net: Backbone, batch: Any) -> np.ndarray:
+    """A float32 (N, C, H, W) input batch from images, a tensor or an array, checked for shape and finiteness."""
     if isinstance(batch, (list, tuple)):
         return net.preprocess_batch(batch).numpy()
     if isinstance(batch, torch.Tensor):
@@ -114,6 +115,7 @@ def _check_finite(net: Backbone, taps: Sequence[str], outs: Sequence[np.ndarray]
 
 
 def _alloc_message(e: BaseException) -> bool:
+    """Whether an error is an allocation failure (the runner then halves its batch)."""
     if isinstance(e, MemoryError):
         return True
     msg = str(e).lower()
@@ -145,10 +147,12 @@ class Runner:
         return int(getattr(self._local, "passes", 0))
 
     def _count(self, n: int) -> None:
+        """Add `n` passes to the running total (shared between threads)."""
         with self._count_lock:
             self.passes += n
 
     def _forward(self, x: np.ndarray) -> list[np.ndarray]:
+        """One chunk through the backend: one array per tap, batch first."""
         raise NotImplementedError
 
     def run(self, batch: Any, progress: Progress | None = None) -> dict[str, np.ndarray]:

@@ -73,6 +73,7 @@ class _Host:
         self._err: Any = None
 
     def alive(self) -> bool:
+        """Whether this process started the child and it is still running."""
         return self.proc is not None and self.proc.poll() is None and self.owner == os.getpid()
 
     def ensure(self) -> None:
@@ -120,6 +121,7 @@ class _Host:
             raise BadInput("the sandbox process for uploaded ONNX graphs did not start")
 
     def _stderr_tail(self) -> str:
+        """The last 4 KiB the child wrote to stderr (why it died), or ""."""
         try:
             self._err.seek(0, os.SEEK_END)
             size = self._err.tell()
@@ -191,6 +193,7 @@ _POOL_LOCK = threading.Lock()
 
 
 def _host_for(key: str) -> _Host:
+    """The host a graph is bound to (a new graph goes to the least busy one; old bindings are dropped)."""
     with _POOL_LOCK:
         slot = _ASSIGN.get(key)
         if slot is None:
@@ -217,6 +220,7 @@ def _start_reaper() -> None:
 
 
 def _reap() -> None:
+    """The reaper thread: every little while, stop hosts idle for IDLE_S."""
     while True:
         time.sleep(min(30.0, IDLE_S / 4))
         reap_idle()
@@ -292,6 +296,7 @@ class SandboxedGraph:
                 self._open(host)
 
     def _open(self, host: _Host) -> None:
+        """Open the graph in `host` and record its inputs and outputs (and the sessions the host closed for it)."""
         head, _ = host.request(
             {
                 "op": "open",
@@ -318,6 +323,7 @@ class SandboxedGraph:
                 _IO.pop(next(iter(_IO)))
 
     def _error(self, head: dict[str, Any], doing: str) -> Exception:
+        """The exception for a failed answer: OrtAllocationError (the runner halves its batch) or BadInput."""
         from .session import OrtAllocationError, human_bytes
 
         msg = str(head.get("msg", "no message"))[:400]
@@ -358,6 +364,7 @@ class SandboxedGraph:
         raise BadInput(f"{self.name}: the sandbox lost the graph twice; load it again")  # pragma: no cover
 
     def _unpack(self, head: dict[str, Any], data: bytes) -> list[np.ndarray]:
+        """The float32 outputs of an answer, checked against the shapes its header announces."""
         outs = []
         off = 0
         for shape in head.get("outs", []):
