@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .errors import BadInput, NotDifferentiable, ResourceLimit, UntrustedFile
 from .registry import MethodSpec, Observer, ProgressObserver, get, run
@@ -29,32 +29,36 @@ __all__ = [
     "runner",
     "Backbone",
     "LayerInfo",
+    "LoadOptions",
 ]
 
 if TYPE_CHECKING:
     import os
+    from typing import Unpack
 
     from .backbone import Backbone, LayerInfo
     from .images import open_image
     from .runtime.runner import runner
 
 
-def load(
-    name: str | os.PathLike[str],
-    *,
-    arch: str | None = None,
-    pretrained: bool | None = None,
-    trust: bool = False,
-    display_name: str | None = None,
-) -> Backbone:
+class LoadOptions(TypedDict, total=False):
+    """How `accel.load` reads a backbone: `arch` (the architecture of a bare state dict), `pretrained` (None: the
+    real weights when available), `trust` (allow full pickles) and `display_name` (how messages name the file);
+    their defaults are `accel.zoo.load`'s."""
+
+    arch: str | None
+    pretrained: bool | None
+    trust: bool
+    display_name: str | None
+
+
+def load(name: str | os.PathLike[str], **options: Unpack[LoadOptions]) -> Backbone:
     """A backbone by zoo name, torchvision name, checkpoint path (+ `arch`) or .onnx path (see `accel.zoo.load`);
     an .onnx file gets ONNX Runtime's sandboxed runner as its forward engine (the zoo sits below the runtime)."""
     from .runtime.runner import onnx_logits
     from .zoo import load as zoo_load
 
-    return zoo_load(
-        name, arch=arch, pretrained=pretrained, trust=trust, display_name=display_name, engine=onnx_logits
-    )
+    return zoo_load(name, engine=onnx_logits, **options)
 
 
 def __getattr__(name: str) -> Any:
