@@ -80,7 +80,9 @@ class ZhouCAM(CAMBase):
     def __init__(self, net: Backbone, layer: str | None = None, relu: bool = False) -> None:
         layer, self.fc = find_cam_head(net, layer)
         super().__init__(net, layer, relu=relu)
-        self.fc_weight = dict(net.module.named_modules())[self.fc].weight.detach().float()  # type: ignore[union-attr]
+        lin = dict(net.require_module("cam").named_modules())[self.fc]
+        assert isinstance(lin, nn.Linear)  # find_cam_head only answers with an nn.Linear
+        self.fc_weight = lin.weight.detach().float()
 
     def channel_weights(self, acts: torch.Tensor, grads: torch.Tensor | None, score: Score) -> torch.Tensor:
         w = torch.zeros(self.fc_weight.shape[1])

@@ -130,7 +130,8 @@ def blended_grams(
         if content01 is not None:
             s01 = match_colors(s01, content01)
         for name, g in _opt.gram_targets(net, s01, layers).items():
-            out[name] = out.get(name, 0) + (w / total) * g  # type: ignore[operator]
+            term = (w / total) * g
+            out[name] = out[name] + term if name in out else term
     return out
 
 
@@ -181,9 +182,9 @@ def run(
     if cw > 0:
         term = cw * _opt.feature_error(content_layer, content_t, f"content({content_layer})")
         obj = term if obj is None else obj + term
+    assert obj is not None  # content_weight + style_weight > 0 was checked above
     if tw > 0:
-        obj = obj + tw * _opt.tv()  # type: ignore[operator]
-    assert obj is not None
+        obj = obj + tw * _opt.tv()
     gen = torch.Generator().manual_seed(p.seed)
     init = (
         c01.clone()
