@@ -81,8 +81,8 @@ VARS: dict[str, Var] = {}
 
 
 def declare(name: str, kind: str, default: Any, meaning: str, minimum: float | None = None) -> Var:
-    """Add a variable to the table; called here (and by accel.limits for its caps) at import time only, so the
-    table is whole wherever settings is imported."""
+    """Add a variable to the table; called here at import time only, so the table is whole wherever settings is
+    imported."""
     if not name.startswith("CONVLENS_"):
         raise ValueError(f"setting names start with CONVLENS_, got {name!r}")
     var = Var(name, kind, default, meaning, minimum)
@@ -167,12 +167,63 @@ declare(
 )
 
 
+@dataclass(frozen=True)
+class Cap:
+    """One configurable limit: what it bounds, its environment variable and its default."""
+
+    kind: str
+    env: str
+    default: int
+    what: str
+
+
+# Resource caps (accel.limits checks them), declared here like every other variable.
+CAPS: dict[str, Cap] = {
+    c.kind: c
+    for c in (
+        Cap(
+            "pixels", "CONVLENS_MAX_PIXELS", 50_000_000, "pixels in an opened image (checked from the header)"
+        ),
+        Cap("upload_mb", "CONVLENS_MAX_UPLOAD_MB", 1024, "size of an uploaded file in MiB"),
+        Cap("side", "CONVLENS_MAX_SIDE", 1024, "side in pixels of an image a method generates or optimises"),
+        Cap("steps", "CONVLENS_MAX_STEPS", 2000, "optimisation steps / epochs of one run"),
+        Cap("batch", "CONVLENS_MAX_BATCH", 1024, "images in one batch"),
+        Cap("passes", "CONVLENS_MAX_PASSES", 1024, "forward/backward passes per image (samples, IG steps)"),
+        Cap("dataset", "CONVLENS_MAX_DATASET", 100_000, "images streamed from one dataset"),
+        Cap("synth_mb", "CONVLENS_SYNTH_MAX_MB", 8192, "memory in MiB a synthesis run may plan for"),
+        Cap("zip_files", "CONVLENS_UPLOAD_ZIP_FILES", 20_000, "images in one uploaded dataset .zip"),
+        Cap("zip_mb", "CONVLENS_UPLOAD_ZIP_MB", 512, "uncompressed MiB of one uploaded dataset .zip"),
+        Cap(
+            "checkpoint_mb",
+            "CONVLENS_MAX_CHECKPOINT_MB",
+            2048,
+            "MiB of tensors in a checkpoint, decompressed",
+        ),
+        Cap(
+            "checkpoint_tensors",
+            "CONVLENS_MAX_CHECKPOINT_TENSORS",
+            100_000,
+            "tensors (zip records) in a checkpoint",
+        ),
+        Cap(
+            "checkpoint_ratio",
+            "CONVLENS_MAX_CHECKPOINT_RATIO",
+            100,
+            "compression ratio of a zipped checkpoint over 64 MiB",
+        ),
+    )
+}
+_MIB_CAPS = ("upload_mb", "synth_mb", "checkpoint_mb", "zip_mb")  # sizes in MiB may be fractional
+for _c in CAPS.values():
+    if _c.kind in _MIB_CAPS:
+        declare(_c.env, "float", _c.default, f"cap: {_c.what}", 1e-6)
+    else:
+        declare(_c.env, "int", _c.default, f"cap: {_c.what}", 1)
+
+
 def get(name: str) -> Any:
     """The typed value of variable `name`: parsed from the environment if set (non-empty), else its default."""
     var = VARS.get(name)
-    if var is None:
-        _load_caps()
-        var = VARS.get(name)
     if var is None:
         raise KeyError(f"{name} is not a declared convlens setting")
     raw = os.environ.get(name)
@@ -188,7 +239,6 @@ def is_set(name: str) -> bool:
 
 def check_all() -> list[str]:
     """Parse every declared variable now; the messages of those that are malformed (empty list: all fine)."""
-    _load_caps()
     bad = []
     for name in VARS:
         try:
@@ -200,7 +250,6 @@ def check_all() -> list[str]:
 
 def table() -> list[dict[str, Any]]:
     """Every variable with its kind, default, current value (or the error it gives) and meaning."""
-    _load_caps()
     rows = []
     for var in sorted(VARS.values(), key=lambda v: v.name):
         try:
@@ -233,21 +282,10 @@ def markdown_table() -> str:
             v = int(v)
         return f"{v:,}" if isinstance(v, int) else str(v)
 
-    _load_caps()
     rows = ["| variable | default | meaning |", "|---|---:|---|"]
     for var in sorted(VARS.values(), key=lambda v: v.name):
         rows.append(f"| `{var.name}` | {fmt(var.default)} | {var.meaning} |")
     return "\n".join(rows)
-
-
-_CAPS_LOADED: list[bool] = []
-
-
-def _load_caps() -> None:
-    """Resource caps declare themselves in accel.limits; import it so the table is whole."""
-    if not _CAPS_LOADED:
-        _CAPS_LOADED.append(True)
-        from . import limits  # noqa: F401
 
 
 def lazy(name: str) -> Callable[[], Any]:

@@ -937,7 +937,7 @@ def _run(
 ) -> Any:
     spec = SPECS[name]
     img = c.img if (spec.needs_image or PROFILES[name].image) else None
-    kw = {"progress": progress} if progress is not None else {}
+    kw = {"observer": accel.ProgressObserver(progress)} if progress is not None else {}
     return accel.run(name, c.net, img, **kw, **resolve(params, c))
 
 

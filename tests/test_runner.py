@@ -10,6 +10,7 @@ import torch
 
 import accel
 from accel.errors import BadInput
+from accel.runtime import cache as cache_mod
 from accel.runtime import export as export_mod
 from accel.runtime.runner import OrtRunner, TorchRunner, auto_batch_size
 from tests.conftest import get_net
@@ -248,7 +249,7 @@ def _fresh_cache(tmp_path, monkeypatch):
 
     monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path / "cache"))
     runner_mod.clear_pool()
-    return export_mod.cache_dir()
+    return cache_mod.cache_dir()
 
 
 def _fashion_batch(n: int = 4) -> np.ndarray:
@@ -434,8 +435,8 @@ def test_temporaries_of_killed_exports_are_cleaned_on_the_next_start(tmp_path, m
         f.write_bytes(b"\0" * 4096)
     hours_ago = time.time() - 3 * 3600
     os.utime(old, (hours_ago, hours_ago))
-    export_mod._CLEANED.discard(str(d))
-    assert export_mod.cache_dir() == d
+    cache_mod._CLEANED.discard(str(d))
+    assert cache_mod.cache_dir() == d
     assert not stale.exists() and not old.exists() and live.exists() and unrelated.exists()
 
     out_dir = tmp_path / "out"

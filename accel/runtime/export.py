@@ -15,9 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import settings
 from ..errors import BadInput
+from .cache import cache_dir, clean_stale_temporaries, temp_name
 
 if TYPE_CHECKING:
     from ..backbone import Backbone
@@ -38,38 +36,11 @@ EXPORT_VERSION = "2"  # 2: zero Pads folded into Conv (graphopt.fold_pads)
 PARITY_RTOL = 1e-4  # allowed max abs difference, relative to max(1, max |torch output|)
 DEFAULT_OPSET = 17
 RECORD_FORMAT = "convlens-graph-sha256-1"
-STALE_TMP_S = 30 * 60  # a temporary this old is an orphan whatever its pid says (pids get reused)
 
 # torch.onnx.export keeps global state (GLOBALS.in_onnx_export): every export in this process takes this lock.
 TORCH_EXPORT_LOCK = threading.RLock()
 _TARGET_LOCKS: dict[str, threading.Lock] = {}
 _TARGET_LOCKS_LOCK = threading.Lock()
-_CLEANED: set[str] = set()
-_TMP_RE = re.compile(r"^\..+\.(\d+)-(\d+)\.tmp$")
-
-
-def cache_dir() -> Path:
-    """Where exports live: $CONVLENS_CACHE/onnx or the user cache directory; stale temporaries of killed
-    exports are removed the first time a process uses it."""
-    env = settings.get("CONVLENS_CACHE")
-    if env:
-        root = Path(env)
-    else:
-        from platformdirs import user_cache_dir
-
-        root = Path(user_cache_dir("convlens"))
-    d = root / "onnx"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BadInput(
-            f"the convlens cache folder cannot be created ({e.strerror or type(e).__name__}); point "
-            "CONVLENS_CACHE at a writable folder"
-        ) from None
-    if str(d) not in _CLEANED:
-        _CLEANED.add(str(d))
-        clean_stale_temporaries(d)
-    return d
 
 
 def safe_name(tap: str) -> str:
@@ -177,48 +148,6 @@ def discard(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- temporaries, locks
-
-
-def temp_name(target: Path) -> Path:
-    """A temporary beside `target`, unique per process and thread: `.<name>.<pid>-<thread>.tmp`."""
-    return target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def clean_stale_temporaries(folder: Path, prefix: str = "") -> list[str]:
-    """Remove temporaries `.<prefix>*.<pid>-<thread>.tmp` in `folder` whose process is gone, or older than
-    STALE_TMP_S from another process; returns the names removed."""
-    gone: list[str] = []
-    now = time.time()
-    try:
-        entries = list(folder.glob(f".{prefix}*.tmp"))
-    except OSError:
-        return gone
-    for f in entries:
-        m = _TMP_RE.match(f.name)
-        if m is None:
-            continue
-        pid = int(m.group(1))
-        if pid == os.getpid():
-            continue
-        try:
-            old = now - f.stat().st_mtime > STALE_TMP_S
-        except OSError:
-            continue
-        if old or not _pid_alive(pid):
-            with contextlib.suppress(OSError):
-                f.unlink()
-                gone.append(f.name)
-    return gone
 
 
 @contextlib.contextmanager

@@ -36,7 +36,8 @@ def packaged_photo_batches(net: Backbone) -> tuple[np.ndarray, np.ndarray]:
 def _cached_copy(out: Path, build: Callable[[Path], None]) -> Path:
     """`out` if it matches its recorded SHA-256, else rebuilt by `build(tmp)` into a unique temporary (one
     builder at a time across threads and processes), recorded and moved into place."""
-    from .export import build_lock, discard, recorded_problem, temp_name, write_record
+    from .cache import temp_name
+    from .export import build_lock, discard, recorded_problem, write_record
 
     if out.exists() and recorded_problem(out) is None:
         return out
@@ -84,7 +85,7 @@ def quantize_int8(src: Path, calib: np.ndarray, input_name: str = "input") -> Pa
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        from .export import temp_name
+        from .cache import temp_name
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:

@@ -151,7 +151,7 @@ def provider_options(provider: str, fp16: bool = False) -> dict[str, Any]:
     built once per machine, and runs fp16 when asked; CUDA searches conv algorithms exhaustively (batched
     sweeps reuse one shape) and copies in the default stream."""
     if provider == "TensorrtExecutionProvider":
-        from .export import cache_dir
+        from .cache import cache_dir
 
         d = cache_dir().parent / "trt"
         d.mkdir(parents=True, exist_ok=True)

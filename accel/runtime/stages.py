@@ -21,13 +21,12 @@ import torch
 from torch import nn
 
 from ..errors import BadInput
+from .cache import cache_dir, clean_stale_temporaries
 from .cuts import Geom, decomposed, relative
 from .export import (
     DEFAULT_OPSET,
     PARITY_RTOL,
     GraphSpec,
-    cache_dir,
-    clean_stale_temporaries,
     discard,
     export_module,
     module_parity,

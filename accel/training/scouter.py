@@ -79,7 +79,7 @@ def _cached_extract(
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from accel.runtime.export import cache_dir
+    from accel.runtime.cache import cache_dir
 
     path = cache_dir().parent / "features" / f"{key.replace('.', '_')}.safetensors"
     if path.is_file():

@@ -91,7 +91,8 @@ def parity(
 def onnx_session(name: str) -> tuple[Any, str, float]:
     """(ONNX Runtime session, provider, parity max abs diff) for a shipped style: exported, recorded and
     parity-checked once through the runtime's one export path (dynamic batch, height and width)."""
-    from ...runtime.export import GraphSpec, cache_dir, graph_key, verified_graph
+    from ...runtime.cache import cache_dir
+    from ...runtime.export import GraphSpec, graph_key, verified_graph
 
     card = read_card(name)
     axes = {0: "n", 2: "h", 3: "w"}
