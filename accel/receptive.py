@@ -314,9 +314,15 @@ class _Propagator:
                 out.append((n, g))
         return out
 
-    def first_spatial(self, node: fx.Node) -> tuple[fx.Node, _Geo] | None:
+    def local_input(self, node: fx.Node) -> tuple[fx.Node, _Geo] | _Geo | None:
+        """The node's first spatial input and its field; None without one, _GLOBAL when it sees everything.
+
+        Every windowed or layout rule starts here: no spatial input means no field, a global input stays global.
+        """
         ins = self.in_geos(node)
-        return ins[0] if ins else None
+        if not ins:
+            return None
+        return _GLOBAL if ins[0][1].global_ else ins[0]
 
     def sizes_at(self, v: Any, axes: tuple[int, ...]) -> tuple[int, ...] | None:
         shp = _shape_of(v)
@@ -375,12 +381,10 @@ class _Propagator:
         return _Geo(tuple(size), tuple(jump), tuple(start), g.axes)
 
     def conv_module(self, node: fx.Node, m: nn.modules.conv._ConvNd) -> _Geo | None:
-        src_g = self.first_spatial(node)
-        if src_g is None:
-            return None
+        src_g = self.local_input(node)
+        if not isinstance(src_g, tuple):
+            return src_g
         src, g = src_g
-        if g.global_:
-            return _GLOBAL
         if not isinstance(m, _CONV):
             raise self.fail(node, f"{type(m).__name__} is not supported (only 1-d and 2-d convolutions)")
         nd = len(g.axes)
@@ -430,12 +434,10 @@ class _Propagator:
         return left, right
 
     def pad(self, node: fx.Node, pad: Any) -> _Geo | None:
-        src_g = self.first_spatial(node)
-        if src_g is None:
-            return None
+        src_g = self.local_input(node)
+        if not isinstance(src_g, tuple):
+            return src_g
         src, g = src_g
-        if g.global_:
-            return _GLOBAL
         shp = _shape_of(self.values[src])
         nd = len(g.axes)
         if shp is None or g.axes != tuple(range(len(shp) - nd, len(shp))):
@@ -445,12 +447,10 @@ class _Propagator:
         return _Geo(g.size, g.jump, start, g.axes)
 
     def pool(self, node: fx.Node, kind: str, args: Sequence[Any], kwargs: dict[str, Any]) -> _Geo | None:
-        src_g = self.first_spatial(node)
-        if src_g is None:
-            return None
+        src_g = self.local_input(node)
+        if not isinstance(src_g, tuple):
+            return src_g
         src, g = src_g
-        if g.global_:
-            return _GLOBAL
         nd = len(g.axes)
         k = _tup(_arg(args, kwargs, 1, "kernel_size", 1), nd)
         stride = _arg(args, kwargs, 2, "stride", None)
@@ -466,12 +466,10 @@ class _Propagator:
         return self.window(node, src, g, k, s, p, p, d, ceil)
 
     def pool_module(self, node: fx.Node, m: nn.Module) -> _Geo | None:
-        src_g = self.first_spatial(node)
-        if src_g is None:
-            return None
+        src_g = self.local_input(node)
+        if not isinstance(src_g, tuple):
+            return src_g
         src, g = src_g
-        if g.global_:
-            return _GLOBAL
         nd = len(g.axes)
         k = _tup(m.kernel_size, nd)
         s = k if m.stride is None else _tup(m.stride, nd)
@@ -483,12 +481,10 @@ class _Propagator:
         return self.window(node, src, g, k, s, p, p, d, bool(getattr(m, "ceil_mode", False)))
 
     def adaptive(self, node: fx.Node) -> _Geo | None:
-        src_g = self.first_spatial(node)
-        if src_g is None:
-            return None
+        src_g = self.local_input(node)
+        if not isinstance(src_g, tuple):
+            return src_g
         src, g = src_g
-        if g.global_:
-            return _GLOBAL
         in_sizes = self.sizes_at(self.values[src], g.axes)
         out_sizes = self.sizes_at(self.values[node], g.axes)
         if in_sizes is None or out_sizes is None:
@@ -529,12 +525,10 @@ class _Propagator:
 
     def reshape(self, node: fx.Node) -> _Geo | None:
         """flatten / view / reshape / squeeze: same layout keeps the field, merged spatial axes -> global."""
-        src_g = self.first_spatial(node)
-        if src_g is None:
-            return None
+        src_g = self.local_input(node)
+        if not isinstance(src_g, tuple):
+            return src_g
         src, g = src_g
-        if g.global_:
-            return _GLOBAL
         in_v, out_v = self.values[src], self.values[node]
         si, so = _shape_of(in_v), _shape_of(out_v)
         if si is None or so is None:
@@ -552,12 +546,10 @@ class _Propagator:
         return _GLOBAL
 
     def reduce(self, node: fx.Node, args: Sequence[Any], kwargs: dict[str, Any]) -> _Geo | None:
-        src_g = self.first_spatial(node)
-        if src_g is None:
-            return None
+        src_g = self.local_input(node)
+        if not isinstance(src_g, tuple):
+            return src_g
         src, g = src_g
-        if g.global_:
-            return _GLOBAL
         if len(args) > 1 and isinstance(args[1], torch.Tensor):  # torch.max(a, b): elementwise
             return self.union(node)
         in_shape = _shape_of(self.values[src])
@@ -579,12 +571,10 @@ class _Propagator:
 
     def with_dim(self, node: fx.Node, args: Sequence[Any], kwargs: dict[str, Any]) -> _Geo | None:
         """softmax / cumsum along a dim: pointwise unless that dim is spatial (then global)."""
-        src_g = self.first_spatial(node)
-        if src_g is None:
-            return None
+        src_g = self.local_input(node)
+        if not isinstance(src_g, tuple):
+            return src_g
         src, g = src_g
-        if g.global_:
-            return _GLOBAL
         dim = _arg(args, kwargs, 1, "dim", None)
         shp = _shape_of(self.values[src])
         if dim is None or shp is None or (int(dim) % len(shp)) in g.axes:
@@ -592,12 +582,10 @@ class _Propagator:
         return self.union(node)
 
     def permute(self, node: fx.Node, name: str, args: Sequence[Any]) -> _Geo | None:
-        src_g = self.first_spatial(node)
-        if src_g is None:
-            return None
+        src_g = self.local_input(node)
+        if not isinstance(src_g, tuple):
+            return src_g
         src, g = src_g
-        if g.global_:
-            return _GLOBAL
         shp = _shape_of(self.values[src])
         if shp is None:
             raise self.fail(node, "cannot read the input shape")
@@ -620,12 +608,12 @@ class _Propagator:
 
     def linear(self, node: fx.Node) -> _Geo | None:
         """Linear layers mix their last axis: pointwise on channels-last maps, global otherwise."""
-        src_g = self.first_spatial(node)
-        if src_g is None:
-            return None
+        src_g = self.local_input(node)
+        if not isinstance(src_g, tuple):
+            return src_g
         src, g = src_g
         shp = _shape_of(self.values[src])
-        if g.global_ or shp is None or (len(shp) - 1) in g.axes:
+        if shp is None or (len(shp) - 1) in g.axes:
             return _GLOBAL
         return self.union(node)
 
@@ -733,12 +721,10 @@ class _Propagator:
         return self.union(node)
 
     def conv_fn(self, node: fx.Node, args: Sequence[Any], kwargs: dict[str, Any]) -> _Geo | None:
-        src_g = self.first_spatial(node)
-        if src_g is None:
-            return None
+        src_g = self.local_input(node)
+        if not isinstance(src_g, tuple):
+            return src_g
         src, g = src_g
-        if g.global_:
-            return _GLOBAL
         nd = len(g.axes)
         weight = _arg(args, kwargs, 1, "weight", None)
         if not isinstance(weight, torch.Tensor):
