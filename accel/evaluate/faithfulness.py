@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -170,20 +170,22 @@ def _softmax(outs: dict[str, np.ndarray]) -> np.ndarray:
     return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
 
+class CurveOptions(TypedDict, total=False):
+    """Sweep options of `deletion_insertion`; their defaults are `deletion_insertion_many`'s (declared once)."""
+
+    steps: int
+    baseline: str | float | np.ndarray
+    backend: str
+    progress: Progress | None
+    seed: int
+    n_random: int
+    random: str
+    batch_size: int | None
+    runner: Runner | None
+
+
 def deletion_insertion(
-    net: Backbone,
-    img: Any,
-    saliency_map: Any,
-    target: int | None = None,
-    steps: int = 50,
-    baseline: str | float | np.ndarray = "petsiuk",
-    backend: str = "auto",
-    progress: Progress | None = None,
-    seed: int = 0,
-    n_random: int = 1,
-    random: str = "matched",
-    batch_size: int | None = None,
-    runner: Runner | None = None,
+    net: Backbone, img: Any, saliency_map: Any, target: int | None = None, **opts: Unpack[CurveOptions]
 ) -> dict[str, Any]:
     """Deletion and insertion curves + AUCs of a map, beside the same for seeded random maps (Petsiuk et al.).
 
@@ -194,21 +196,7 @@ def deletion_insertion(
     maps, averaged) is `random="matched"` (phase-randomised surrogates of the map: same smoothness, random
     location; see `random_baseline_map`) or "pixel" (i.i.d. pixels). All copies go through one batched sweep.
     """
-    return deletion_insertion_many(
-        net,
-        img,
-        [saliency_map],
-        [target],
-        steps,
-        baseline,
-        backend,
-        progress,
-        seed,
-        n_random,
-        random,
-        batch_size,
-        runner,
-    )[0]
+    return deletion_insertion_many(net, img, [saliency_map], [target], **opts)[0]
 
 
 def _check_options(net: Backbone, steps: int, n_random: int, random: str) -> None:
