@@ -45,9 +45,22 @@ def load_numpy_pickle(path: Path) -> Any:
         return _NumpyOnly(f).load()
 
 
-def _source(card: dict[str, Any]) -> str:
-    """How a packaged backbone names where its weights come from."""
-    return f"{card['package']}=={card['package_version']}"
+def _card_backbone(
+    name: str, module: nn.Module, card: dict[str, Any], labels: list[str] | None = None
+) -> Backbone:
+    """A packaged backbone as its card describes it (preprocessing, source, CAM and embedding layers); headless
+    when it ships no labels (the conv-features backbones)."""
+    return Backbone(
+        name,
+        module,
+        cards.preproc_from_card(card),
+        labels,
+        source=f"{card['package']}=={card['package_version']}",  # the pinned package holding the weights
+        has_head=labels is not None,
+        cam_layer=card["cam_layer"],
+        embedding_layer=card["embedding_layer"],
+        card=card,
+    )
 
 
 def efficientnet(name: str) -> Backbone:
@@ -57,16 +70,7 @@ def efficientnet(name: str) -> Backbone:
     card, path = cards.shipped(name)
     m = EfficientNetLite(name)
     m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return Backbone(
-        name,
-        m,
-        cards.preproc_from_card(card),
-        imagenet_labels(),
-        source=_source(card),
-        cam_layer=card["cam_layer"],
-        embedding_layer=card["embedding_layer"],
-        card=card,
-    )
+    return _card_backbone(name, m, card, imagenet_labels())
 
 
 def flax_features(name: str, tv_builder: Callable[[], nn.Module], root: str) -> Backbone:
@@ -94,17 +98,7 @@ def flax_features(name: str, tv_builder: Callable[[], nn.Module], root: str) -> 
     for m in feats:  # in-place ReLUs would overwrite tapped activations
         if isinstance(m, nn.ReLU):
             m.inplace = False
-    return Backbone(
-        name,
-        ConvFeatures(feats),
-        cards.preproc_from_card(card),
-        None,
-        source=_source(card),
-        has_head=False,
-        cam_layer=card["cam_layer"],
-        embedding_layer=card["embedding_layer"],
-        card=card,
-    )
+    return _card_backbone(name, ConvFeatures(feats), card)
 
 
 def alexnet() -> Backbone:
@@ -128,17 +122,7 @@ def vgg19() -> Backbone:
     card, path = cards.shipped("vgg19")
     m = VGG19Caffe()
     m.load_quantized(torch.load(path, map_location="cpu", weights_only=True))
-    return Backbone(
-        "vgg19",
-        m,
-        cards.preproc_from_card(card),
-        None,
-        source=_source(card),
-        has_head=False,
-        cam_layer=card["cam_layer"],
-        embedding_layer=card["embedding_layer"],
-        card=card,
-    )
+    return _card_backbone("vgg19", m, card)
 
 
 def fashion_cnn() -> Backbone:
