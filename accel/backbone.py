@@ -361,6 +361,22 @@ class Backbone:
         """Layers with a spatial (C,H,W) output, the candidates for activations, CAM and max patches."""
         return [li for li in self.layers() if len(li.out_shape) == 3]
 
+    def spatial_layer(self, name: str, refuse: Callable[[LayerInfo, list[str]], str]) -> LayerInfo:
+        """The layer called `name` when it outputs a (C,H,W) feature map; else BadInput worded by the calling family:
+        `refuse(layer, names of the spatial layers)` (CAM and inspection methods each keep their own message)."""
+        li = self.layer(name)
+        if len(li.out_shape) != 3:
+            raise BadInput(refuse(li, [x.name for x in self.conv_layers()]))
+        return li
+
+    def default_spatial_layer(self) -> str | None:
+        """The declared CAM layer, else the last (C,H,W) layer whose map is larger than 1x1; None without one.
+        The default of every method that reads one feature map (CAM, activations, max patches)."""
+        if self.cam_layer:
+            return self.cam_layer
+        spatial = [li.name for li in self.conv_layers() if li.out_shape[1] > 1 or li.out_shape[2] > 1]
+        return spatial[-1] if spatial else None
+
     def weights_hash(self) -> str:
         """SHA-256 over the module's parameters and buffers (keys the ONNX export cache and the runner pool)."""
         if self._hash is None:

@@ -206,24 +206,21 @@ def spatial_layer(
     name = name or default or ""
     if not name:
         raise BadInput(f"{what}: pass a `layer` (one of {[li.name for li in net.conv_layers()][:12]} ...)")
-    li = net.layer(name)
-    if len(li.out_shape) != 3:
-        spatial = [x.name for x in net.conv_layers()]
-        raise BadInput(
+    return net.spatial_layer(
+        name,
+        lambda li, spatial: (
             f"{what}: layer {name!r} has output shape {li.out_shape}, not a (C,H,W) feature map; "
             f"choose one of {spatial[:8]} ... ({len(spatial)} spatial layers)"
-        )
-    return li
+        ),
+    )
 
 
 def default_activation_layer(net: Backbone) -> str:
     """The layer shown by default: the CAM layer, else the last spatial layer with more than 1x1 maps."""
-    if net.cam_layer:
-        return net.cam_layer
-    spatial = [li for li in net.conv_layers() if li.out_shape[1] > 1]
-    if not spatial:
+    name = net.default_spatial_layer()
+    if name is None:
         raise BadInput(f"{net.name!r} has no spatial layer")
-    return spatial[-1].name
+    return name
 
 
 def parse_int_list(text: str, what: str, upper: int) -> list[int]:

@@ -87,13 +87,16 @@ class Score:
 
 def check_layer(net: Backbone, layer: str, spatial: bool = True) -> str:
     """Validate a layer name from `net.layers()`; with `spatial`, require a (C,H,W) feature map."""
-    info = net.layer(layer)  # BadInput with suggestions when unknown
-    if spatial and len(info.out_shape) != 3:
-        convs = [li.name for li in net.conv_layers()]
-        raise BadInput(
+    if not spatial:
+        net.layer(layer)  # BadInput with suggestions when unknown
+        return layer
+    net.spatial_layer(
+        layer,
+        lambda info, convs: (
             f"layer {layer!r} of {net.name!r} outputs shape {info.out_shape}, not a (C,H,W) feature map; "
             f"choose a convolutional layer, e.g. {convs[-3:]}"
-        )
+        ),
+    )
     return layer
 
 
@@ -104,9 +107,7 @@ def default_cam_layer(net: Backbone) -> str:
             f"{net.name!r} is a forward-only ONNX file that exposes only its logits; CAM methods need a conv "
             "layer's activations: load the PyTorch weights (a zoo name or a checkpoint) instead"
         )
-    if net.cam_layer:
-        return net.cam_layer
-    spatial = [li.name for li in net.conv_layers() if li.out_shape[1] > 1 or li.out_shape[2] > 1]
-    if not spatial:
+    name = net.default_spatial_layer()
+    if name is None:
         raise BadInput(f"{net.name!r} has no convolutional layer with a spatial output for a CAM")
-    return spatial[-1]
+    return name
