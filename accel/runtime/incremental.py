@@ -44,7 +44,7 @@ from .drill import DRILL_REFINE, drill_down
 from .layerwise import Layerwise
 from .session import run_session
 from .stages import Stage, Tail, make_stages, quantize_pieces, stage_path, stage_session, verified_stage
-from .sweep import Occlusion, _baseline
+from .sweep import Occlusion, baseline_image
 
 if TYPE_CHECKING:
     from ..backbone import Backbone
@@ -326,7 +326,7 @@ class IncrementalOcclusion:
             self._count(1)
         base_split = cur[0]
         wh, ww = occ.window
-        base_img = _baseline(x[0], occ.baseline)
+        base_img = baseline_image(x[0], occ.baseline)
         boxes: list[Box] = [(r, r + wh, c, c + ww) for r, c in occ.positions]
         vals = [base_img[:, r : r + wh, c : c + ww] for r, c in occ.positions]
         total_work = (len(self.stages) + 1) * occ.n

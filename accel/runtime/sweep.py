@@ -14,7 +14,8 @@ import numpy as np
 from ..errors import BadInput
 
 
-def _baseline(x0: np.ndarray, baseline: float | np.ndarray) -> np.ndarray:
+def baseline_image(x0: np.ndarray, baseline: float | np.ndarray) -> np.ndarray:
+    """The baseline as a full (C,H,W) image: a scalar, per-channel or whole-image baseline broadcast to x0."""
     b = np.asarray(baseline, dtype=np.float32)
     if b.ndim == 0:
         return np.full_like(x0, float(b))
@@ -63,7 +64,7 @@ class Occlusion(Perturbation):
         self.n = len(self.positions)
 
     def make(self, x0: np.ndarray, start: int, stop: int) -> np.ndarray:
-        b = _baseline(x0, self.baseline)
+        b = baseline_image(x0, self.baseline)
         out = np.repeat(x0[None], stop - start, axis=0)
         wh, ww = self.window
         for k, (r, c) in enumerate(self.positions[start:stop]):
@@ -92,7 +93,7 @@ class Masks(Perturbation):
         self.n = len(self.masks)
 
     def make(self, x0: np.ndarray, start: int, stop: int) -> np.ndarray:
-        b = _baseline(x0, self.baseline)
+        b = baseline_image(x0, self.baseline)
         m = self.masks[start:stop, None].astype(np.float32)
         return x0[None] * m + b[None] * (1.0 - m)
 
@@ -116,7 +117,7 @@ class Reveal(Perturbation):
         self.counts = [math.ceil(k * hw / self.steps) for k in range(self.n)]
 
     def make(self, x0: np.ndarray, start: int, stop: int) -> np.ndarray:
-        b = _baseline(x0, self.baseline)
+        b = baseline_image(x0, self.baseline)
         c, h, w = x0.shape
         out = np.empty((stop - start, c, h, w), np.float32)
         src, dst = (x0, b) if self.mode == "deletion" else (b, x0)
