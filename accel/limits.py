@@ -8,9 +8,11 @@ raise a limit deliberately instead of discovering it by a frozen server.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import settings
 from .errors import ResourceLimit
-from .settings import CAPS
+from .settings import CAPS, Cap
 
 # Declared parameter names that are capped, by kind (a method may also name its cap with param(limit=...)).
 PARAM_CAPS: dict[str, str] = {
@@ -40,13 +42,18 @@ def cap_float(kind: str) -> float:
     return float(settings.get(CAPS[kind].env))
 
 
-def check(kind: str, value: float, where: str) -> None:
-    """Raise ResourceLimit if `value` exceeds cap `kind`, naming the environment variable that raises it."""
-    limit = cap(kind)
+def check(kind: str, value: float, where: str, refusal: Callable[[float, Cap], str] | None = None) -> None:
+    """Raise ResourceLimit if `value` exceeds cap `kind`, naming the environment variable that raises it.
+
+    `refusal(limit, cap)` words the message where the caller knows more (the checkpoint budgets); `where` then
+    goes unused."""
+    limit = cap_float(kind)
     if value > limit:
         c = CAPS[kind]
         raise ResourceLimit(
-            f"{where} = {value:g} is over the configured cap of {limit:g} ({c.what}); lower it, or raise "
+            refusal(limit, c)
+            if refusal is not None
+            else f"{where} = {value:g} is over the configured cap of {limit:g} ({c.what}); lower it, or raise "
             f"the cap with the environment variable {c.env} (e.g. {c.env}={int(value)})"
         )
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..errors import BadInput, ResourceLimit
-from ..limits import CAPS, cap, cap_float
+from ..errors import BadInput
+from ..limits import check
 
 
 def key_text(k: object) -> str:
@@ -76,13 +76,15 @@ def unusable_dtype(label: str, key: object, name: str) -> BadInput:
 
 def over_cap(label: str, kind: str, value: float, said: str) -> None:
     """Raise ResourceLimit if `value` is over cap `kind`; `said` states the value in words for the message."""
-    limit = cap_float(kind)
-    if value > limit:
-        c = CAPS[kind]
-        raise ResourceLimit(
+    check(
+        kind,
+        value,
+        label,
+        lambda limit, c: (
             f"{label}: {said}, over the cap of {limit:,g} ({c.what}); refused before reading it. If the file "
             f"is genuine, raise the cap with the environment variable {c.env}={math.ceil(value)}"
-        )
+        ),
+    )
 
 
 def _zip_end_record(path: Path, size: int, label: str) -> tuple[int, int]:
@@ -145,7 +147,7 @@ def _check_zip_budget(path: Path, size: int, label: str) -> None:
     total = sum(i.file_size for i in infos)
     over_cap(label, "checkpoint_mb", total / 2**20, f"its records decompress to {total / 2**20:,.1f} MiB")
     ratio = total / max(size, 1)
-    if total > _RATIO_FLOOR and ratio > cap("checkpoint_ratio"):
+    if total > _RATIO_FLOOR:  # over_cap judges the ratio
         over_cap(
             label,
             "checkpoint_ratio",
