@@ -93,6 +93,10 @@ def test_cold_cache_eight_sessions_start_occlusion_at_once(tmp_path: Path) -> No
             for h in handles:
                 drv.switch_to.window(h)
                 pages.append(drv.page_source)
+            drv.switch_to.window(handles[0])
+            drv.get(f"{url}/benchmarks")  # the page states how many ONNX Runtime sessions the server started
+            _settle(drv)
+            engine = re.search(r"(\d+) ONNX Runtime sessions started", drv.page_source)
         finally:
             drv.quit()
     assert errors == [], errors
@@ -114,7 +118,13 @@ def test_cold_cache_eight_sessions_start_occlusion_at_once(tmp_path: Path) -> No
         text = rec.read_text()
         digest = hashlib.sha256(g.read_bytes()).hexdigest()
         assert digest in text, f"{g.name} does not match its record"
-    print(f"cold cache: 8 sessions, {len(graphs)} graphs cached ({[g.name[:40] for g in graphs]})")
+    assert engine, "the Benchmarks page does not state the engine's session count"
+    # one ONNX Runtime session per cached graph (the full graph's runner, each incremental stage), not per user
+    assert int(engine.group(1)) == len(graphs), (engine.group(0), [g.name for g in graphs])
+    print(
+        f"cold cache: 8 sessions, {len(graphs)} graphs cached, {engine.group(1)} ONNX Runtime sessions "
+        f"({[g.name[:40] for g in graphs]})"
+    )
 
 
 def test_memory_stays_bounded_over_thirty_two_sessions(tmp_path: Path, record_property) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
+from accel.runtime.pool import pool_info
+from accel.runtime.session import sessions_started
 from dashboard import jobs
 from dashboard.auth import current_user, may_run_bench
 from dashboard.session_store import get_store
@@ -76,6 +78,11 @@ def _figure(rows: list[dict], key: str, title: str, log: bool) -> go.Figure:
 
 st.title("Benchmarks")
 st.caption("torch eager vs ONNX Runtime per workload, from `convlens bench` reports saved in the run store.")
+_pool = pool_info()
+st.caption(
+    f"This server's engine: {sessions_started()} ONNX Runtime sessions started in all, shared by every browser "
+    f"session (one per graph and options); runner pool {_pool['size']} of {_pool['max']}."
+)
 store = get_store()
 allowed, why = may_run_bench()
 
