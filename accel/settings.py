@@ -237,6 +237,12 @@ def is_set(name: str) -> bool:
     return bool(os.environ.get(name, "").strip())
 
 
+def environment() -> dict[str, str]:
+    """The declared CONVLENS_* variables this process was given, to hand to child processes and Ray workers (they
+    must see the same settings); the one place that lists them from the environment."""
+    return {k: v for k, v in os.environ.items() if k in VARS}
+
+
 def check_all() -> list[str]:
     """Parse every declared variable now; the messages of those that are malformed (empty list: all fine)."""
     bad = []

@@ -9,7 +9,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -105,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default="efficientnet_lite0")
     a = ap.parse_args(argv)
-    os.environ.setdefault("CONVLENS_STORE", tempfile.mkdtemp(prefix="convlens-bench-store-"))
+    from accel import settings
+
+    if not settings.is_set("CONVLENS_STORE"):  # `convlens bench` passes a scratch store; a bare run refuses
+        ap.error("set CONVLENS_STORE to a scratch folder: the bench's runs must not land in your run store")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     print(json.dumps(bench_dashboard(a.repeats, a.model)))

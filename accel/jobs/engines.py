@@ -9,13 +9,13 @@ when the cluster has GPUs.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import settings
 from ..errors import BadInput
 from ..registry import Observer
 from .config import JobConfig
@@ -79,11 +79,6 @@ class RayShardWorker:
         }
 
 
-def convlens_environment() -> dict[str, str]:
-    """The CONVLENS_* settings of this process, to hand to Ray workers (they must see the same settings)."""
-    return {k: v for k, v in os.environ.items() if k.startswith("CONVLENS_")}
-
-
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the Ray cluster at `address`, or start a local instance (on `num_cpus` cores) that forwards this
     process's CONVLENS_* settings to its workers; quiet (no dashboard, no driver logs)."""
@@ -95,7 +90,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **kw)
         return
-    env = convlens_environment()
+    env = settings.environment()
     if num_cpus is not None:
         kw["num_cpus"] = num_cpus
     ray.init(runtime_env={"env_vars": env} if env else None, **kw)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
+
+from ... import settings
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout: accel/ and dashboard/ side by side
 
@@ -16,10 +20,14 @@ def bench_dashboard(repeats: int = 3, timeout: float = 1200) -> dict[str, Any]:
     them; {"skipped": why} when the dashboard is not installed beside the engine or the run failed."""
     if not (ROOT / "dashboard" / "bench.py").is_file():
         return {"skipped": "the dashboard package is not installed beside the engine"}
+    env = dict(os.environ)
+    if not settings.is_set("CONVLENS_STORE"):  # the bench's runs never land in the user's store
+        env["CONVLENS_STORE"] = tempfile.mkdtemp(prefix="convlens-bench-store-")
     try:
         cp = subprocess.run(
             [sys.executable, "-m", "dashboard.bench", "--repeats", str(repeats)],
             cwd=ROOT,
+            env=env,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -7,7 +7,7 @@ parameter checks) and `styles` (style layers and style images). Techniques use i
 """
 
 from .checks import non_negative, parse_names, parse_weights
-from .forward import MAX_SIDE, check_layers, check_memory, estimate_bytes, forward, memory_budget_bytes
+from .forward import check_layers, check_memory, estimate_bytes, forward, memory_budget_bytes
 from .loop import OPTIMIZERS, check_steps_lr, make_optimizer, optimize
 from .objectives import (
     Ctx,
@@ -48,7 +48,6 @@ from .styles import (
 from .transforms import Transform, blur, compose, gaussian_blur, jitter, random_rotate, random_scale
 
 __all__ = [
-    "MAX_SIDE",
     "OPTIMIZERS",
     "PROCEDURAL_STYLES",
     "Ctx",

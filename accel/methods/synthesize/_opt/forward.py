@@ -14,13 +14,11 @@ import torch
 from torch import nn
 
 from ....errors import BadInput, ResourceLimit
-from ....limits import CAPS, cap_float
+from ....limits import CAPS, cap_float, check
 from ....taps import capture, resolve
 
 if TYPE_CHECKING:
     from ....backbone import Backbone
-
-MAX_SIDE = 4096  # the largest side any synthesis handles, whatever the memory budget
 
 
 def memory_budget_bytes() -> int:
@@ -40,8 +38,7 @@ def estimate_bytes(net: Backbone, h: int, w: int, batch: int = 1) -> int:
 
 def check_memory(net: Backbone, h: int, w: int, batch: int = 1, what: str = "synthesis") -> int:
     """ResourceLimit (naming the knob) when a run at HxW would need more memory than the budget."""
-    if h > MAX_SIDE or w > MAX_SIDE:
-        raise ResourceLimit(f"{what}: {w}x{h} pixels exceeds the largest side this tool handles ({MAX_SIDE})")
+    check("side", max(h, w), f"{what}: the larger side of a {w}x{h} image")  # one side cap: CONVLENS_MAX_SIDE
     need, budget = estimate_bytes(net, h, w, batch), memory_budget_bytes()
     if need > budget:
         raise ResourceLimit(
