@@ -2,8 +2,13 @@
 
 `faithfulness`: deletion/insertion curves and AUCs beside seeded random maps, batched through runner sweeps.
 `sanity`: the cascading model-randomisation check (does the map depend on the weights?).
+`catalogue`: every metric (faithfulness, localisation, randomisation, robustness, complexity) declared once.
 """
 
+import importlib
+import pkgutil
+
+from .catalogue import FAMILIES, METRICS, EvalBatch, Metric, get_metric, list_metrics, metric
 from .faithfulness import (
     BASELINES,
     DIRECTION,
@@ -16,6 +21,14 @@ from .faithfulness import (
 from .sanity import INSENSITIVE, SANITY_THRESHOLD, compare_maps, layer_groups, sanity_check
 
 __all__ = [
+    "FAMILIES",
+    "METRICS",
+    "EvalBatch",
+    "Metric",
+    "get_metric",
+    "list_metrics",
+    "load_all",
+    "metric",
     "BASELINES",
     "DIRECTION",
     "INSENSITIVE",
@@ -29,3 +42,9 @@ __all__ = [
     "random_baseline_map",
     "sanity_check",
 ]
+
+
+def load_all() -> None:
+    """Import every module of this package once, so that each metric's `@metric` registration has run."""
+    for m in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{m.name}")

@@ -18,11 +18,25 @@ if TYPE_CHECKING:
     from ....backbone import Backbone
 
 
-def input_tensor(net: Backbone, img: Image.Image) -> torch.Tensor:
-    """The preprocessed network input (1,C,H,W) float32 for one PIL image."""
-    if not isinstance(img, Image.Image):
-        raise BadInput(f"expected a PIL image (use accel.open_image), got {type(img).__name__}")
-    return net.preprocess(img).float().detach()
+def input_tensor(net: Backbone, img: Image.Image | torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The preprocessed network input (1,C,H,W) float32 for one PIL image, or an already preprocessed
+    (1,C,H,W)/(C,H,W) tensor or array (what metrics that perturb the input, e.g. robustness, hand back)."""
+    if isinstance(img, Image.Image):
+        return net.preprocess(img).float().detach()
+    if isinstance(img, (torch.Tensor, np.ndarray)):
+        x = torch.as_tensor(np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img))
+        x = x.float()
+        if x.ndim == 3:
+            x = x[None]
+        want = tuple(net.input_shape)
+        if x.ndim != 4 or len(x) != 1 or tuple(x.shape[1:]) != want:
+            raise BadInput(
+                f"{net.name} expects a preprocessed input of shape (1, {want}), got {tuple(x.shape)}"
+            )
+        if not torch.isfinite(x).all():
+            raise BadInput("the preprocessed input contains NaN or inf")
+        return x.detach().contiguous()
+    raise BadInput(f"expected a PIL image (use accel.open_image), got {type(img).__name__}")
 
 
 def require_head(net: Backbone, method: str) -> None:
