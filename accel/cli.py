@@ -16,7 +16,12 @@ from typing import Any, NoReturn
 
 from .errors import BadInput
 
-FAMILY_VERBS = {"explain": "attribute", "inspect": "inspect", "synthesize": "synthesize"}
+FAMILY_VERBS = {
+    "explain": "attribute",
+    "inspect": "inspect",
+    "synthesize": "synthesize",
+    "concepts": "concepts",
+}
 
 
 class _Parser(argparse.ArgumentParser):

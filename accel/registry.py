@@ -20,7 +20,7 @@ from typing import Any, get_type_hints
 from .errors import BadInput
 from .result import LossRecord, Result
 
-FAMILIES = ("inspect", "attribute", "synthesize")
+FAMILIES = ("inspect", "attribute", "synthesize", "concepts")
 
 log = logging.getLogger("convlens.registry")
 
@@ -44,8 +44,13 @@ PATH_KINDS = frozenset({"dataset", "image", "images", "checkpoint", "file"})
 # The forward-pass engines a "backend" parameter may name.
 BACKENDS = ("auto", "torch", "onnxruntime")
 # The dashboard pages a technique can live on, and the one each family lands on unless it says otherwise.
-PAGES = ("compare", "filters", "patches", "embeddings", "synthesis", "inversion", "style")
-FAMILY_PAGES = {"inspect": "filters", "attribute": "compare", "synthesize": "synthesis"}
+PAGES = ("compare", "filters", "patches", "embeddings", "synthesis", "inversion", "style", "concepts")
+FAMILY_PAGES = {
+    "inspect": "filters",
+    "attribute": "compare",
+    "synthesize": "synthesis",
+    "concepts": "concepts",
+}
 
 
 def param(
