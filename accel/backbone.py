@@ -202,6 +202,17 @@ class Backbone:
         a = np.asarray(img, dtype=np.float32) / 255.0
         return torch.from_numpy(a).permute(2, 0, 1)[None].contiguous()
 
+    def input_box(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """The region (x0, y0, x1, y1) of a photo of `size` (w, h) pixels that the network input covers (the resize
+        + centre crop of `to_tensor01`); maps drawn at full resolution and user boxes map through it."""
+        from .images.render import crop_box
+
+        s = self.pre.size
+        w, h = int(size[0]), int(size[1])
+        if (w, h) == (s, s):
+            return 0.0, 0.0, float(s), float(s)
+        return crop_box(w, h, s, self.pre.resize)
+
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         """PIL image -> 1xCxHxW network input (the backbone's own size, mean/std and channel order)."""
         return self.normalize(self.to_tensor01(img))

@@ -122,10 +122,34 @@ class _ProgressBar:
         self._bar.close()
 
 
+class RandomWeights(Exception):
+    """A backbone with random weights was loaded without --allow-random (exit status 3; the notice is on stdout)."""
+
+
 def _load(args: argparse.Namespace) -> Any:
+    """The backbone the flags name; a random-weight one (a torchvision architecture without cached weights) is
+    announced on stdout and refused unless --allow-random, because its predictions and maps mean nothing."""
+    import warnings
+
     from . import load  # accel.load: gives an .onnx file its sandboxed engine
 
-    return load(args.model, arch=getattr(args, "arch", None), trust=getattr(args, "trust", False))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = load(args.model, arch=getattr(args, "arch", None), trust=getattr(args, "trust", False))
+    allow = bool(getattr(args, "allow_random", False))
+    random = not getattr(net, "pretrained", True)
+    for w in caught:  # said once, in our words below, instead of a raw Python warning
+        if not (random and "RANDOM" in str(w.message)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if random:
+        why = next((str(w.message) for w in caught if "RANDOM" in str(w.message)), net.source)
+        print(
+            f"{net.name} has RANDOM WEIGHTS, so its predictions and explanations mean nothing ({why})."
+            + ("" if allow else " Pass --allow-random to run it anyway.")
+        )
+        if not allow:
+            raise RandomWeights(net.name)
+    return net
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -152,6 +176,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     img = open_image(args.image)
     net = _load(args)
     preds = net.predict(img, top=args.top)
+    if not getattr(net, "pretrained", True) and not args.json:
+        print("(random weights: these classes are noise)")
     if args.json:
         print(json.dumps([{"label": lab, "probability": p} for lab, p in preds], indent=2))
     else:
@@ -195,21 +221,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_method_args(p: argparse.ArgumentParser, spec: Any) -> None:
+    """One flag per declared parameter; its help is the declaration's own line (range with the cap in force,
+    default once)."""
     for info in spec.param_infos():
         flag = "--" + info.name.replace("_", "-")
-        help_ = info.help
-        if info.choices:
-            help_ += f" (choices: {', '.join(map(str, info.choices))})"
-        if info.min is not None or info.max is not None:
-            help_ += (
-                f" [{info.min if info.min is not None else ''}..{info.max if info.max is not None else ''}]"
-            )
         p.add_argument(
             flag,
             dest=f"p_{info.name}",
             default=None,
-            help=f"{help_} (default: {info.default})".replace("%", "%%"),
+            metavar=_metavar(info),
+            help=info.describe().replace("%", "%%"),
         )
+
+
+def _metavar(info: Any) -> str:
+    """What a flag takes, in words: N, X, NAME, PATH, a kind."""
+    if info.choices:
+        return "{" + ",".join(map(str, info.choices)) + "}" if len(info.choices) <= 4 else "CHOICE"
+    if info.kind:
+        return info.kind.upper()
+    base = info.type
+    text = str(base)
+    if "bool" in text:
+        return "BOOL"
+    if "int" in text:
+        return "N"
+    if "float" in text:
+        return "X"
+    return "VALUE"
 
 
 def _method_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespace:
@@ -281,7 +320,30 @@ def cmd_method(args: argparse.Namespace) -> int:
     _save_output(lambda tmp: picture.save(tmp, format=_pil_format(out)), out, "--out")
     summary = {k: v for k, v in res.meta.items() if isinstance(v, (int, float, str, bool))}
     print(f"wrote {out}  {json.dumps(summary)}" + (f"  run {run_id}" if run_id else ""))
+    _save_extras(args, spec.name, net, img, res)
     return 0
+
+
+def _save_extras(args: argparse.Namespace, method: str, net: Any, img: Any, res: Any) -> None:
+    """--raw: the result's array as .npy (maps: float32 HxW aligned with the network input, unnormalised);
+    --full: a map over the original photo at its own resolution, with a colour bar and what was explained."""
+    import numpy as np
+
+    if args.raw:
+        raw = check_out_file(args.raw, (".npy",), "--raw")
+        _save_output(lambda tmp: np.save(tmp, np.asarray(res.data), allow_pickle=False), raw, "--raw")
+        print(f"wrote {raw} (array {tuple(np.shape(res.data))} {np.asarray(res.data).dtype})")
+    if args.full:
+        full = check_out_file(args.full, (".png",), "--full")
+        if res.kind != "map":
+            raise BadInput(f"--full draws maps over the photo; {method} returns a {res.kind}: use --out")
+        from .images.figure import map_figure, map_title
+
+        photo = img if img is not None else res.image
+        box = net.input_box(photo.size) if img is not None else None
+        fig = map_figure(photo, res.data, box, title=map_title(method, res.meta))
+        _save_output(lambda tmp: fig.save(tmp, format="PNG"), full, "--full")
+        print(f"wrote {full} ({fig.width}x{fig.height}, colour bar)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -290,6 +352,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None, help="architecture for a state-dict checkpoint")
     p.add_argument(
         "--trust", action="store_true", help="allow full pickles in checkpoints (runs their code!)"
+    )
+    p.add_argument(
+        "--allow-random",
+        action="store_true",
+        help="run a backbone that has random weights (a torchvision architecture without pretrained weights)",
     )
 
 
@@ -377,6 +444,14 @@ def _add_method_verbs(sub: Any) -> None:
         )
         _model_args(p)
         p.add_argument("--out", default=None, help="output PNG (default: <method>.png)")
+        p.add_argument(
+            "--raw", default=None, help="also save the raw result array as .npy (maps: unnormalised)"
+        )
+        p.add_argument(
+            "--full",
+            default=None,
+            help="also save the map over the full-resolution photo with a colour bar (.png)",
+        )
         p.add_argument(
             "--save",
             action="store_true",
@@ -491,6 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as e:
         _error_line(str(e))
         return 2
+    except RandomWeights:
+        return 3
     except OSError as e:  # the environment (disk full, permissions, an unusable cache folder), not a bug
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         _error_line(f"{e.strerror or e}{where}; check free space and permissions (or CONVLENS_CACHE / --out)")

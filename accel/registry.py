@@ -172,6 +172,34 @@ class ParamInfo:
         """Whether the value names a file or folder (a shared dashboard restricts where it may point)."""
         return self.kind in PATH_KINDS
 
+    def upper(self) -> float | None:
+        """The largest value accepted now: the declared maximum, lowered by the configured resource cap."""
+        if not self.limit:
+            return self.max
+        from .limits import cap_float
+
+        c = cap_float(self.limit)
+        return c if self.max is None else min(self.max, c)
+
+    def describe(self) -> str:
+        """The help every front end shows: the help text, then the choices or the accepted range (the cap in force,
+        naming its variable), then the default, each once."""
+        out = self.help.rstrip(". ")
+        if self.choices:
+            out += f"; one of {', '.join(map(str, self.choices))}"
+        hi = self.upper()
+        if self.min is not None or hi is not None:
+            lo_s = "" if self.min is None else f"{self.min:g}"
+            hi_s = "" if hi is None else f"{hi:g}"
+            out += f"; {lo_s}..{hi_s}"
+            if self.limit and hi is not None and (self.max is None or hi < self.max):
+                from .settings import CAPS
+
+                out += f" (cap {CAPS[self.limit].env})"
+        if self.default is not None and self.default != "":
+            out += f"; default {self.default}"
+        return out
+
 
 def param_infos(params_cls: type) -> list[ParamInfo]:
     """The declared parameters of a method's dataclass, in declaration order."""
@@ -359,6 +387,38 @@ SILENT = Observer()
 RunFn = Callable[[Any, Any, Any, Observer], Result]
 
 
+def _vgg_layers(net: Any) -> bool:
+    """A plain VGG conv stack: `features` holds only 3x3 convolutions (at least eight), ReLUs and pools."""
+    from torch import nn
+
+    kids = (
+        list(f)
+        if isinstance(f := getattr(getattr(net, "module", None), "features", None), nn.Sequential)
+        else []
+    )
+    convs = [k for k in kids if isinstance(k, nn.Conv2d) and k.kernel_size == (3, 3)]
+    return len(convs) >= 8 and all(isinstance(k, (nn.Conv2d, nn.ReLU, nn.MaxPool2d)) for k in kids)
+
+
+@dataclass(frozen=True)
+class Capability:
+    """A kind of backbone a technique can need (MethodSpec.unmet): what it is, how to tell, and a packaged backbone
+    that has it (the one-click switch front ends offer)."""
+
+    name: str
+    what: str
+    check: Callable[[Any], bool]
+    example: str
+
+
+_GRAD, _HEAD = "gradients through a PyTorch module", "a classifier head (class scores)"
+CAPABILITIES = {
+    "gradients": Capability("gradients", _GRAD, lambda n: n.differentiable, "efficientnet_lite0"),
+    "head": Capability("head", _HEAD, lambda n: bool(n.has_head), "efficientnet_lite0"),
+    "vgg_layers": Capability("vgg_layers", "VGG's plain 3x3 conv layers", _vgg_layers, "vgg19"),
+}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """A registered technique: name, family, parameter dataclass, the paper it implements, its run function, and the
@@ -376,6 +436,14 @@ class MethodSpec:
     stoppable: bool = False
     page: str = ""
     featured: bool = False
+    requires: tuple[str, ...] = ()
+
+    def unmet(self, net: Any) -> list[Capability]:
+        """The backbone capabilities this technique needs that `net` lacks (empty: it can run here): gradients when
+        `needs_grad`, a head when it takes a class (a parameter of kind "class"), plus the declared `requires`."""
+        head = any(i.kind == "class" for i in self.param_infos())
+        needs = dict.fromkeys((*("gradients",) * self.needs_grad, *("head",) * head, *self.requires))
+        return [CAPABILITIES[c] for c in needs if not CAPABILITIES[c].check(net)]
 
     def param_infos(self) -> list[ParamInfo]:
         """The declared parameters, in declaration order."""
@@ -406,15 +474,20 @@ def register(
     stoppable: bool | None = None,
     page: str | None = None,
     featured: bool = False,
+    requires: Sequence[str] = (),
 ) -> Callable[[RunFn], RunFn]:
     """Decorator: register `fn(net, img, p, obs) -> Result` as technique `name` with parameter dataclass `params`.
 
     `heavy` overrides the default rule of MethodSpec.heavy (synthesis and dataset-scale methods are heavy);
     `stoppable` says the method asks `obs.should_stop()` and returns what it has (default: the synthesis family);
     `page` names the dashboard page it appears on (one of PAGES; default: its family's, FAMILY_PAGES) and
-    `featured` has that page choose it by default."""
+    `featured` has that page choose it by default; `requires`: backbone CAPABILITIES needed beyond gradients."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}")
+    if unknown := set(requires) - set(CAPABILITIES):
+        raise ValueError(
+            f"requires names unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}"
+        )
     page = page or FAMILY_PAGES[family]
     if page not in PAGES:
         raise ValueError(f"page must be one of {PAGES}, got {page!r}")
@@ -433,6 +506,7 @@ def register(
             family == "synthesize" if stoppable is None else stoppable,
             page,
             featured,
+            tuple(requires),
         )
         return fn
 

@@ -78,6 +78,24 @@ def _values_to_uint8(arr: np.ndarray, what: str) -> np.ndarray:
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
+def center_crop_geometry(w: int, h: int, size: int, resize: int) -> tuple[int, int, int, int]:
+    """(resized width, resized height, crop left, crop top) of a w x h image whose shorter side goes to `resize`
+    and whose centre `size` square is kept (torchvision's Resize + CenterCrop rounding)."""
+    if w <= h:
+        new_w, new_h = int(resize), int(resize * h / w)
+    else:
+        new_w, new_h = int(resize * w / h), int(resize)
+    return new_w, new_h, int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+
+
+def crop_box(w: int, h: int, size: int, resize: int) -> tuple[float, float, float, float]:
+    """The region (x0, y0, x1, y1), in the original w x h image's pixels, that the network input covers after
+    the resize + centre crop; what full-resolution overlays and user-drawn boxes map through."""
+    new_w, new_h, left, top = center_crop_geometry(w, h, size, resize)
+    sx, sy = w / new_w, h / new_h
+    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
+
+
 def resize_center_crop(
     img: Image.Image, size: int, resize: int | None = None, *, resample: str = "bilinear"
 ) -> Image.Image:
@@ -94,12 +112,7 @@ def resize_center_crop(
     if img.mode not in ("RGB", "L"):
         img = to_rgb(img, (255, 255, 255))
     w, h = img.size
-    if w <= h:
-        new_w, new_h = int(resize), int(resize * h / w)
-    else:
-        new_w, new_h = int(resize * w / h), int(resize)
-    left = int(round((new_w - size) / 2.0))
-    top = int(round((new_h - size) / 2.0))
+    new_w, new_h, left, top = center_crop_geometry(w, h, size, resize)
     if max(new_w, new_h) <= 8 * resize:  # the usual case: resize, then crop
         if (new_w, new_h) != (w, h):
             img = img.resize((new_w, new_h), _RESAMPLE[resample])
