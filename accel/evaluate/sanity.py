@@ -34,7 +34,7 @@ _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Lo
 _SIMILARITIES = ("spearman", "spearman_signed", "ssim")
 
 
-def _param_modules(net: Backbone) -> list[str]:
+def param_modules(net: Backbone) -> list[str]:
     """Names of modules that own parameters or buffers directly, in forward execution order."""
     mod = net.require_module("the sanity check")
     owns = {
@@ -65,7 +65,7 @@ def layer_groups(net: Backbone) -> list[tuple[str, list[str]]]:
     mod = net.require_module("the sanity check")
     mods = dict(mod.named_modules())
     groups: list[tuple[str, list[str]]] = []
-    for name in _param_modules(net):
+    for name in param_modules(net):
         key = _group_key(name)
         if groups and (groups[-1][0] == key or isinstance(mods[name], _NORM_TYPES)):
             groups[-1][1].append(name)
@@ -94,14 +94,14 @@ def _reinit(module: nn.Module, seed: int) -> None:
         p.requires_grad_(False)
 
 
-def _randomise(net: Backbone, names: list[str], seed: int) -> None:
+def randomise_modules(net: Backbone, names: list[str], seed: int) -> None:
     """Re-initialise the named modules of `net` in place, each with its own seed."""
     mods = dict(net.require_module("the sanity check").named_modules())
     for mn in names:
         _reinit(mods[mn], _module_seed(seed, mn))
 
 
-def _clone(net: Backbone) -> Backbone:
+def clone_backbone(net: Backbone) -> Backbone:
     """A copy of the backbone with its own module (deep copy), so randomising it never touches `net`."""
     c = copy.copy(net)
     c.module = copy.deepcopy(net.require_module("the sanity check"))
@@ -109,7 +109,7 @@ def _clone(net: Backbone) -> Backbone:
     return c
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation of two maps (NaN when one is constant: it has no ranking)."""
     from scipy.stats import spearmanr
 
@@ -126,15 +126,20 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
-def _ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of two min-max normalised maps, with the largest odd window up to 7 that fits (NaN below 3)."""
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float | None = None) -> float:
+    """SSIM of two maps with the largest odd window up to 7 that fits (NaN below 3).
+
+    `data_range=None`: both maps min-max normalised to 0..1 first (Adebayo et al.); a number: the maps as they are,
+    over that range (Quantus's random-logit test passes the joint range of both)."""
     from skimage.metrics import structural_similarity
 
     side = min(a.shape)
     win = min(7, side if side % 2 else side - 1)
     if win < 3:
         return float("nan")
-    return float(structural_similarity(_unit(a), _unit(b), data_range=1.0, win_size=win))
+    if data_range is None:
+        a, b, data_range = _unit(a), _unit(b), 1.0
+    return float(structural_similarity(a, b, data_range=data_range, win_size=win))
 
 
 def compare_maps(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -142,9 +147,9 @@ def compare_maps(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     return {
-        "spearman": _spearman(np.abs(a), np.abs(b)),
-        "spearman_signed": _spearman(a, b),
-        "ssim": _ssim(np.abs(a), np.abs(b)),
+        "spearman": spearman(np.abs(a), np.abs(b)),
+        "spearman_signed": spearman(a, b),
+        "ssim": ssim(np.abs(a), np.abs(b)),
     }
 
 
@@ -156,7 +161,7 @@ def _map_of(out: Any) -> np.ndarray:
     return m
 
 
-def _points(n: int, max_points: int | None) -> list[int]:
+def spread_points(n: int, max_points: int | None) -> list[int]:
     """Which cascade depths to evaluate: all, or evenly spaced ones always including the first and the last."""
     if not max_points or n <= max_points:
         return list(range(n))
@@ -213,19 +218,19 @@ def _cascade(
     Returns one row per depth (layer, what was randomised, similarities) and the maps in the same order."""
     rows: list[dict[str, Any]] = []
     maps: list[np.ndarray] = []
-    work = _clone(net) if cumulative else None
+    work = clone_backbone(net) if cumulative else None
     done = 0  # cumulative: groups[:done] already randomised in `work`
     for k, gi in enumerate(points):
         if work is not None:
-            _randomise(work, [mn for g in groups[done : gi + 1] for mn in g[1]], seed)
+            randomise_modules(work, [mn for g in groups[done : gi + 1] for mn in g[1]], seed)
             done = gi + 1
             randomized = [mn for g in groups[:done] for mn in g[1]]
             n = copy.copy(work)  # a fresh object per step: per-backbone caches never see stale weights
             n.weights_changed()
         else:
-            n = _clone(net)
+            n = clone_backbone(net)
             randomized = list(groups[gi][1])
-            _randomise(n, randomized, seed)
+            randomise_modules(n, randomized, seed)
         m = compute(n)
         sims = (
             compare_maps(original, m) if np.isfinite(m).all() else dict.fromkeys(_SIMILARITIES, float("nan"))
@@ -300,7 +305,7 @@ def sanity_check(
     groups = layer_groups(net)
     if not groups:
         raise BadInput(f"{net.name!r} has no parameterised layers to randomise")
-    points = _points(len(groups), max_points)
+    points = spread_points(len(groups), max_points)
     first = {"step": 0, "layer": "original", "randomized": [], **dict.fromkeys(_SIMILARITIES, 1.0)}
     steps, maps = _cascade(net, groups, points, compute, original, layers == "cascade", seed, progress)
     rows = [first, *steps]
