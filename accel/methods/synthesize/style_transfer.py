@@ -143,6 +143,7 @@ def blended_grams(
     needs_image=True,
     needs_grad=True,
     page="style",
+    requires=("vgg_layers",),
 )
 def run(
     net: Backbone,
