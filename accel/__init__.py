@@ -52,9 +52,10 @@ class LoadOptions(TypedDict, total=False):
     display_name: str | None
 
 
-def load(name: str | os.PathLike[str], **options: Unpack[LoadOptions]) -> Backbone:
-    """A backbone by zoo name, torchvision name, checkpoint path (+ `arch`) or .onnx path (see `accel.zoo.load`);
-    an .onnx file gets ONNX Runtime's sandboxed runner as its forward engine (the zoo sits below the runtime)."""
+def load(name: str | os.PathLike[str] | Any, **options: Unpack[LoadOptions]) -> Backbone:
+    """A backbone by zoo name, team model name (CONVLENS_TEAM_MODELS), torchvision name, checkpoint path (+ `arch`),
+    .onnx path, or a live `torch.nn.Module` (see `accel.zoo.load`); an .onnx file gets ONNX Runtime's sandboxed
+    runner as its forward engine (the zoo sits below the runtime)."""
     from .runtime.runner import onnx_logits
     from .zoo import load as zoo_load
 

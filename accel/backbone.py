@@ -130,6 +130,7 @@ class Backbone:
         self.engine = engine  # the forward pass of a module-less backbone, injected by its loader
         self._layers: list[LayerInfo] | None = None
         self._onnx_out: tuple[int, ...] | None = None
+        self._module_out: tuple[int, ...] | None = None
         self._hash: str | None = None
 
     def __repr__(self) -> str:
@@ -275,7 +276,13 @@ class Backbone:
                 self._onnx_out = tuple(onnx_io_shapes(self.onnx_path)[1][0])
             return self._onnx_out
         layers = self.layers()
-        return layers[-1].out_shape if layers else ()
+        if layers and len(layers[-1].out_shape) == 1:
+            return layers[-1].out_shape
+        if self._module_out is None:  # the last module is not the output (a functional flatten after a pool)
+            with torch.no_grad():
+                out = self.module(torch.zeros(1, *self.input_shape))
+            self._module_out = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
+        return self._module_out
 
     def class_scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores of a preprocessed batch without gradients: the torch module, else the injected engine."""

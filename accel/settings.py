@@ -98,6 +98,12 @@ declare("CONVLENS_STORE", "path", None, "run store folder (default: the user dat
 declare(
     "CONVLENS_MODELS_DIR", "path", None, "folder of model cards and project checkpoints (default: models/)"
 )
+declare(
+    "CONVLENS_TEAM_MODELS",
+    "path",
+    None,
+    "a TOML file listing the team's own models (name, architecture or factory, weights, preprocessing, labels)",
+)
 declare("CONVLENS_FASHION_MNIST", "path", None, "folder with the four Fashion-MNIST idx files")
 declare("CONVLENS_OFFLINE", "bool", False, "never try to download torchvision weights")
 # Execution

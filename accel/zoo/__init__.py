@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from ..backbone import Backbone, Engine, LayerInfo, Preproc, file_sha256, imagenet_labels
 from ..errors import BadInput
 from . import cards
@@ -20,6 +22,7 @@ from .cards import MODELS_DIR, read_card, site_file
 from .checkpoints import from_checkpoint
 from .onnx import from_onnx, onnx_static
 from .packaged import DEFAULT_MODEL, ZOO, ZooEntry, load_numpy_pickle
+from .team import from_module, load_team, models_file, team_models
 from .torchvision import build_torchvision, torchvision_names
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".onnx")
@@ -65,8 +68,10 @@ def load(
     the file (an upload's own name instead of its storage name); `engine` runs an .onnx file (required for one:
     use `accel.load`, which passes ONNX Runtime's sandboxed runner).
     """
+    if isinstance(name, nn.Module):
+        return from_module(name, name=display_name)
     if not isinstance(name, (str, os.PathLike)):
-        raise BadInput(f"expected a model name or a file path, got {type(name).__name__}")
+        raise BadInput(f"expected a model name, a file path or an nn.Module, got {type(name).__name__}")
     s = os.fspath(name)
     p = Path(s)
     if is_file_path(p):
@@ -76,12 +81,16 @@ def load(
         return from_checkpoint(p, arch, trust, display_name)
     if s in ZOO:
         return ZOO[s].build()
+    team = team_models()
+    if s in team:
+        return load_team(team[s])
     return build_torchvision(s, pretrained)
 
 
 def zoo_table() -> list[dict[str, Any]]:
-    """The packaged zoo with sources and whether the weight files are present, for `convlens models`."""
-    return [
+    """The packaged zoo, then the team's models (CONVLENS_TEAM_MODELS), with sources and whether the weight files
+    are present, for `convlens models` and the dashboard's model list."""
+    rows = [
         {
             "name": e.name,
             "description": e.description,
@@ -90,6 +99,18 @@ def zoo_table() -> list[dict[str, Any]]:
         }
         for e in ZOO.values()
     ]
+    for m in team_models().values():
+        if m.name in ZOO:
+            continue  # a packaged name wins; the team entry is unreachable, so not listed
+        rows.append(
+            {
+                "name": m.name,
+                "description": m.description or f"team model ({m.architecture or m.factory})",
+                "source": f"team models file {models_file()}",
+                "weights_present": m.weights is None or m.weights.is_file(),
+            }
+        )
+    return rows
 
 
 __all__ = [
@@ -102,6 +123,7 @@ __all__ = [
     "ZooEntry",
     "cards",
     "file_sha256",
+    "from_module",
     "imagenet_labels",
     "is_file_path",
     "load",
@@ -109,6 +131,7 @@ __all__ = [
     "onnx_static",
     "read_card",
     "site_file",
+    "team_models",
     "torchvision_names",
     "zoo_table",
 ]
