@@ -65,7 +65,35 @@ def show_result(
         st.warning(escape_md(public_text(f"cannot display this {res.kind} result: {e}"), strict=True))
         return
     img = fit_width(img)
-    st.image(img, caption=cap or None, width=width or ("stretch" if img.width >= 640 else "content"))
+    extra = companion_pictures(res)
+    if not extra:
+        st.image(img, caption=cap or None, width=width or ("stretch" if img.width >= 640 else "content"))
+        return
+    cols = st.columns(1 + len(extra))
+    cols[0].image(img, caption=cap or None, width="stretch")
+    for col, (name, pic, note) in zip(cols[1:], extra, strict=True):
+        col.image(
+            fit_width(pic),
+            caption=escape_md(public_text(f"{name} · {note}" if note else name)),
+            width="stretch",
+        )
+
+
+def companion_pictures(res: Result) -> list[tuple[str, Image.Image, str]]:
+    """Pictures a result carries beside its own (PIL images in its extras, e.g. fast style's packaged peer), as
+    (name, picture, note): the note gives the meta that names them (`<name>_model`, `<name>_seconds`). The "image"
+    extra is a result's own picture (points, grids), not a companion."""
+    out = []
+    for k, v in res.extras.items():
+        if not isinstance(v, Image.Image) or k == "image":
+            continue
+        secs = res.meta.get(f"{k}_seconds")
+        bits = [
+            str(res.meta.get(f"{k}_model") or ""),
+            f"{secs:.3f} s" if isinstance(secs, (int, float)) else "",
+        ]
+        out.append((k, v, " · ".join(b for b in bits if b)))
+    return out
 
 
 def fit_width(img: Image.Image, max_side: int = 900) -> Image.Image:

@@ -16,6 +16,7 @@ from accel.registry import MethodSpec
 
 from . import jobs
 from .display import fit_width, show_result
+from .session_store import public_text
 from .state import Ctx, load_run, run_key, run_stored
 from .ui import escape_md, guard, link_line, st_progress
 from .widgets import param_controls
@@ -99,6 +100,47 @@ def run_heavy_aware(
         raise type(e)(dataroots.redact(str(e))) from None
 
 
+def _switch_model(name: str) -> None:
+    """Button callback: pick backbone `name` in the sidebar (the sidebar is drawn after callbacks run)."""
+    st.session_state["model"] = name
+
+
+def backbone_fits(c: Ctx, spec: MethodSpec, key: str) -> bool:
+    """Whether the sidebar's backbone has what `spec` declares it needs (MethodSpec.unmet: gradients, a classifier
+    head, VGG layers). When not, the technique is shown disabled: the reason, and a button that switches the sidebar
+    to a packaged backbone that has it."""
+    return not unavailable(c, [spec], key)
+
+
+def unavailable(c: Ctx, specs: Sequence[MethodSpec], key: str) -> list[str]:
+    """The names of `specs` the sidebar's backbone cannot run (MethodSpec.unmet), shown disabled: one warning per
+    missing capability naming the methods and why, with a one-click switch to a packaged backbone that has it."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    caps: dict[str, Any] = {}
+    for spec in specs:
+        missing = spec.unmet(c.net)
+        if missing:
+            groups.setdefault(tuple(m.name for m in missing), []).append(spec.name)
+            caps.update({m.name: m for m in missing})
+    for i, (need, names) in enumerate(groups.items()):
+        what = " and ".join(caps[n].what for n in need)
+        target = caps[need[-1]].example  # the most specific need picks the backbone (vgg19 for VGG layers)
+        who = ", ".join(names)
+        verb, them = ("needs", "it is") if len(names) == 1 else ("need", "they are")
+        st.warning(
+            escape_md(public_text(f"{who} {verb} {what}, which {c.model} lacks, so {them} disabled here.")),
+            icon=":material/block:",
+        )
+        st.button(
+            f"Switch the backbone to {target}",
+            key=f"{key}_switch_{i}",
+            on_click=_switch_model,
+            args=(target,),
+            help=f"{target} has {what}",
+        )
+    return [n for names in groups.values() for n in names]
+
+
 def needs_image_or_stop(c: Ctx, spec: MethodSpec) -> bool:
     """False (with a hint) when `spec` needs an image and the sidebar has none."""
     if spec.needs_image and c.img is None:
@@ -118,7 +160,7 @@ def run_panel(c: Ctx, specs: Sequence[MethodSpec], key: str) -> tuple[str, Any] 
         _no_methods()
         return None
     spec = pick_method(specs, key)
-    if not needs_image_or_stop(c, spec):
+    if not backbone_fits(c, spec, key) or not needs_image_or_stop(c, spec):
         return None
     with guard(spec.name):
         go, params = method_form(c, spec, key)
@@ -145,7 +187,7 @@ def job_panel(c: Ctx, specs: Sequence[MethodSpec], key: str) -> None:
         _no_methods()
         return
     spec = pick_method(specs, key)
-    if not needs_image_or_stop(c, spec):
+    if not backbone_fits(c, spec, key) or not needs_image_or_stop(c, spec):
         return
     image = c.img if spec.needs_image else None
     if image is not None:

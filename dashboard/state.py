@@ -211,18 +211,23 @@ def run_stored(
     image = (
         (img if img is not None else c.img) if (use_image and spec.needs_image) or img is not None else None
     )
-    a = runs.answer(
-        c.store,
-        name,
-        c.net,
-        image,
-        params,
-        model=c.model,
-        title=f"{name} · {c.model}" + (f" · {c.img_name}" if image is c.img and c.img_name else ""),
-        observer=observer,
-        borrow=c.borrow_net,
-        open_run=lambda rid: load_run(rid)[1],
-    )
+    try:
+        a = runs.answer(
+            c.store,
+            name,
+            c.net,
+            image,
+            params,
+            model=c.model,
+            title=f"{name} · {c.model}" + (f" · {c.img_name}" if image is c.img and c.img_name else ""),
+            observer=observer,
+            borrow=c.borrow_net,
+            open_run=lambda rid: load_run(rid)[1],
+        )
+    except accel.BadInput as e:  # an uploaded backbone is named as the user named it, never by its storage id
+        if c.net.name == c.model or c.net.name not in str(e):
+            raise
+        raise type(e)(str(e).replace(c.net.name, c.model)) from None
     return a.run_id, a.result, a.from_store
 
 

@@ -13,6 +13,11 @@ import zipfile
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
+from ..images import colorize
+from ..images.figure import map_title
 from .folders import verify_artifact
 from .rows import StoredRun
 
@@ -39,7 +44,8 @@ def export_html(runs: Sequence[StoredRun]) -> bytes:
             f"<p>run <code>{html.escape(r.id)}</code> · method <b>{html.escape(str(r.method))}</b> · model "
             f"<b>{html.escape(str(r.model))}</b> · {html.escape(when)}</p><div>"
         )
-        for label, path in (("input", r.input_path), ("result", r.rendered_path)):
+        companions = [(p.stem.removeprefix("extras."), p) for p in sorted(r.folder.glob("extras.*.png"))]
+        for label, path in (("input", r.input_path), ("result", r.rendered_path), *companions):
             if path is None:
                 continue
             why = verify_artifact(path)
@@ -49,6 +55,7 @@ def export_html(runs: Sequence[StoredRun]) -> bytes:
             b64 = base64.b64encode(path.read_bytes()).decode("ascii")
             parts.append(f"<img alt='{label}' title='{label}' src='data:image/png;base64,{b64}'>")
         parts.append("</div>")
+        parts.extend(_explained(r))
         rows = [("param", k, v) for k, v in r.params.items()] + [("meta", k, v) for k, v in r.summary.items()]
         if rows:
             parts.append("<table><tr><th></th><th>name</th><th>value</th></tr>")
@@ -61,6 +68,34 @@ def export_html(runs: Sequence[StoredRun]) -> bytes:
         parts.append("</section>")
     parts.append("</body></html>")
     return "".join(parts).encode("utf-8")
+
+
+def _png_b64(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _explained(r: StoredRun) -> list[str]:
+    """What a run's map explains (method, target class with its probability, layer: images.map_title) and the
+    colour bar of its rendered overlay (jet from the map's minimum to its maximum, the overlay's own scale)."""
+    try:
+        res = r.result
+    except Exception:  # noqa: BLE001 - a damaged run keeps its pictures and table; the facts are left out
+        return []
+    meta = {**res.meta, "params": r.params}
+    out = [f"<p class='explains'>{html.escape(map_title(str(r.method), meta))}</p>"]
+    if res.kind == "map":
+        d = np.asarray(res.data, dtype=np.float64)
+        if d.size and np.isfinite(d).all():
+            lo, hi = float(d.min()), float(d.max())
+            ramp = np.tile(np.linspace(lo, hi, 256), (12, 1))
+            bar = _png_b64(Image.fromarray(colorize(ramp, "jet", lo, hi)))
+            out.append(
+                f"<p class='colorbar'>{lo:.3g} <img alt='colour bar' src='data:image/png;base64,{bar}' "
+                f"style='height:12px;width:256px;vertical-align:middle'> {hi:.3g} (map values, jet)</p>"
+            )
+    return out
 
 
 def export_zip(runs: Sequence[StoredRun]) -> bytes:

@@ -13,7 +13,7 @@ from accel.registry import MethodSpec
 from accel.result import Result
 from dashboard import faithfulness
 from dashboard.display import colorbar_image, compact, meta_line, shared_scale, target_index
-from dashboard.pagekit import methods_on
+from dashboard.pagekit import methods_on, unavailable
 from dashboard.session_store import public_text
 from dashboard.sidebar import require_ctx
 from dashboard.state import load_run, run_stored
@@ -35,17 +35,19 @@ if not names:
     st.info('No registered technique names this page (`register(..., page="compare")` in accel/methods/).')
     st.stop()
 net = c.net
-if not net.differentiable:
-    st.warning(
-        escape_md(
-            public_text(
-                f"{c.model} is forward-only (ONNX): gradient methods will refuse; perturbation methods still work."
-            ),
-            strict=True,
-        )
-    )
+# what this backbone cannot run (MethodSpec.unmet: gradients, a head, ...) is not offered; each says why, once
+blocked = unavailable(c, specs, "cmp")
+names = [n for n in names if n not in blocked]
+if not names:
+    st.stop()
+if isinstance(
+    st.session_state.get("cmp_methods"), list
+):  # a previous backbone's choice: keep what still runs
+    st.session_state["cmp_methods"] = [m for m in st.session_state["cmp_methods"] if m in names]
 
-default = [s.name for s in specs if s.featured][:4] or names[:4]  # the methods their specs feature
+default = [s.name for s in specs if s.featured and s.name in names][:4] or names[
+    :4
+]  # what their specs feature
 if not st.session_state.get("_cmp_link_applied"):  # deep link: ?methods=saliency,gradcam[&go=1]
     st.session_state["_cmp_link_applied"] = True
     linked = [m for m in (st.query_params.get("methods") or "").split(",") if m in names]

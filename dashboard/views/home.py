@@ -38,14 +38,14 @@ c1, c2 = st.columns([1, 2])
 with c1, guard("Input"):
     st.image(
         fit_width(net.deprocess(net.preprocess(img))),
-        caption=f"input as {escape_md(public_text(net.name))} sees it",
+        caption=f"input as {escape_md(public_text(c.model))} sees it",  # an upload's name, not its storage id
         width=260,
     )
 with c2:
     st.subheader("Prediction")
     if not net.has_head:
         st.caption(
-            f"{escape_md(public_text(net.name))} is a convolutional feature extractor (no classifier head)."
+            f"{escape_md(public_text(c.model))} is a convolutional feature extractor (no classifier head)."
         )
     else:
         with guard("Prediction"):

@@ -13,9 +13,9 @@ st.title("Style transfer")
 st.caption(
     "The sidebar image is the content. Gatys optimises an image per request; the fast network is one pass."
 )
-c = require_ctx()
-if not c.model.startswith("vgg"):
-    st.info("Gatys' losses are defined on VGG layers: pick vgg19 (or vgg16) as the backbone in the sidebar.")
+c = (
+    require_ctx()
+)  # a technique this backbone cannot run (MethodSpec.unmet) is disabled with a switch in its panel
 # optimisation first (it can be stopped), then the one-pass networks it is compared with
 specs = sorted(methods_on("style"), key=lambda s: not s.stoppable)
 times: dict[str, float] = {}
@@ -26,6 +26,8 @@ for spec, col in zip(specs, st.columns(max(1, len(specs))), strict=False):
     _rid, res = jobs.result_of(f"sty_{spec.name}:{spec.name}")
     if res is not None and isinstance(res.meta.get("wall_s"), (int, float)):
         times[spec.name] = float(res.meta["wall_s"])
+    if res is not None and isinstance(res.meta.get("peer_seconds"), (int, float)):
+        times["the packaged peer"] = float(res.meta["peer_seconds"])  # its picture shows beside ours
 if not specs:
     job_panel(c, specs, "sty")  # says that no technique names this page
 if len(times) >= 2:
