@@ -181,3 +181,32 @@ def test_shared_run_shows_the_companion_picture(stored_runs: dict[str, str]) -> 
     _ok(at)
     caps = [c for im in at.main.get("image") for c in im.captions]
     assert any(c.startswith("peer") and "0.250 s" in c for c in caps), caps
+
+
+def test_sanity_chart_draws_every_point_and_the_rule_its_verdict_uses(stored_runs: dict[str, str]) -> None:
+    from accel.evaluate.sanity import INSENSITIVE, SANITY_THRESHOLD
+
+    san = {
+        "gradcam": {
+            "layers": ["original", "fc", "features.17", "features.0"],
+            "spearman": np.array([1.0, -0.02, np.nan, 0.59]),
+            "ssim": np.array([1.0, 0.1, np.nan, 0.38]),
+            "verdict": "gradcam: FAILS: it is still similar after full randomisation (>= 0.5)",
+            "passes": False,
+        }
+    }
+    runs = [{"name": "gradcam", "run_id": stored_runs["map"], "cached": True}]
+    at = _app("compare", cmp_runs=runs, cmp_sanity=san)
+    _ok(at)
+    spec = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    lines = [t for t in spec["data"] if t.get("name") in ("gradcam spearman", "gradcam ssim")]
+    assert len(lines) == 2 and all(t["mode"] == "lines+markers" and t.get("connectgaps") for t in lines)
+    undefined = [t for t in spec["data"] if "undefined" in t.get("name", "")]
+    assert undefined and undefined[0]["x"] == ["features.17"]  # the NaN step is drawn, not a gap
+    ringed = next(t for t in spec["data"] if "verdict reads" in t.get("name", ""))
+    assert ringed["x"] == ["fc", "features.0"]
+    bounds = sorted(s["y0"] for s in spec["layout"]["shapes"])
+    assert bounds == sorted([INSENSITIVE, SANITY_THRESHOLD])
+    text = _texts(at)
+    assert f"Spearman < {INSENSITIVE}" in text and f"Spearman < {SANITY_THRESHOLD}" in text
+    assert "gradcam: FAILS" in " ".join(w.value for w in at.warning)

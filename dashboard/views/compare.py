@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
 import accel
+from accel.evaluate.sanity import INSENSITIVE, SANITY_THRESHOLD
 from accel.registry import MethodSpec
 from accel.result import Result
 from dashboard import faithfulness
@@ -97,6 +99,53 @@ with st.form("cmp_form"):
     go_run = st.form_submit_button("Run", type="primary")
     if st.session_state.pop("_cmp_autorun", False):
         go_run = True
+
+
+def sanity_figure(san: dict[str, dict[str, Any]]) -> go.Figure:
+    """The randomisation cascade of each method: every computed point with a marker (Spearman solid, SSIM dotted),
+    undefined similarities (a constant map) as crosses at 0 instead of a gap, the engine's two bounds as lines and
+    the two points its verdict reads (the top group, the full randomisation) ringed."""
+    fig = go.Figure()
+    for name, sc in san.items():
+        x = list(sc["layers"])
+        for what, dash in (("spearman", "solid"), ("ssim", "dot")):
+            y = np.asarray(sc[what], dtype=np.float64)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    mode="lines+markers",
+                    name=f"{name} {what}",
+                    line=dict(dash=dash),
+                    connectgaps=True,
+                )
+            )
+            bad = ~np.isfinite(y)
+            if bad.any():
+                fig.add_trace(
+                    go.Scatter(
+                        x=[x[i] for i in np.flatnonzero(bad)],
+                        y=np.zeros(int(bad.sum())),
+                        mode="markers",
+                        marker=dict(symbol="x", size=11),
+                        name=f"{name} {what} undefined (constant map)",
+                    )
+                )
+        sp = np.asarray(sc["spearman"], dtype=np.float64)
+        used = [1, len(x) - 1] if len(x) > 2 else list(range(1, len(x)))
+        fig.add_trace(
+            go.Scatter(
+                x=[x[i] for i in used],
+                y=[float(sp[i]) if np.isfinite(sp[i]) else 0.0 for i in used],
+                mode="markers",
+                marker=dict(symbol="circle-open", size=16, line=dict(width=2)),
+                name=f"{name}: points the verdict reads",
+            )
+        )
+    for y, what in ((INSENSITIVE, "top group bound"), (SANITY_THRESHOLD, "full randomisation bound")):
+        fig.add_hline(y=y, line_dash="dot", line_color="grey", annotation_text=f"{what} {y}")
+    x_title = "randomised down to (cascade, from the logits)"
+    return compact(fig, 360, xaxis_title=x_title, yaxis_title="similarity to the original map")
 
 
 def score_maps(runs: list[dict], steps: int) -> None:
@@ -252,16 +301,12 @@ elif st.button(
     st.session_state["cmp_sanity"] = {k: v for k, v in out.items() if v}
 san = st.session_state.get("cmp_sanity")
 if san:
-    fig = go.Figure()
-    for name, sc in san.items():
-        fig.add_trace(
-            go.Scatter(x=sc["layers"], y=sc["spearman"], mode="lines+markers", name=f"{name} Spearman")
-        )
-        fig.add_trace(
-            go.Scatter(x=sc["layers"], y=sc["ssim"], mode="lines", name=f"{name} SSIM", line=dict(dash="dot"))
-        )
-    x_title = "randomised down to (cascade, from the logits)"
-    compact(fig, 340, xaxis_title=x_title, yaxis_title="similarity to the original map")
-    st.plotly_chart(fig, key="cmp_sanity_plot")
+    st.plotly_chart(sanity_figure(san), key="cmp_sanity_plot")
+    st.caption(
+        f"The rule ({escape_md('accel.evaluate.sanity')}): a method passes when its map changes as soon as the top "
+        f"group is randomised (Spearman < {INSENSITIVE}) and is dissimilar after full randomisation "
+        f"(Spearman < {SANITY_THRESHOLD}); the two points each verdict uses are ringed, the dotted lines are "
+        "those bounds. × marks a step whose map was constant (Spearman undefined: it counts as not dissimilar)."
+    )
     for sc in san.values():
         (st.success if sc["passes"] else st.warning)(sc["verdict"])
