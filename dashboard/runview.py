@@ -19,6 +19,7 @@ from PIL import Image
 
 import accel
 
+from .datasetview import dataset_view, is_dataset_run
 from .display import loss_figure, meta_line, show_result
 from .jobs import loss_curve_of
 from .session_store import SessionStore, get_store
@@ -93,6 +94,11 @@ def render_run(run_id: str, *, key: str = "run") -> None:
     )
     if run.damaged:
         st.warning(f"This run's index row is damaged ({escape_md(run.damaged)}); its stored files are shown.")
+    if is_dataset_run(res, run.method):  # a dataset explanation: its own view (table, confusion, maps)
+        dataset_view(res, f"{key}_ds")
+        if saved:
+            export_buttons(store, [run.id], key=key)
+        return
     cols = st.columns([3, 2])
     with cols[0]:
         if res.kind == "map" and res.image is not None:

@@ -452,3 +452,13 @@ def check_path_params(spec: Any, values: dict[str, Any], net: Any = None) -> dic
                 )
             out[info.name] = ",".join(resolved)
     return out
+
+
+def dataset_choice(box: Any, net: Any, label: str, key: str, default: str | None = None) -> str:
+    """A dataset picker for pages that are not a method's form: what this server allows (dataset_options) and a
+    .zip upload of class folders that wins when present. Returns a dataset spec (accel.datasets.get)."""
+    opts = dict(dataset_options(net))
+    values = list(opts)
+    idx = values.index(default) if default in values else 0
+    choice = box.selectbox(label, values, index=idx, format_func=opts.get, key=key)
+    return _upload(box, "dataset", label, key) or str(choice)

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
 PAGES = (
     "compare",
+    "dataset",
     "filters",
     "patches",
     "embeddings",
@@ -153,6 +154,7 @@ def test_every_page_opens_with_defaults(page: str) -> None:
     assert at.title, f"{page} has no title"
     expected = {
         "compare": lambda: at.multiselect(key="cmp_methods") and at.button,
+        "dataset": lambda: at.selectbox(key="ds_source").value == "foolbox:imagenet" and at.button,
         "filters": lambda: at.radio(key="flt_method") or at.selectbox(key="flt_method"),
         "patches": lambda: at.title[0].value == "Max-activating patches",
         "embeddings": lambda: at.title[0].value == "Embeddings",
