@@ -56,12 +56,20 @@ def pick_method(specs: Sequence[MethodSpec], key: str, label: str = "Technique")
 
 
 def method_form(
-    c: Ctx, spec: MethodSpec, key: str, submit: str = "Run", columns: int = 3
+    c: Ctx,
+    spec: MethodSpec,
+    key: str,
+    submit: str = "Run",
+    columns: int = 3,
+    kind_defaults: dict[str, Any] | None = None,
 ) -> tuple[bool, dict[str, Any]]:
-    """The declared parameters of `spec` in a form (nothing reruns until submit); returns (submitted, params)."""
+    """The declared parameters of `spec` in a form (nothing reruns until submit); returns (submitted, params).
+    `kind_defaults` gives a page's starting value per parameter kind (e.g. the layer a page teaches with)."""
     params: dict[str, Any] = {}
     with st.form(f"{key}_{spec.name}_form"):
         infos = spec.param_infos()
+        kinds = kind_defaults or {}
+        defaults = {i.name: kinds[i.kind] for i in infos if i.kind in kinds}
         if infos:
             cols = st.columns(min(columns, max(1, len(infos))))
             # one control per column, round-robin: widgets keep declaration order within a column
@@ -74,6 +82,7 @@ def method_form(
                             key=key,
                             skip=[x.name for x in infos if x.name != info.name],
                             backend=c.backend,
+                            defaults=defaults,
                         )
                     )
         else:
@@ -153,9 +162,11 @@ def _no_methods() -> None:
     st.info("No registered technique names this page (`register(..., page=...)` in accel/methods/).")
 
 
-def run_panel(c: Ctx, specs: Sequence[MethodSpec], key: str) -> tuple[str, Any] | None:
-    """A synchronous technique panel: method picker, parameter form, result and link. Returns (run_id, result) of
-    the result shown, if any."""
+def run_panel(
+    c: Ctx, specs: Sequence[MethodSpec], key: str, kind_defaults: dict[str, Any] | None = None
+) -> tuple[str, Any] | None:
+    """A synchronous technique panel: method picker, parameter form (starting from `kind_defaults` per parameter
+    kind), result and link. Returns (run_id, result) of the result shown, if any."""
     if not specs:
         _no_methods()
         return None
@@ -163,7 +174,7 @@ def run_panel(c: Ctx, specs: Sequence[MethodSpec], key: str) -> tuple[str, Any] 
     if not backbone_fits(c, spec, key) or not needs_image_or_stop(c, spec):
         return None
     with guard(spec.name):
-        go, params = method_form(c, spec, key)
+        go, params = method_form(c, spec, key, kind_defaults=kind_defaults)
         if go:
             bar = st_progress(spec.name)
             rid, _res, cached = run_heavy_aware(c, spec.name, params, key=key, progress=bar)

@@ -210,3 +210,25 @@ def test_sanity_chart_draws_every_point_and_the_rule_its_verdict_uses(stored_run
     text = _texts(at)
     assert f"Spearman < {INSENSITIVE}" in text and f"Spearman < {SANITY_THRESHOLD}" in text
     assert "gradcam: FAILS" in " ".join(w.value for w in at.warning)
+
+
+# ---------------------------------------------------------------------------------------------------- defaults
+
+
+def test_max_patches_defaults_to_a_part_of_the_input_and_the_largest_dataset() -> None:
+    at = _app("patches")
+    _ok(at)
+    layer = at.selectbox(key="mxp.max_patches.layer").value
+    assert layer == "_blocks.5"  # receptive field 83 px of 224, not the last layer (larger than the input)
+    assert at.selectbox(key="mxp.max_patches.dataset").value == "foolbox:imagenet"  # 20 > 15 sample photos
+    at = _app("patches", model="fashion_cnn")
+    assert at.selectbox(key="mxp.max_patches.layer").value == "features.12"  # 14 px of 28
+    assert at.selectbox(key="mxp.max_patches.dataset").value == "fashion_mnist:train"
+    at.number_input(key="mxp.max_patches.limit").set_value(300)
+    at.button(key="FormSubmitter:mxp_max_patches_form-Run").click().run()
+    _ok(at)
+    text = _texts(at).replace("\\", "")  # captions from data are escaped for Markdown
+    assert (
+        "scanned 300 images of Fashion-MNIST train" in text
+        and "receptive field 14 px of a 28 px input" in text
+    )

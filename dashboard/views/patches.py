@@ -3,15 +3,22 @@ and the same receptive fields outlined on the source images."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import streamlit as st
 from PIL import Image, ImageDraw
 
+from accel import dataroots
+from accel.datasets import default_spec
+from accel.images import FOOLBOX_KINDS, foolbox_photos, sample_images
 from dashboard.display import image_row
 from dashboard.pagekit import methods_on, run_panel
+from dashboard.session_store import public_text
 from dashboard.sidebar import require_ctx
 from dashboard.state import dataset
-from dashboard.ui import guard
+from dashboard.ui import escape_md, guard
+from dashboard.widgets import dataset_options
 
 st.title("Max-activating patches")
 st.caption(
@@ -19,9 +26,64 @@ st.caption(
     "field; below, the same fields outlined on the source images."
 )
 c = require_ctx(need_image=False)
-shown = run_panel(c, methods_on("patches"), "mxp")
+
+
+def teaching_layer(net: Any) -> str | None:
+    """The deepest spatial layer whose receptive field is at most half the input side, so a patch is a part of a
+    photo rather than the whole of it; top-level blocks (a block's output, not its capped inner activation, where
+    values tie at ReLU6's 6) are preferred to their inner modules."""
+    side = int(net.pre.size)
+    fits = [
+        li.name
+        for li in net.conv_layers()
+        if li.receptive_field and li.receptive_field[0] <= side // 2 and li.out_shape[1] > 1
+    ]
+    top = [n for n in fits if n.count(".") <= 1]
+    return (top or fits or [None])[-1]
+
+
+def largest_dataset(net: Any) -> str:
+    """The largest dataset this session can scan for `net`: the user's own (an upload or a data-root folder),
+    else Fashion-MNIST's training set for a Fashion-MNIST model, else the largest packaged photo set."""
+    opts = [v for v, _ in dataset_options(net)]
+    own = [v for v in opts if v.startswith("folder:")]
+    if own:
+        return own[-1]  # the latest upload comes last
+    if default_spec(net).startswith("fashion_mnist") and "fashion_mnist:train" in opts:
+        return "fashion_mnist:train"
+    sizes = {
+        "samples": len(sample_images()),
+        **{f"foolbox:{k}": len(foolbox_photos(k)) for k in FOOLBOX_KINDS},
+    }
+    rgb = [v for v in opts if v in sizes and v not in ("foolbox:mnist", "foolbox:fashionMNIST")]
+    return max(rgb, key=lambda v: sizes[v], default="auto")
+
+
+def dataset_name(spec: str) -> str:
+    """A scanned dataset as the picker names it (its option label), else its displayable spec."""
+    base = spec.partition("#")[0]
+    return dict(dataset_options(c.net)).get(base) or dataroots.display_spec(base)
+
+
+defaults = {"dataset": largest_dataset(c.net)} if c.net.module is not None else {}
+if c.net.module is not None and (layer := teaching_layer(c.net)):
+    defaults["layer"] = layer
+shown = run_panel(c, methods_on("patches"), "mxp", kind_defaults=defaults)
 if shown is not None:
     rid, res = shown
+    m = res.meta
+    if isinstance(m.get("images"), int):
+        rf = m.get("receptive_field") or ["?"]
+        st.caption(
+            escape_md(
+                public_text(
+                    f"scanned {m['images']:,} images of {dataset_name(str(m.get('dataset', '')))}"
+                    + (f" ({m['skipped']} unreadable skipped)" if m.get("skipped") else "")
+                    + f" · layer {m.get('layer')} · receptive field {rf[0]} px of a {c.net.pre.size} px input"
+                ),
+                strict=True,
+            )
+        )
     boxes, ids = res.extras.get("boxes"), res.extras.get("ids")
     channels = list(res.meta.get("channels") or [])
     if isinstance(boxes, np.ndarray) and ids and channels and res.meta.get("dataset"):
