@@ -12,6 +12,7 @@ import streamlit as st
 
 import accel
 from accel import dataroots, registry
+from accel.datasets import default_spec
 from accel.registry import MethodSpec
 
 from . import jobs
@@ -19,7 +20,7 @@ from .display import fit_width, show_result
 from .session_store import public_text
 from .state import Ctx, load_run, run_key, run_stored
 from .ui import escape_md, guard, link_line, st_progress
-from .widgets import param_controls
+from .widgets import dataset_options, param_controls
 
 
 def methods_on(page: str) -> list[MethodSpec]:
@@ -156,6 +157,25 @@ def needs_image_or_stop(c: Ctx, spec: MethodSpec) -> bool:
         st.info(f"{spec.name} needs an input image: pick or upload one in the sidebar.")
         return False
     return True
+
+
+def largest_dataset(net: Any) -> str:
+    """The largest dataset this session can scan for `net` (where dataset-scale pages start): the user's own (an
+    upload or a data-root folder), else Fashion-MNIST train for a Fashion-MNIST model, else the largest photo set."""
+    opts = [v for v, _ in dataset_options(net)]
+    own = [v for v in opts if v.startswith("folder:")]
+    if own:
+        return own[-1]  # the latest upload comes last
+    if default_spec(net).startswith("fashion_mnist") and "fashion_mnist:train" in opts:
+        return "fashion_mnist:train"
+    from accel.images import FOOLBOX_KINDS, foolbox_photos, sample_images
+
+    sizes = {
+        "samples": len(sample_images()),
+        **{f"foolbox:{k}": len(foolbox_photos(k)) for k in FOOLBOX_KINDS},
+    }
+    rgb = [v for v in opts if v in sizes and v not in ("foolbox:mnist", "foolbox:fashionMNIST")]
+    return max(rgb, key=lambda v: sizes[v], default="auto")
 
 
 def _no_methods() -> None:

@@ -285,7 +285,7 @@ def test_embeddings_scatter_selection_neighbours_and_explain() -> None:
     at.run()
     _ok(at)
     if _registered("neighbors"):
-        assert "nearest in feature space" in _texts(at) and _texts(at).count("?run=") >= 2
+        assert "nearest in feature space" in _texts(at).lower() and _texts(at).count("?run=") >= 2
     explain = [b for b in at.button if b.label == "Explain this item on Compare"]
     assert explain
     explain[0].click().run()

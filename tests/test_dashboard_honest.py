@@ -232,3 +232,25 @@ def test_max_patches_defaults_to_a_part_of_the_input_and_the_largest_dataset() -
         "scanned 300 images of Fashion-MNIST train" in text
         and "receptive field 14 px of a 28 px input" in text
     )
+
+
+def test_embeddings_adapt_perplexity_and_warn_below_a_useful_size() -> None:
+    at = _app("embeddings", model="fashion_cnn")
+    _ok(at)
+    assert at.selectbox(key="emb.embedding.dataset").value == "fashion_mnist:train"
+    next(s for s in at.selectbox if "tsne" in s.options).set_value("tsne")
+    at.number_input(key="emb.embedding.limit").set_value(40)
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = _texts(at)
+    assert "t-SNE perplexity 13 (lowered from 30: at most (n - 1) / 3 = 13 for 40 points)" in text
+    assert "Only 40 points" in " ".join(w.value for w in at.warning)
+    # a selected point's neighbours: legible rows of NEIGHBOUR_COLS thumbnails, each with its label and distance
+    at.session_state["emb_sel"] = 3
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = _texts(at)
+    assert "Nearest in feature space" in text and "Nearest in pixel space" in text
+    caps = [c.replace("\\", "") for im in at.main.get("image") for c in im.captions]
+    tiles = [c for c in caps if c.rsplit(" ", 1)[-1].replace(".", "").isdigit()]  # "<label> <distance>"
+    assert len(tiles) == 16, caps  # 8 neighbours per space as separate thumbnails, not one squeezed strip

@@ -6,14 +6,16 @@ top), one that takes an image is the per-item tool (the selected item's nearest 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import streamlit as st
 from PIL import Image
 
 from accel import dataroots
 from accel.images import foolbox_imagenet
-from dashboard.display import fit_width, image_row, points_figure, show_result
-from dashboard.pagekit import method_form, methods_on, pick_method, run_heavy_aware
+from dashboard.display import fit_width, image_row, points_figure
+from dashboard.pagekit import largest_dataset, method_form, methods_on, pick_method, run_heavy_aware
 from dashboard.session_store import public_text
 from dashboard.sidebar import require_ctx
 from dashboard.state import dataset, load_run
@@ -43,7 +45,9 @@ spec = pick_method(maps, "emb") if len(maps) > 1 else maps[0]
 if len(maps) == 1:
     st.caption(spec.summary)
 with guard(spec.name):
-    go, params = method_form(c, spec, "emb", submit="Compute")
+    go, params = method_form(
+        c, spec, "emb", submit="Compute", kind_defaults={"dataset": largest_dataset(c.net)}
+    )
     if go:
         bar = st_progress(spec.name)
         rid, _res, cached = run_heavy_aware(c, spec.name, params, key="emb", progress=bar)
@@ -72,6 +76,23 @@ summary = (
     f"({meta.get('dim', '?')}-D) · {meta.get('projection', '')} in {meta.get('projection_s', float('nan')):.1f} s"
 )
 st.caption(escape_md(public_text(summary), strict=True))
+USEFUL_POINTS = 100  # below this a 2-D map shows little structure (t-SNE wants a few hundred points)
+if isinstance(meta.get("perplexity"), (int, float)):
+    asked = float(run.params.get("perplexity", meta["perplexity"]))
+    used = float(meta["perplexity"])
+    st.caption(
+        f"t-SNE perplexity {used:.3g}"
+        + (
+            f" (lowered from {asked:.3g}: at most (n - 1) / 3 = {(n - 1) / 3:.3g} for {n} points)"
+            if used < asked
+            else ""
+        )
+    )
+if n < USEFUL_POINTS:
+    st.warning(
+        f"Only {n} points: a 2-D map of so few shows little structure (t-SNE and UMAP want a few hundred). "
+        "Choose a larger dataset or size above, or upload a folder of images."
+    )
 
 
 def _item_name(item_id: str) -> str:
@@ -94,6 +115,28 @@ def _feature_neighbours(feats: np.ndarray, i: int, k: int) -> list[int]:
 
     idx, _d, _used = knn(feats, feats[i : i + 1], k, "cosine", "auto", np.asarray([i]))
     return [int(j) for j in idx[0]]
+
+
+NEIGHBOUR_COLS = 4  # thumbnails per row in the narrow item column: about 100 px each, legible
+
+
+def neighbour_rows(nres: Any, ds: Any) -> None:
+    """The neighbours technique's answer as legible rows (NEIGHBOUR_COLS per row, label and distance under each)
+    instead of its one-strip mosaic squeezed into the column: feature space first, then pixel space."""
+    for side, title in (("feature", "Nearest in feature space"), ("pixel", "Nearest in pixel space")):
+        got = nres.extras.get(side) or {}
+        item_ids, names, dist = got.get("ids") or [], got.get("label_names") or [], got.get("dist")
+        if not item_ids:
+            continue
+        st.markdown(
+            f"*{title}* ({escape_md(str(nres.meta.get(side + '_metric') or nres.meta.get('metric', '')))})"
+        )
+        tiles = [fit_width(ds.load(str(j)).image) for j in item_ids]
+        caps = [
+            f"{names[i] if i < len(names) else ''} {float(dist[i]):.3g}".strip() if dist is not None else ""
+            for i in range(len(item_ids))
+        ]
+        image_row(tiles, caps, ncols=NEIGHBOUR_COLS)
 
 
 @st.fragment
@@ -139,7 +182,7 @@ def explorer() -> None:
                 st.markdown("*Nearest in feature space* (cosine, from the stored vectors)")
                 ds = dataset(str(meta["dataset"]))
                 tiles = [fit_width(ds.load(str(ids[j])).image) for j in nb]
-                image_row(tiles, [_name(j) for j in nb], ncols=min(8, k))
+                image_row(tiles, [_name(j) for j in nb], ncols=NEIGHBOUR_COLS)
         if full:
             if not auto and st.button(
                 "Pixel-space neighbours too (re-streams the dataset)",
@@ -160,10 +203,7 @@ def explorer() -> None:
                     nid, nres, ncached = run_heavy_aware(
                         c, item_tool.name, nparams, key="emb_nb", img=item_img
                     )
-                    show_result(
-                        nres,
-                        caption="query | nearest in feature space (top row) and pixel space (bottom row)",
-                    )
+                    neighbour_rows(nres, dataset(str(meta["dataset"])))
                     link_line(nid, ncached)
         target = _explain_target(item_id)
         if target is not None:

@@ -10,10 +10,8 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from accel import dataroots
-from accel.datasets import default_spec
-from accel.images import FOOLBOX_KINDS, foolbox_photos, sample_images
 from dashboard.display import image_row
-from dashboard.pagekit import methods_on, run_panel
+from dashboard.pagekit import largest_dataset, methods_on, run_panel
 from dashboard.session_store import public_text
 from dashboard.sidebar import require_ctx
 from dashboard.state import dataset
@@ -40,23 +38,6 @@ def teaching_layer(net: Any) -> str | None:
     ]
     top = [n for n in fits if n.count(".") <= 1]
     return (top or fits or [None])[-1]
-
-
-def largest_dataset(net: Any) -> str:
-    """The largest dataset this session can scan for `net`: the user's own (an upload or a data-root folder),
-    else Fashion-MNIST's training set for a Fashion-MNIST model, else the largest packaged photo set."""
-    opts = [v for v, _ in dataset_options(net)]
-    own = [v for v in opts if v.startswith("folder:")]
-    if own:
-        return own[-1]  # the latest upload comes last
-    if default_spec(net).startswith("fashion_mnist") and "fashion_mnist:train" in opts:
-        return "fashion_mnist:train"
-    sizes = {
-        "samples": len(sample_images()),
-        **{f"foolbox:{k}": len(foolbox_photos(k)) for k in FOOLBOX_KINDS},
-    }
-    rgb = [v for v in opts if v in sizes and v not in ("foolbox:mnist", "foolbox:fashionMNIST")]
-    return max(rgb, key=lambda v: sizes[v], default="auto")
 
 
 def dataset_name(spec: str) -> str:

@@ -87,6 +87,12 @@ def _n_jobs() -> int:
     return max(1, min(8, cpus - 1))
 
 
+def effective_perplexity(perplexity: float, n: int) -> float:
+    """The t-SNE perplexity used for `n` points: the asked one, lowered to (n - 1) / 3 (at least 2), since each point
+    needs about 3 x perplexity neighbours."""
+    return float(min(perplexity, max(2.0, (n - 1) / 3.0)))
+
+
 def tsne(
     x: np.ndarray, perplexity: float = 30.0, seed: int = 0, gradient: str = "auto"
 ) -> tuple[np.ndarray, str]:
@@ -95,7 +101,7 @@ def tsne(
     if gradient not in ("auto", "fft", "bh"):
         raise BadInput(f"t-SNE gradient must be 'auto', 'fft' or 'bh', got {gradient!r}")
     method = gradient if gradient != "auto" else ("fft" if n >= FFT_FROM else "bh")
-    perp = float(min(perplexity, max(2.0, (n - 1) / 3.0)))
+    perp = effective_perplexity(perplexity, n)
     try:
         from openTSNE import TSNE  # noqa: PLC0415 - optional dependency
     except ImportError:
@@ -225,6 +231,7 @@ def run(net: Backbone, img: Any, p: EmbeddingParams, obs: Observer) -> Result:
         "dim": int(fs.feats.shape[1]),
         "projection": impl,
         "projection_s": round(proj_s, 3),
+        **({"perplexity": effective_perplexity(p.perplexity, len(pts))} if p.projection == "tsne" else {}),
         **{f"features_{k}": v for k, v in fs.meta.items()},
     }
     if p.grid:
