@@ -690,6 +690,18 @@ PROFILES: dict[str, Profile] = {
         },
         bad={"target": _bad_target, "window": lambda c: st.integers(29, 4096)},
     ),
+    "rise": Profile(
+        kinds=("map",),
+        base={"masks": 8},
+        space={
+            "target": maybe(target_s),
+            "masks": ints(1, 64),
+            "cells": ints(1, 28),
+            "batch_size": maybe(ints(1, 64)),
+            **SEED,
+        },
+        bad={"target": _bad_target, "cells": lambda c: st.integers(29, 64)},
+    ),
     "saliency": Profile(kinds=("map",), space={"target": maybe(target_s)}, bad={"target": _bad_target}),
     "saliency_grabcut": Profile(
         kinds=("map",),

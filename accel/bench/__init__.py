@@ -25,6 +25,8 @@ from .workloads.inspect import bench_inspect
 from .workloads.jobs import bench_job_throughput
 from .workloads.occlusion import bench_occlusion, sweep_peak_rss_mb
 from .workloads.patch_scan import bench_patch_scan
+from .workloads.rise import bench_rise
+from .workloads.rise import peak_rss as rise_peak_rss
 
 __all__ = [
     "ALLOC_WORKLOADS",
@@ -37,6 +39,7 @@ __all__ = [
     "bench_job_throughput",
     "bench_occlusion",
     "bench_patch_scan",
+    "bench_rise",
     "compare",
     "count_macs",
     "fma_peak",
@@ -98,6 +101,10 @@ def run_bench(
     if not quick:
         say(0.8, "sweep memory")
         report["occlusion"]["peak_rss_mb"] = sweep_peak_rss_mb(8)
+    say(0.81, "RISE (ORT vs torch vs by hand)")
+    report["rise"] = bench_rise(masks=1000 if quick else 4000, hand_masks=100 if quick else 400)
+    if not quick:
+        report["rise"]["peak_rss_mb"] = rise_peak_rss((1000, 8000))
     say(0.83, "torch eager: default heap vs tuned")
     report["allocator"] = bench_allocator(rep)
     say(0.85, "patch scan")

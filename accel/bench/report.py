@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .workloads.allocator import ALLOC_WORKLOADS
+from .workloads.rise import rise_table
 
 
 def peak_of(r: dict[str, Any]) -> dict[str, Any]:
@@ -230,7 +231,7 @@ def to_markdown(r: dict[str, Any]) -> str:
     """The report as Markdown tables (what the README shows)."""
     oc = r["occlusion"]
     lines = header(r) + embedding_table(r) + occlusion_table(oc) + exactness_notes(oc) + int8_notes(oc)
-    lines += best_path_notes(oc) + gpu_table(r.get("gpu")) + workload_notes(r)
+    lines += best_path_notes(oc) + rise_table(r.get("rise")) + gpu_table(r.get("gpu")) + workload_notes(r)
     lines += dashboard_table(r.get("dashboard")) + jobs_table(r.get("jobs"))
     return "\n".join(lines) + "\n"
 

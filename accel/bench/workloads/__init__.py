@@ -1,1 +1,1 @@
-"""The bench's workloads, one module per family: embedding, occlusion, allocator, patch_scan, inspect, gpu, dashboard, jobs."""
+"""The bench's workloads, one module per family: embedding, occlusion, rise, allocator, patch_scan, inspect, gpu, dashboard, jobs."""
