@@ -35,7 +35,11 @@ def view(name: str, title: str, icon: str) -> st.Page:
 
 PAGES = {
     "convlens": [st.Page(str(P / "home.py"), title="Home", icon=":material/home:", default=True)],
-    "Attribution": [view("compare", "Compare", "compare"), view("dataset", "Explain a dataset", "dataset")],
+    "Attribution": [
+        view("compare", "Compare", "compare"),
+        view("dataset", "Explain a dataset", "dataset"),
+        view("models", "Two models", "compare_arrows"),
+    ],
     "Inspect": [
         view("filters", "Filters & activations", "grid_on"),
         view("patches", "Max-activating patches", "crop"),

@@ -18,6 +18,7 @@ APP = str(ROOT / "dashboard" / "app.py")
 PAGES = (
     "compare",
     "dataset",
+    "models",
     "filters",
     "patches",
     "embeddings",
@@ -154,6 +155,7 @@ def test_every_page_opens_with_defaults(page: str) -> None:
     assert at.title, f"{page} has no title"
     expected = {
         "compare": lambda: at.multiselect(key="cmp_methods") and at.button,
+        "models": lambda: at.selectbox(key="m2_model").value == "efficientnet_lite1",
         "dataset": lambda: at.selectbox(key="ds_source").value == "foolbox:imagenet" and at.button,
         "filters": lambda: at.radio(key="flt_method") or at.selectbox(key="flt_method"),
         "patches": lambda: at.title[0].value == "Max-activating patches",
