@@ -64,13 +64,15 @@ def show_result(
     except ValueError as e:
         st.warning(escape_md(public_text(f"cannot display this {res.kind} result: {e}"), strict=True))
         return
-    img = fit_width(img)
+    img = fit_width(img, at_least=GRID_SIDE if res.kind in ("grid", "patches") else 256)
     extra = companion_pictures(res)
     if not extra:
         st.image(img, caption=cap or None, width=width or ("stretch" if img.width >= 640 else "content"))
+        if res.kind == "map":
+            colour_scale(res.data)
         return
     cols = st.columns(1 + len(extra))
-    cols[0].image(img, caption=cap or None, width="stretch")
+    cols[0].image(img, caption=cap or None, width="stretch")  # companions side by side
     for col, (name, pic, note) in zip(cols[1:], extra, strict=True):
         col.image(
             fit_width(pic),
@@ -96,13 +98,28 @@ def companion_pictures(res: Result) -> list[tuple[str, Image.Image, str]]:
     return out
 
 
-def fit_width(img: Image.Image, max_side: int = 900) -> Image.Image:
-    """Upscale tiny images (nearest neighbour) so 28x28 inputs stay visible; never exceed `max_side`."""
+GRID_SIDE = (
+    512  # grids (filter mosaics, activation tiles) are enlarged to at least this side: tiles stay legible
+)
+
+
+def fit_width(img: Image.Image, max_side: int = 900, at_least: int = 256) -> Image.Image:
+    """Upscale small images by a whole factor (nearest neighbour) towards `at_least` pixels on the longer side, so
+    28x28 inputs and 3x3 filter tiles stay visible; never exceed `max_side`."""
     w, h = img.size
-    if max(w, h) >= 256:
+    if max(w, h) >= at_least:
         return img
-    f = max(1, min(256 // max(w, h), max_side // max(w, h)))
+    f = max(1, min(at_least // max(w, h), max_side // max(w, h)))
     return img.resize((w * f, h * f), Image.Resampling.NEAREST)
+
+
+def colour_scale(data: Any, cmap: str = "jet") -> None:
+    """The colour bar of a map drawn with its own min-max scale (Result.overlay's default), with its values."""
+    d = np.asarray(data, dtype=np.float64)
+    if not d.size or not np.isfinite(d).all():
+        return
+    lo, hi = float(d.min()), float(d.max())
+    st.image(colorbar_image(lo, hi, cmap, width=256, height=10), caption=f"colour scale {lo:.3g} … {hi:.3g}")
 
 
 def shared_scale(

@@ -254,3 +254,32 @@ def test_embeddings_adapt_perplexity_and_warn_below_a_useful_size() -> None:
     caps = [c.replace("\\", "") for im in at.main.get("image") for c in im.captions]
     tiles = [c for c in caps if c.rsplit(" ", 1)[-1].replace(".", "").isdigit()]  # "<label> <distance>"
     assert len(tiles) == 16, caps  # 8 neighbours per space as separate thumbnails, not one squeezed strip
+
+
+def test_activation_views_say_pre_or_post_relu() -> None:
+    at = _app("filters", model="fashion_cnn", img_source="Fashion-MNIST item", img_fashion=3)
+    _ok(at)
+    at.radio(key="flt_method").set_value("activations").run()
+    for layer, stage in (("features.1", "pre-ReLU"), ("features.2", "post-ReLU")):
+        at.selectbox(key="flt.activations.layer").set_value(layer)
+        at.button(key="FormSubmitter:flt_activations_form-Run").click().run()
+        _ok(at)
+        text = _texts(at).replace("\\", "")
+        assert f"{layer}: {stage}" in text, text
+
+
+def test_grids_are_enlarged_and_maps_carry_a_colour_bar(stored_runs: dict[str, str]) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.display import GRID_SIDE, fit_width
+
+    mosaic = Image.new("RGB", (170, 120))
+    assert fit_width(mosaic, at_least=GRID_SIDE).size == (
+        510,
+        360,
+    )  # the old 170 px mosaic, three times larger
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.query_params["run"] = stored_runs["map"]
+    at.run()
+    _ok(at)
+    assert "colour scale -0.5 … 2" in _texts(at)

@@ -43,8 +43,8 @@ class ActivationsParams:
     )
     scale: str = param(
         "layer",
-        "gray scale: shared by the whole layer (white = its 99.5th percentile; dead channels look black) "
-        "or stretched per channel",
+        "gray scale: shared by the whole layer (white = its 99.5th percentile; after a ReLU, dead channels are "
+        "all zero and look black) or stretched per channel",
         choices=("layer", "channel"),
     )
     max_channels: int = param(512, "show at most this many channels", min=1, max=4096)
