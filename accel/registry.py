@@ -181,11 +181,11 @@ class ParamInfo:
         c = cap_float(self.limit)
         return c if self.max is None else min(self.max, c)
 
-    def describe(self) -> str:
+    def describe(self, control: bool = False) -> str:
         """The help every front end shows: the help text, then the choices or the accepted range (the cap in force,
-        naming its variable), then the default, each once."""
+        naming its variable), then the default, each once; for a `control` (it shows value, choices) without both."""
         out = self.help.rstrip(". ")
-        if self.choices:
+        if self.choices and not control:
             out += f"; one of {', '.join(map(str, self.choices))}"
         hi = self.upper()
         if self.min is not None or hi is not None:
@@ -196,7 +196,7 @@ class ParamInfo:
                 from .settings import CAPS
 
                 out += f" (cap {CAPS[self.limit].env})"
-        if self.default is not None and self.default != "":
+        if self.default is not None and self.default != "" and not control:
             out += f"; default {self.default}"
         return out
 

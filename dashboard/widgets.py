@@ -21,7 +21,6 @@ import streamlit as st
 
 import accel
 from accel import dataroots
-from accel.limits import cap as accel_cap
 from accel.registry import MethodSpec, ParamInfo
 
 from .state import session_space
@@ -92,8 +91,9 @@ class Control:
 
     @property
     def help(self) -> str | None:
-        """The declared help text."""
-        return self.info.help or None
+        """The declared help with the accepted range and the cap in force (ParamInfo.describe), without the default
+        or the choices the control itself shows."""
+        return self.info.describe(control=True) or None
 
     @property
     def base(self) -> tuple[Any, bool]:
@@ -245,10 +245,7 @@ def _number(
     hint: str,
 ) -> Any:
     """A slider for small bounded ranges, else a number box; bounded by the declaration and the server's cap."""
-    lo, hi = info.min, info.max
-    if info.limit:  # the server's configured cap (accel.limits) bounds the control too
-        cap = accel_cap(info.limit)
-        hi = cap if hi is None else min(hi, cap)
+    lo, hi = info.min, info.upper()  # the server's configured cap (accel.limits) bounds the control too
     is_int = base is int
     cast = int if is_int else float
     if default is None:

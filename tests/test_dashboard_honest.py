@@ -221,6 +221,13 @@ def test_max_patches_defaults_to_a_part_of_the_input_and_the_largest_dataset() -
     layer = at.selectbox(key="mxp.max_patches.layer").value
     assert layer == "_blocks.5"  # receptive field 83 px of 224, not the last layer (larger than the input)
     assert at.selectbox(key="mxp.max_patches.dataset").value == "foolbox:imagenet"  # 20 > 15 sample photos
+    from accel.limits import cap
+
+    batch = at.number_input(
+        key="mxp.max_patches.batch_size"
+    )  # help: the range the control allows, with its cap
+    assert f"1..{cap('batch')} (cap CONVLENS_MAX_BATCH)" in batch.help and "default" not in batch.help
+    assert batch.max == cap("batch")
     at = _app("patches", model="fashion_cnn")
     assert at.selectbox(key="mxp.max_patches.layer").value == "features.12"  # 14 px of 28
     assert at.selectbox(key="mxp.max_patches.dataset").value == "fashion_mnist:train"
