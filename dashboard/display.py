@@ -150,6 +150,26 @@ def colorbar_image(lo: float, hi: float, cmap: str, width: int = 512, height: in
     return Image.fromarray(colorize(ramp, cmap, lo, hi))
 
 
+MISSING = "–"  # what a table shows for a value it does not have (never "None" or "nan")
+
+
+def readable_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table rows with every column present in every row and no "None"/"nan" shown: a column with a missing value
+    shows MISSING there and its other values as text (a column keeps one type)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    out = [{k: r.get(k) for k in keys} for r in rows]
+
+    def missing(v: Any) -> bool:
+        return v is None or (isinstance(v, float) and not np.isfinite(v))
+
+    for k in keys:
+        if any(missing(r[k]) for r in out):
+            for r in out:
+                v = r[k]
+                r[k] = MISSING if missing(v) else f"{v:.4g}" if isinstance(v, float) else str(v)
+    return out
+
+
 def compact(fig: go.Figure, height: int, **layout: Any) -> go.Figure:
     """`fig` in the dashboard's plot style: `height` pixels, thin margins, plus any other layout settings."""
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), **layout)

@@ -290,3 +290,15 @@ def test_grids_are_enlarged_and_maps_carry_a_colour_bar(stored_runs: dict[str, s
     at.run()
     _ok(at)
     assert "colour scale -0.5 … 2" in _texts(at)
+
+
+def test_tables_print_no_none(stored_runs: dict[str, str]) -> None:
+    from dashboard.display import MISSING, readable_table
+
+    rows = readable_table([{"a": 1.5, "b": None}, {"a": float("nan"), "c": "x"}])
+    assert rows == [{"a": "1.5", "b": MISSING, "c": MISSING}, {"a": MISSING, "b": MISSING, "c": "x"}]
+    at = _app("runs")
+    _ok(at)
+    table = at.dataframe[0].value  # the style run has no wall time and no backend
+    assert len(table) >= 2 and not table.isna().any().any()
+    assert "None" not in table.astype(str).to_numpy() and MISSING in table["wall s"].to_numpy()

@@ -15,6 +15,7 @@ from accel.runtime.pool import pool_info
 from accel.runtime.session import sessions_started
 from dashboard import jobs
 from dashboard.auth import current_user, may_run_bench
+from dashboard.display import readable_table
 from dashboard.session_store import get_store
 from dashboard.ui import escape_md
 
@@ -141,7 +142,7 @@ if any("images_per_s" in r for r in rows):
     st.plotly_chart(
         _figure(rows, "images_per_s", "throughput (higher is better)", log=False), key="bench_throughput"
     )
-st.dataframe(rows, hide_index=True, width="stretch")
+st.dataframe(readable_table(rows), hide_index=True, width="stretch")
 payload = rec["payload"]
 if isinstance(payload, dict) and isinstance(payload.get("markdown"), str):
     with st.expander("the report (Markdown)"):

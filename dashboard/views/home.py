@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import accel
-from dashboard.display import compact, fit_width
+from dashboard.display import compact, fit_width, readable_table
 from dashboard.session_store import public_text
 from dashboard.sidebar import require_ctx
 from dashboard.ui import escape_md, guard
@@ -69,8 +69,8 @@ with guard("Layers"):
             "layer": li.name,
             "kind": li.kind,
             "output": "x".join(map(str, li.out_shape)),
-            "receptive field (px)": str(li.receptive_field[0]) if li.receptive_field else "–",
-            "stride (px)": str(li.receptive_field[1]) if li.receptive_field else "–",
+            "receptive field (px)": li.receptive_field[0] if li.receptive_field else None,
+            "stride (px)": li.receptive_field[1] if li.receptive_field else None,
         }
         for i, li in enumerate(layers)
     ]
@@ -108,4 +108,4 @@ with guard("Layers"):
             yaxis_type="log",
         )
         st.plotly_chart(fig, key="rf_plot")
-    st.dataframe(rows, hide_index=True, width="stretch", height=360)
+    st.dataframe(readable_table(rows), hide_index=True, width="stretch", height=360)

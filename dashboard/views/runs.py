@@ -13,6 +13,7 @@ import time
 import streamlit as st
 
 import accel
+from dashboard.display import readable_table
 from dashboard.runview import export_buttons, owner_label, render_run
 from dashboard.session_store import get_store
 from dashboard.state import damaged_runs
@@ -129,7 +130,7 @@ ids = [r.id for r in runs]
 digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 last = st.session_state.get("_runs_last")
 event = st.dataframe(
-    rows,
+    readable_table(rows),
     hide_index=True,
     width="stretch",
     height=320,
