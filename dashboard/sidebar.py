@@ -216,6 +216,9 @@ def apply_link_params() -> None:
     elif (qp.get("imagenet") or "").isdigit() and int(qp["imagenet"]) < len(foolbox_imagenet()):
         st.session_state["img_source"] = "ImageNet photo"
         st.session_state["img_imagenet"] = int(qp["imagenet"])
+    elif (qp.get("fashion") or "").isdigit():
+        st.session_state["img_source"] = "Fashion-MNIST item"
+        st.session_state["img_fashion"] = int(qp["fashion"])
     if qp.get("backend") in BACKENDS:
         st.session_state["backend"] = qp["backend"]
 
@@ -250,7 +253,26 @@ def sidebar() -> Ctx | None:
         return None
     c = Ctx(model, net, img, img_name, backend, store)
     st.session_state["_ctx"] = c
+    write_link_params(model)
     return c
+
+
+def write_link_params(model: str) -> None:
+    """The sidebar's choice mirrored in the URL (the reverse of apply_link_params): model, the packaged image
+    (photo, imagenet or fashion; an upload cannot travel in a link) and backend."""
+    qp = st.query_params
+    if model in {r["name"] for r in _zoo_rows()}:
+        qp["model"] = model
+    for k in ("photo", "imagenet", "fashion"):
+        qp.pop(k, None)
+    source = st.session_state.get("img_source")
+    if source == "Sample photo" and st.session_state.get("img_sample"):
+        qp["photo"] = str(st.session_state["img_sample"])
+    elif source == "ImageNet photo" and st.session_state.get("img_imagenet") is not None:
+        qp["imagenet"] = str(st.session_state["img_imagenet"])
+    elif source == "Fashion-MNIST item" and st.session_state.get("img_fashion") is not None:
+        qp["fashion"] = str(st.session_state["img_fashion"])
+    qp["backend"] = str(st.session_state.get("backend", BACKENDS[0]))
 
 
 def require_ctx(need_image: bool = True) -> Ctx:

@@ -13,7 +13,7 @@ import accel
 from accel.evaluate.sanity import INSENSITIVE, SANITY_THRESHOLD
 from accel.registry import MethodSpec
 from accel.result import Result
-from dashboard import faithfulness
+from dashboard import faithfulness, links
 from dashboard.display import colorbar_image, compact, meta_line, shared_scale, target_index
 from dashboard.pagekit import methods_on, unavailable
 from dashboard.session_store import public_text
@@ -57,6 +57,10 @@ if not st.session_state.get("_cmp_link_applied"):  # deep link: ?methods=salienc
         st.session_state["cmp_methods"] = linked
     if st.query_params.get("scores") in ("0", "1"):
         st.session_state["cmp_score"] = st.query_params["scores"] == "1"
+    t_link = st.query_params.get("target") or ""
+    if t_link.isdigit() and net.num_classes and int(t_link) < net.num_classes:
+        st.session_state["cmp_target"] = int(t_link)
+    links.read_method_params("cmp", linked or default, net)
     st.session_state["_cmp_autorun"] = st.query_params.get("go") == "1"
 chosen = st.multiselect(
     "Methods",
@@ -99,6 +103,14 @@ with st.form("cmp_form"):
     go_run = st.form_submit_button("Run", type="primary")
     if st.session_state.pop("_cmp_autorun", False):
         go_run = True
+# the page's state in the URL (the sidebar writes model, image and backend), so a copied link reproduces it
+st.query_params["methods"] = ",".join(chosen)
+st.query_params["scores"] = "1" if score else "0"
+if target is None:
+    st.query_params.pop("target", None)
+else:
+    st.query_params["target"] = str(target)
+links.write_method_params(all_params)
 
 
 def sanity_figure(san: dict[str, dict[str, Any]]) -> go.Figure:
