@@ -15,7 +15,14 @@ from PIL import Image
 from accel import dataroots
 from accel.images import foolbox_imagenet
 from dashboard.display import fit_width, image_row, points_figure
-from dashboard.pagekit import largest_dataset, method_form, methods_on, pick_method, run_heavy_aware
+from dashboard.pagekit import (
+    backbone_fits,
+    largest_dataset,
+    method_form,
+    methods_on,
+    pick_method,
+    run_heavy_aware,
+)
 from dashboard.session_store import public_text
 from dashboard.sidebar import require_ctx
 from dashboard.state import dataset, load_run
@@ -44,6 +51,8 @@ if not maps:
 spec = pick_method(maps, "emb") if len(maps) > 1 else maps[0]
 if len(maps) == 1:
     st.caption(spec.summary)
+if not backbone_fits(c, spec, "emb"):
+    st.stop()
 with guard(spec.name):
     go, params = method_form(
         c, spec, "emb", submit="Compute", kind_defaults={"dataset": largest_dataset(c.net)}
