@@ -125,22 +125,23 @@ def vgg19() -> Backbone:
     return _card_backbone("vgg19", m, card)
 
 
-def fashion_cnn() -> Backbone:
-    """The small Fashion-MNIST CNN convlens trains itself (models/fashion_cnn.safetensors)."""
+def fashion_cnn(name: str = "fashion_cnn") -> Backbone:
+    """The small Fashion-MNIST CNN convlens trains itself (models/fashion_cnn.safetensors), or another FashionCNN
+    checkpoint it ships by card name (fashion_planted: the planted-concept ground truth)."""
     from safetensors.torch import load_file
 
     from ..archs.fashion_cnn import FashionCNN
 
-    card, path = cards.shipped("fashion_cnn")
+    card, path = cards.shipped(name)
     m = FashionCNN()
     m.load_state_dict(load_file(str(path)))
     pre = Preproc(size=28, resize=28, mean=(0.2860,), std=(0.3530,), scale=1.0, channels="L")
     return Backbone(
-        "fashion_cnn",
+        name,
         m,
         pre,
         list(card["classes"]),
-        source="trained by convlens (models/fashion_cnn.safetensors)",
+        source=f"trained by convlens (models/{name}.safetensors)",
         cam_layer=card["cam_layer"],
         embedding_layer=card["embedding_layer"],
         card=card,
@@ -195,6 +196,12 @@ ZOO: dict[str, ZooEntry] = {
         "Small VGG-style CNN trained by convlens on Fashion-MNIST",
         "models/ (this repo)",
         fashion_cnn,
+    ),
+    "fashion_planted": ZooEntry(
+        "fashion_planted",
+        "FashionCNN with a planted concept: every training Shirt carries a checkerboard stamp (concept ground truth)",
+        "models/ (this repo)",
+        lambda: fashion_cnn("fashion_planted"),
     ),
 }
 
