@@ -30,7 +30,26 @@ def test_a_link_restores_a_comparison_and_the_page_rewrites_it() -> None:
     assert "p.gradcam.layer" not in at.query_params and at.query_params["target"] == "3"
     at.multiselect(key="cmp_methods").set_value(["saliency"]).run()
     at.selectbox(key="cmp_target").set_value(5)
-    next(b for b in at.button if b.label == "Run").click().run()  # the target sits in the form: Run commits it
+    next(
+        b for b in at.button if b.label == "Run"
+    ).click().run()  # the target sits in the form: Run commits it
     assert at.query_params["methods"] == "saliency" and at.query_params["target"] == "5"
     assert "p.gradcam.relu" not in at.query_params and at.query_params["fashion"] == "7"
     assert at.query_params["model"] == "fashion_cnn"
+    # every map offers its raw array and a full-resolution picture (built when clicked)
+    labels = [b.label for b in at.get("download_button")]
+    assert labels.count(".npy") == 1 and labels.count("full PNG") == 1, labels
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from dashboard.downloads import full_png, npy_bytes
+    from dashboard.state import load_run
+
+    run = at.session_state["cmp_runs"][0]
+    res = load_run(run["run_id"])[1]
+    c = at.session_state["_ctx"]
+    assert np.array_equal(np.load(io.BytesIO(npy_bytes(res.data))), res.data)
+    fig = Image.open(io.BytesIO(full_png(res, c.net, c.img, "saliency")))
+    assert fig.width > c.img.width * 1.5  # 28 px item drawn at least its own size plus a colour bar

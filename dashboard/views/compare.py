@@ -15,6 +15,7 @@ from accel.registry import MethodSpec
 from accel.result import Result
 from dashboard import faithfulness, links
 from dashboard.display import colorbar_image, compact, meta_line, shared_scale, target_index
+from dashboard.downloads import map_downloads
 from dashboard.pagekit import methods_on, unavailable
 from dashboard.session_store import public_text
 from dashboard.sidebar import require_ctx
@@ -266,6 +267,7 @@ for i in range(0, len(maps), ncols):
                         )
                 st.caption("  \n".join(parts))
             link_line(r["run_id"], r["cached"])
+            map_downloads(res, net, c.img, r["name"], f"cmp_dl_{r['run_id']}")
 for r, res in results:
     if res.kind != "map":
         st.warning(f"{r['name']} returned a {res.kind!r} result, not a map; see it on the Runs page")
