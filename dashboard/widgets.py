@@ -24,6 +24,7 @@ from accel import dataroots
 from accel.registry import MethodSpec, ParamInfo
 
 from .state import session_space
+from .ui import unset
 
 AUTO = "(auto)"
 PREDICTED = "(top-1 prediction)"
@@ -457,5 +458,5 @@ def dataset_choice(box: Any, net: Any, label: str, key: str, default: str | None
     opts = dict(dataset_options(net))
     values = list(opts)
     idx = values.index(default) if default in values else 0
-    choice = box.selectbox(label, values, index=idx, format_func=opts.get, key=key)
+    choice = box.selectbox(label, values, format_func=opts.get, key=key, **unset(key, index=idx))
     return _upload(box, "dataset", label, key) or str(choice)
