@@ -230,13 +230,13 @@ def test_max_patches_defaults_to_a_part_of_the_input_and_the_largest_dataset() -
     assert batch.max == cap("batch")
     at = _app("patches", model="fashion_cnn")
     assert at.selectbox(key="mxp.max_patches.layer").value == "features.12"  # 14 px of 28
-    assert at.selectbox(key="mxp.max_patches.dataset").value == "fashion_mnist:train"
+    assert at.selectbox(key="mxp.max_patches.dataset").value == "fashion_mnist:test"
     at.number_input(key="mxp.max_patches.limit").set_value(300)
     at.button(key="FormSubmitter:mxp_max_patches_form-Run").click().run()
     _ok(at)
     text = _texts(at).replace("\\", "")  # captions from data are escaped for Markdown
     assert (
-        "scanned 300 images of Fashion-MNIST train" in text
+        "scanned 300 images of Fashion-MNIST test" in text
         and "receptive field 14 px of a 28 px input" in text
     )
 
@@ -244,7 +244,7 @@ def test_max_patches_defaults_to_a_part_of_the_input_and_the_largest_dataset() -
 def test_embeddings_adapt_perplexity_and_warn_below_a_useful_size() -> None:
     at = _app("embeddings", model="fashion_cnn")
     _ok(at)
-    assert at.selectbox(key="emb.embedding.dataset").value == "fashion_mnist:train"
+    assert at.selectbox(key="emb.embedding.dataset").value == "fashion_mnist:test"
     next(s for s in at.selectbox if "tsne" in s.options).set_value("tsne")
     at.number_input(key="emb.embedding.limit").set_value(40)
     at.button[0].click().run()
