@@ -679,6 +679,11 @@ PROFILES: dict[str, Profile] = {
         bad={"target": _bad_target},
         combos=lambda c: [{"method": "riemann_trapezoid", "steps": 1}],
     ),
+    "lrp": Profile(
+        kinds=("map",),
+        space={"target": maybe(target_s), "epsilon": floats(1e-9, 100.0), "gamma": floats(0.0, 100.0)},
+        bad={"target": _bad_target},
+    ),
     "occlusion": Profile(
         kinds=("map",),
         base={"window": 8, "stride": 8},
