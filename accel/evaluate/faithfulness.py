@@ -20,6 +20,8 @@ from ..errors import BadInput
 from ..result import Result
 from ..runtime.runner import runner as pooled_runner
 from ..runtime.sweep import Perturbation, Reveal
+from .catalogue import EvalBatch, metric
+from .flipping import per_image
 
 if TYPE_CHECKING:
     from ..backbone import Backbone
@@ -340,3 +342,41 @@ def _summarise(
         for row in out["table"]
     )
     return out
+
+
+def curve_aucs(
+    batch: EvalBatch, mode: str, steps: int = 50, baseline: str | float = "petsiuk", backend: str = "auto"
+) -> np.ndarray:
+    """Deletion or insertion AUC of every map of a metric batch (`deletion_insertion`, no random maps: the
+    evaluation suite scores its own)."""
+
+    def one(i: int) -> float:
+        out = deletion_insertion(
+            batch.net,
+            batch.x[i : i + 1],
+            batch.maps[i],
+            int(batch.targets[i]),
+            steps=steps,
+            baseline=baseline,
+            backend=backend,
+            n_random=0,
+        )
+        return float(out[mode]["auc"])
+
+    return per_image(batch, mode, one)
+
+
+@metric("deletion", "faithfulness", higher_is_better=False, paper="Petsiuk et al. 2018, BMVC")
+def deletion_metric(
+    batch: EvalBatch, steps: int = 50, baseline: str | float = "petsiuk", backend: str = "auto"
+) -> np.ndarray:
+    """Deletion AUC: target probability as the most salient pixels are removed (lower is better)."""
+    return curve_aucs(batch, "deletion", steps, baseline, backend)
+
+
+@metric("insertion", "faithfulness", higher_is_better=True, paper="Petsiuk et al. 2018, BMVC")
+def insertion_metric(
+    batch: EvalBatch, steps: int = 50, baseline: str | float = "petsiuk", backend: str = "auto"
+) -> np.ndarray:
+    """Insertion AUC: target probability as the most salient pixels are revealed (higher is better)."""
+    return curve_aucs(batch, "insertion", steps, baseline, backend)
