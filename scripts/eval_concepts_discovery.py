@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--held-out", type=int, default=50)
     ap.add_argument("--importance", default="sobol")
+    ap.add_argument("--crop-mode", default="resize")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--figures", default="")
     ap.add_argument("--memory", action="store_true")
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             k=a.k,
             crops=a.crops,
             crop=a.crop,
+            crop_mode=a.crop_mode,
             top=20,
             importance=a.importance,
             seed=a.seed,

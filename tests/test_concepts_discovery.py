@@ -18,10 +18,12 @@ import accel
 from accel.errors import BadInput
 from accel.methods.concepts import discover as disc
 from accel.methods.concepts._factor import (
+    cell_ranges,
     cells_to_input,
     coefficients,
     fit_basis,
     logits_with,
+    pooled_cells,
     random_boxes,
     sobol_total,
     tail,
@@ -101,6 +103,17 @@ def test_cells_sit_at_their_field_centres(net: accel.Backbone) -> None:
     np.testing.assert_allclose(flat, 2.5, rtol=1e-6)
 
 
+def test_crops_pool_the_cells_centred_in_them(net: accel.Backbone) -> None:
+    li = net.layer("features.19")  # 7x7 cells, stride 4, centres at 1.5 + 4 i
+    boxes = np.array([[0, 0, 28, 28], [0, 0, 14, 14], [10, 20, 11, 21], [4, 8, 12, 16]])
+    r = cell_ranges(li.rf, 7, 7, boxes)
+    assert r.tolist() == [[0, 7, 0, 7], [0, 4, 0, 4], [2, 3, 5, 6], [1, 3, 2, 4]]
+    maps = np.random.default_rng(0).random((2, 5, 7, 7)).astype(np.float32)
+    got = pooled_cells(maps, np.array([1, 0]), r[[0, 3]])
+    np.testing.assert_allclose(got[0], maps[1].mean((1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(got[1], maps[0, :, 1:3, 2:4].mean((1, 2)), rtol=1e-6)
+
+
 def test_the_tail_equals_the_hooked_network(net: accel.Backbone) -> None:
     x = torch.randn(3, 1, 28, 28)
     for layer in ("features.19", "features.9"):
@@ -143,7 +156,7 @@ def test_occlusion_importance_is_the_logit_drop(net: accel.Backbone, occl: accel
 
 
 def test_sobol_is_deterministic_by_seed(net: accel.Backbone) -> None:
-    kw = {**SMALL, "importance": "sobol", "designs": 8, "importance_images": 3}
+    kw = {**SMALL, "importance": "sobol", "designs": 8, "importance_images": 3, "crop_mode": "resize"}
     disc.forget()
     a = accel.run("discover", net, None, target=BAG, seed=3, **kw)
     disc.forget()
@@ -235,8 +248,7 @@ def test_gradient_weighted_cav_map_is_exact(net, bag, tmp_path: Path) -> None:
 
 def test_concept_map_discovers_when_given_no_file(net, bag, occl) -> None:
     """With no file it discovers the class's concepts itself (same declared parameters -> the same concept 0)."""
-    kw = {k: SMALL[k] for k in ("dataset", "limit", "k")}
-    m = accel.run("concept_map", net, bag, target=BAG, **kw)
+    m = accel.run("concept_map", net, bag, target=BAG, dataset=DS, limit=200, k=3)
     assert m.meta["source"] == "discover" and m.data.shape == (28, 28) and m.data.min() >= 0
 
 

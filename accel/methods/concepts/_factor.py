@@ -45,6 +45,29 @@ def crops_to_input(x: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
+def cell_ranges(rf: RF, h: int, w: int, boxes: np.ndarray) -> np.ndarray:
+    """For each pixel box (top, left, bottom, right; exclusive), the block of layer cells (i0, i1, j0, j1; exclusive)
+    whose exact receptive-field centres lie inside it, or the cell nearest its centre when none does."""
+    cy = rf.start[0] + np.arange(h) * rf.stride[0] + (rf.size[0] - 1) / 2.0
+    cx = rf.start[1] + np.arange(w) * rf.stride[1] + (rf.size[1] - 1) / 2.0
+    out = np.zeros((len(boxes), 4), dtype=np.int64)
+    for n, (t, left, b, r) in enumerate(np.asarray(boxes).tolist()):
+        for axis, (lo, hi, c) in enumerate(((t, b, cy), (left, r, cx))):
+            inside = np.flatnonzero((c >= lo - 0.5) & (c <= hi - 0.5))
+            if len(inside) == 0:
+                inside = np.array([int(np.argmin(np.abs(c - (lo + hi - 1) / 2.0)))])
+            out[n, 2 * axis], out[n, 2 * axis + 1] = inside[0], inside[-1] + 1
+    return out
+
+
+def pooled_cells(maps: np.ndarray, src: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """(n, C) means of maps[src[n]] over the cell block ranges[n] (from `cell_ranges`)."""
+    out = np.empty((len(src), maps.shape[1]), dtype=np.float32)
+    for n, (s, (i0, i1, j0, j1)) in enumerate(zip(src.tolist(), ranges.tolist())):
+        out[n] = maps[s, :, i0:i1, j0:j1].mean(axis=(1, 2))
+    return out
+
+
 def check_nonnegative(acts: np.ndarray, layer: str) -> None:
     """BadInput unless `acts` are non-negative (NMF needs them: choose a post-ReLU layer)."""
     lo = float(acts.min()) if acts.size else 0.0

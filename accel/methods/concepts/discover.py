@@ -1,14 +1,19 @@
 """Concept discovery (after CRAFT, Fel et al. 2023): which parts of its images a network uses for a class.
 
-1. Crops: `crops` random square crops (side `crop` x the input side) of each image of the class, resized back to
-   the input size, streamed in batches through the one runner; their activations at a non-negative (post-ReLU)
-   layer, spatially averaged, are the rows of A (n_crops, C). Only A, the crop boxes and image ids are kept, and
-   collection stops at `max_crops`, so memory stays bounded whatever the dataset size.
+1. Crops: `crops` random square crops (side `crop` x the input side) of each image of the class; each crop's
+   activation vector at a non-negative (post-ReLU) layer is a row of A (n_crops, C). crop_mode "cells" (default)
+   averages the whole image's map over the cells whose exact receptive fields are centred in the crop, so a part
+   keeps the scale it has in whole images (one pass per image); "resize" (CRAFT's way) resizes each crop to the
+   input and averages its map, which enlarges parts 1/crop times: on the planted model that scale change hid the
+   2x-enlarged stamp from the maps of whole images (measured, scripts/eval_concepts_discovery.py). Batches stream
+   through the one runner; only A, the crop boxes and image ids are kept, and collection stops at `max_crops`, so
+   memory stays bounded whatever the dataset size.
 2. Factorisation: NMF A ~ U W with k concepts (scikit-learn, nndsvda init, seeded): W (k, C) is the concept basis,
    U >= 0 each crop's concept coefficients; a concept's top crops are those with the largest coefficient.
 3. Importance for the class, on up to `importance_images` class images: their activation maps A(i,j) are split as
    A = sum_c U_c(i,j) W_c + R (coefficients against the fixed W at every position, R the residual), and the rest of
-   the network runs on edited maps (a forward hook replaces the layer's output).
+   the network runs on edited maps (the architecture's declared tail after the layer, else the whole network with a
+   forward hook replacing the layer's output).
    "sobol" (CRAFT's choice): total Sobol indices of the class logit under random masks m in [0,1]^k scaling each
    concept's coefficients, A(m) = sum_c m_c U_c W_c + R (Jansen estimator, `designs` base samples per image),
    averaged over images. "occlusion": the mean drop of the class logit when one concept's coefficients are
@@ -30,9 +35,10 @@ from PIL import Image
 from ...errors import BadInput
 from ...registry import BACKEND, DATASET, LAYER, SEED, TARGET, Observer, param, register
 from ...result import Result
-from ...runtime.runner import runner
+from ...runtime.runner import Runner, runner
 from ..inspect._common import LRU, dataset_key, label_strip, report, resolve_dataset
 from ._factor import (
+    cell_ranges,
     cells_to_input,
     check_nonnegative,
     coefficients,
@@ -41,6 +47,7 @@ from ._factor import (
     local_layer,
     logits_with,
     map_coefficients,
+    pooled_cells,
     random_boxes,
     sobol_total,
     tail,
@@ -52,6 +59,7 @@ if TYPE_CHECKING:
 
 SELECT = ("auto", "label", "prediction", "all")
 IMPORTANCE = ("sobol", "occlusion")
+CROP_MODES = ("resize", "cells")
 
 
 @dataclass
@@ -73,6 +81,12 @@ class DiscoverParams:
     )
     crops: int = param(8, "random crops per class image", min=1, max=64)
     crop: float = param(0.5, "crop side as a fraction of the input side", min=0.1, max=1.0)
+    crop_mode: str = param(
+        "cells",
+        "resize: each crop resized to the input and run (CRAFT); cells: the mean of the whole image's map over the "
+        "cells whose receptive fields are centred in the crop (keeps the scale; one pass per image)",
+        choices=CROP_MODES,
+    )
     max_crops: int = param(20_000, "stop collecting at this many crops (bounds memory)", min=8, max=200_000)
     top: int = param(20, "top crops shown per concept", min=1, max=64)
     importance: str = param(
@@ -137,6 +151,25 @@ def class_mask(
     return np.ones(len(labels), dtype=bool)
 
 
+def crop_activations(
+    net: Backbone,
+    r: Runner,
+    layer: str,
+    xs: np.ndarray,
+    src: np.ndarray,
+    boxes: np.ndarray,
+    maps: np.ndarray | None,
+) -> np.ndarray:
+    """(n, C) mean activations of the crops `boxes` of images xs[src]: of each crop resized to the input (no `maps`,
+    "resize"), or of the whole images' `maps` over the cells centred in the crop ("cells")."""
+    if maps is None:
+        a = r.run(crops_to_input(xs[src], boxes))[layer]
+        check_nonnegative(a, layer)
+        return a.reshape(len(a), a.shape[1], -1).mean(2).astype(np.float32)
+    rf = net.layer(layer).rf
+    return pooled_cells(maps, src, cell_ranges(rf, int(maps.shape[2]), int(maps.shape[3]), boxes))
+
+
 def collect(net: Backbone, ds: Dataset, layer: str, t: int, p: DiscoverParams, obs: Observer) -> Crops:
     """Stream `ds`: keep the class's images, crop and resize them, and keep the crops' mean activations."""
     h, w = net.input_shape[1:]
@@ -160,16 +193,18 @@ def collect(net: Backbone, ds: Dataset, layer: str, t: int, p: DiscoverParams, o
         if len(keep):
             xs = x[keep]
             room = p.importance_images - sum(len(i) for i in images)
-            if room > 0:
-                images.append(xs[:room])
-                maps.append(r.run(xs[:room])[layer])
-                check_nonnegative(maps[-1], layer)
+            whole = xs if p.crop_mode == "cells" else xs[: max(room, 0)]  # images whose whole map is needed
+            full = r.run(whole)[layer] if len(whole) else None
+            if full is not None:
+                check_nonnegative(full, layer)
+                if room > 0:
+                    images.append(xs[:room])
+                    maps.append(full[:room])
             n = min(len(xs) * p.crops, p.max_crops - len(ids))
             bx = random_boxes(rng, len(xs) * p.crops, h, w, p.crop)[:n]
             src = np.repeat(np.arange(len(xs)), p.crops)[:n]
-            a = r.run(crops_to_input(xs[src], bx))[layer]
-            check_nonnegative(a, layer)
-            acts.append(a.reshape(len(a), a.shape[1], -1).mean(2).astype(np.float32))
+            cells = full if p.crop_mode == "cells" else None
+            acts.append(crop_activations(net, r, layer, xs, src, bx, cells))
             boxes.append(bx)
             ids.extend(bid[keep[i]] for i in src)
             out.chosen += len(xs)
@@ -303,7 +338,17 @@ def discover(net: Backbone, t: int, p: DiscoverParams, obs: Observer) -> Concept
     """Collect crops, factorise, score: the discovery for class `t`, concepts in decreasing importance."""
     li = local_layer(net, p.layer, "discover")
     ds = resolve_dataset(net, p.dataset, p.limit)
-    key: tuple[Any, ...] = (net.weights_hash(), dataset_key(ds), li.name, t, p.k, p.select, p.crops, p.crop)
+    key: tuple[Any, ...] = (
+        net.weights_hash(),
+        dataset_key(ds),
+        li.name,
+        t,
+        p.k,
+        p.select,
+        p.crops,
+        p.crop,
+        p.crop_mode,
+    )
     key += (p.max_crops, p.importance_images, p.seed)
     cr, u, w, err, secs = factorise(net, ds, li.name, t, p, obs, key)
     report(obs, 0.75, f"importance ({p.importance}) on {len(cr.images)} images")
