@@ -103,9 +103,10 @@ def test_target_dependence(fashion, boot, boot_map):
 
 
 def test_seeds_agree_at_large_n(fashion, boot):
-    """Two seeds converge to the same map (the lite0 N=4000 figure is in the bench)."""
-    a = accel.run("rise", fashion, boot, target=9, masks=3000, seed=0)
-    b = accel.run("rise", fashion, boot, target=9, masks=3000, seed=1)
+    """Two seeds converge to the same map: at N=1000 the centred maps correlate ~0.94 here (the paper's estimator
+    ~0.84); the lite0 N=4000 figure is in the bench."""
+    a = accel.run("rise", fashion, boot, target=9, masks=1000, seed=0)
+    b = accel.run("rise", fashion, boot, target=9, masks=1000, seed=1)
     assert np.corrcoef(a.data.ravel(), b.data.ravel())[0, 1] >= 0.9
 
 

@@ -89,9 +89,9 @@ def estimate(
 class RiseParams:
     target: int | None = TARGET()
     masks: int = param(
-        4000,
-        "random masks N (one masked forward pass each; the paper uses 4000 for ResNet-50); the map's noise "
-        "falls like 1/sqrt(N)",
+        1000,
+        "random masks N (one masked forward pass each); the noise falls like 1/sqrt(N): with the centred "
+        "estimator two seeds' maps correlate ~0.95 at 1000 on efficientnet_lite0 (the paper used 4000 with its own)",
         min=1,
         max=MAX_MASKS,
         limit="",  # bounded by MAX_MASKS: memory stays flat in N, only time grows
