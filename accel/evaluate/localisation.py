@@ -77,10 +77,11 @@ def _mask_image(mask: Image.Image | np.ndarray, size: tuple[int, int]) -> Image.
 def region_mask(net: Backbone, region: Region, size: tuple[int, int]) -> np.ndarray:
     """One photo's region as a (H, W) bool mask on `net`'s input.
 
-    `region` is a list of boxes (x0, y0, x1, y1) in the photo's own pixels (x right, y down, corners in pixel-edge
-    coordinates, so (0, 0, w, h) is the whole photo), or a mask image / 2-D array of the photo's size (nonzero =
-    inside). `size` is the photo's (width, height). The region goes through `net`'s own resize and centre crop
-    (the path the photo took), then is thresholded at half coverage; a region wholly outside the crop is refused.
+    `region` is a list (or (K, 4) array) of boxes (x0, y0, x1, y1) in the photo's own pixels (x right, y down,
+    corners on pixel edges, so (0, 0, w, h) is the whole photo), or a mask image / 2-D array of the photo's size
+    (nonzero = inside). `size` is the photo's (width, height). The region goes through `net`'s own resize and
+    centre crop (the path the photo took), then is thresholded at half coverage; a region wholly outside the crop
+    is refused.
     """
     try:
         w, h = (int(v) for v in size)
@@ -88,6 +89,13 @@ def region_mask(net: Backbone, region: Region, size: tuple[int, int]) -> np.ndar
         raise BadInput(f"size must be the photo's (width, height), got {size!r}") from None
     if w < 1 or h < 1:
         raise BadInput(f"size must be positive, got {(w, h)}")
+    if (
+        isinstance(region, np.ndarray)
+        and region.ndim == 2
+        and region.shape[1] == 4
+        and region.shape != (h, w)
+    ):
+        region = region.tolist()  # a (K, 4) array of boxes, not a mask
     if isinstance(region, (Image.Image, np.ndarray)):
         drawn = _mask_image(region, (w, h))
     elif isinstance(region, Sequence) and not isinstance(region, str):

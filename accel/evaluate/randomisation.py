@@ -36,15 +36,16 @@ from .sanity import (
 if TYPE_CHECKING:
     from ..backbone import Backbone
 
-GRANULARITY = ("module", "group")
+GRANULARITY = ("group", "module")
 ORDERS = ("bottom_up", "top_down")
 SIMILARITY = ("ssim", "spearman")
 MAX_SMOOTH_SAMPLES = 1000
 
 
-def layers_to_randomise(net: Backbone, granularity: str = "module") -> list[tuple[str, list[str]]]:
-    """(name, modules) steps from the logits down: every parameterised module ("module", as Quantus does: a
-    BatchNorm is a layer of its own) or every block with its normalisation ("group", sanity's cascade steps)."""
+def layers_to_randomise(net: Backbone, granularity: str = "group") -> list[tuple[str, list[str]]]:
+    """(name, modules) steps from the logits down: every block with its normalisation ("group": sanity's cascade
+    steps, Adebayo et al.'s layers; 7 on fashion_cnn, 19 on efficientnet_lite0) or every parameterised module
+    alone ("module", as Quantus does: a BatchNorm is a layer of its own; 13 and 99)."""
     if granularity not in GRANULARITY:
         raise BadInput(f"granularity must be one of {', '.join(GRANULARITY)}, got {granularity!r}")
     steps = layer_groups(net) if granularity == "group" else [(n, [n]) for n in param_modules(net)][::-1]
@@ -54,7 +55,8 @@ def layers_to_randomise(net: Backbone, granularity: str = "module") -> list[tupl
 
 
 def _points(n: int, max_layers: int | None) -> list[int]:
-    """Indices of the steps to score: all, or `max_layers` evenly spaced ones (first and last included)."""
+    """Indices of the steps to score: all, or `max_layers` evenly spaced ones (first and last included; one: the
+    first)."""
     if max_layers is not None and (
         isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1
     ):
@@ -62,7 +64,7 @@ def _points(n: int, max_layers: int | None) -> list[int]:
             f"max_layers must be a whole number >= 1 (or None for every layer), got {max_layers!r}"
         )
     if max_layers == 1:
-        return [n - 1]
+        return [0]  # the top layer (the logits): Adebayo et al.'s first and most telling step
     return spread_points(n, max_layers)
 
 
@@ -98,12 +100,12 @@ def nanmean_rows(rows: list[np.ndarray], n: int) -> np.ndarray:
     needs_explainer=True,
     random_baseline=False,
 )
-def mprt(batch: EvalBatch, *, granularity: str = "module", max_layers: int | None = None) -> np.ndarray:
+def mprt(batch: EvalBatch, *, granularity: str = "group", max_layers: int | None = None) -> np.ndarray:
     """Mean Spearman |map| vs |map with one layer randomised| over the layers, each alone; lower = depends more on
-    the weights (Quantus `MPRT(layer_order="independent")` averaged over its layers).
+    the weights (with granularity="module": Quantus `MPRT(layer_order="independent")` averaged over its layers).
 
-    `granularity`: "module" re-initialises every parameterised module alone (Quantus), "group" a block with its
-    normalisation; `max_layers`: score that many evenly spaced layers only (None = all)."""
+    `granularity`: "group" re-initialises a block with its normalisation, "module" every parameterised module
+    alone (Quantus); `max_layers`: score that many evenly spaced layers only (None = all)."""
     steps = layers_to_randomise(batch.net, granularity)
     points = _points(len(steps), max_layers)
     rows: list[np.ndarray] = []
@@ -173,15 +175,17 @@ def smooth_mprt(
     samples: int = 50,
     noise: float = 0.1,
     order: str = "bottom_up",
-    granularity: str = "module",
+    granularity: str = "group",
     max_layers: int | None = None,
 ) -> np.ndarray:
     """Mean Spearman of noise-averaged maps before and after cascading randomisation, over the cascade's steps;
-    lower = depends more on the weights (Quantus `SmoothMPRT` averaged over its layers).
+    lower = depends more on the weights (with granularity="module": Quantus `SmoothMPRT` averaged over its layers).
 
     Maps are averaged over `samples` inputs with Gaussian noise (std `noise` x the input's range) on the original
-    and on each randomised model; layers are randomised cumulatively from the input up (`order="bottom_up"`, the
-    paper's advice) or from the logits down. The map under test is not used: its smoothed version is recomputed."""
+    and on each randomised model, the same noise for all (Quantus draws fresh noise per model, which lowers every
+    similarity by the noise alone); layers are randomised cumulatively from the input up (`order="bottom_up"`, the
+    paper's advice) or from the logits down, by `granularity` as in `mprt`. The map under test is not used: its
+    smoothed version is recomputed."""
     _check_smooth(samples, noise, order)
     steps = layers_to_randomise(batch.net, granularity)
     if order == "bottom_up":
