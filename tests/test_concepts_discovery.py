@@ -246,6 +246,26 @@ def test_gradient_weighted_cav_map_is_exact(net, bag, tmp_path: Path) -> None:
     assert grad.meta["target"]["index"] == 3 and pres.meta["concept"] == "cav"
 
 
+def test_flat_cav_cells_sum_to_the_projection(net, bag, tmp_path: Path) -> None:
+    """A TCAV-style flattened CAV (C*h*w): each cell gets its own slice, and the cells add up to <a, v>/|v|."""
+    v = np.random.default_rng(1).standard_normal(128 * 49).astype(np.float32)
+    np.save(tmp_path / "flat.npy", v)
+    m = accel.run("concept_map", net, bag, concepts=str(tmp_path / "flat.npy"), layer="features.19")
+    with torch.no_grad(), capture(net.module, ["features.19"]) as st:
+        net.module(net.preprocess(bag))
+    a = st["features.19"][0].numpy().ravel()
+    assert m.meta["kind"] == "cav (flat)"
+    np.testing.assert_allclose(m.extras["cells"].sum(), a @ v / np.linalg.norm(v), rtol=1e-4)
+
+
+def test_concept_map_fits_a_cav_for_a_concept_set(net, bag) -> None:
+    m = accel.run("concept_map", net, bag, concepts="set:checkerboard", layer="features.16")
+    assert m.data.shape == (28, 28) and np.isfinite(m.data).all()
+    assert 0.5 <= m.meta["cav_accuracy"] <= 1 and m.meta["kind"] == "cav"
+    with pytest.raises(BadInput):
+        accel.run("concept_map", net, bag, concepts="set:no_such_set_xyz")
+
+
 def test_concept_map_discovers_when_given_no_file(net, bag, occl) -> None:
     """With no file it discovers the class's concepts itself (same declared parameters -> the same concept 0)."""
     m = accel.run("concept_map", net, bag, target=BAG, dataset=DS, limit=200, k=3)

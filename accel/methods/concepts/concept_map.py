@@ -1,9 +1,12 @@
 """Concept maps: where a concept is in an image, and how much it adds to a class there.
 
 A concept is a direction at a layer: a discovered NMF concept (a row W_c of the basis from `discover`, or of a
-basis file) or a concept activation vector v (TCAV, a CAV file). Its presence at cell (i, j) of the layer's
-activation map a(i, j) (C,) is, for an NMF concept, its non-negative coefficient U_c(i, j) solving
-min_{U >= 0} ||a(i, j) - U W||^2 against the whole fixed basis, and for a CAV the projection <a(i, j), v>/||v||.
+basis file), a concept activation vector v from a file, or a CAV fitted here for a concept set ("set:<name>": the
+set's and a random set's spatially averaged activations, accel.methods.concepts.sets and tcav.fit_cav). Its presence
+at cell (i, j) of the layer's activation map a(i, j) (C,) is, for an NMF concept, its non-negative coefficient
+U_c(i, j) solving min_{U >= 0} ||a(i, j) - U W||^2 against the whole fixed basis, and for a CAV the projection
+<a(i, j), v>/||v||; a flattened (C*h*w) CAV, as TCAV fits them, gives each cell its own slice:
+<a(i, j), v(:, i, j)>/||v||, and the cells sum to the whole projection.
 The gradient-weighted variant for class t multiplies presence by the derivative of the class logit along the
 concept at that cell, <d logit_t / d a(i, j), d> (d = W_c, or v/||v||): the first-order share of the logit that the
 concept carries there. Cell values are placed on input pixels by the layer's exact receptive fields (each cell at
@@ -25,6 +28,7 @@ from ...result import Result
 from ...runtime.runner import runner
 from ...taps import capture
 from ..attribute._base import MapRun
+from ..inspect._common import LRU
 from ._factor import cells_to_input, check_nonnegative, local_layer, map_coefficients
 from .discover import DiscoverParams, default_target, discover
 
@@ -42,8 +46,9 @@ class ConceptMapParams:
     layer: str = LAYER("", "the concept's layer ('' = the concept file's layer, else the CAM layer)")
     concepts: str = param(
         "",
-        "where the concept comes from: '' = discover the class's concepts now (k, dataset, limit, seed); or a "
-        "file: .npy basis (k, C) or CAV (C,), or .npz with 'basis' or 'cav' (and optionally 'layer')",
+        "where the concept comes from: '' = discover the class's concepts now (k, dataset, limit, seed); "
+        "set:NAME = a CAV fitted now for a concept set (packaged name, folder or zip) against random images; or a "
+        "file: .npy basis (k, C) or CAV (C or C*h*w), or .npz with 'basis' or 'cav' (and optionally 'layer')",
         kind="file",
     )
     index: int = param(
@@ -68,7 +73,7 @@ class Concept:
     layer: str
     basis: np.ndarray | None  # (k, C): the chosen concept is row `index`
     index: int
-    cav: np.ndarray | None  # (C,)
+    cav: np.ndarray | None  # (C,) or, flattened by TCAV, (C, h, w)
     source: str
 
     @property
@@ -131,17 +136,28 @@ def load_concept(
             raise BadInput(f"concept_map: index {p.index} >= k={len(con.basis)} discovered concepts")
         info = {"source": "discover", "importance": float(con.importance[p.index]), "discovery": con.info}
         return Concept(con.layer, con.basis, p.index, None, "discover"), t, info
+    if p.concepts.strip().lower().startswith("set:"):
+        li = local_layer(net, p.layer, "concept_map")
+        cav, acc, source = set_cav(net, li.name, p.concepts.strip()[4:], p.seed, p.backend)
+        info = {"source": source, "kind": "cav", "cav_accuracy": acc}
+        return Concept(li.name, None, 0, cav, source), t, info
     arr, layer, is_cav = read_concept_file(p.concepts)
     if p.layer and layer and p.layer != layer:
         raise BadInput(f"concept_map: the concept file is for layer {layer!r}, not {p.layer!r}")
     li = local_layer(net, p.layer or layer, "concept_map")
-    channels = int(li.out_shape[0])
-    if arr.shape[-1] != channels:
-        raise BadInput(
-            f"concept_map: the concept has {arr.shape[-1]} channels but layer {li.name!r} has {channels}; "
-            "pass the layer it was computed at"
-        )
+    c, h, w = (int(v) for v in li.out_shape)
     name = Path(p.concepts).name
+    if is_cav and arr.size == c * h * w and arr.size != c:
+        return (
+            Concept(li.name, None, 0, arr.reshape(c, h, w), name),
+            t,
+            {"source": name, "kind": "cav (flat)"},
+        )
+    if arr.shape[-1] != c:
+        raise BadInput(
+            f"concept_map: the concept has {arr.shape[-1]} channels but layer {li.name!r} has {c} (or {c * h * w} "
+            "flattened); pass the layer it was computed at"
+        )
     if is_cav:
         return Concept(li.name, None, 0, arr, name), t, {"source": name, "kind": "cav"}
     if p.index >= len(arr):
@@ -154,7 +170,43 @@ def cell_presence(con: Concept, fmap: np.ndarray) -> np.ndarray:
     if con.basis is not None:
         check_nonnegative(fmap, con.layer)
         return map_coefficients(fmap, con.basis)[con.index]
-    return np.einsum("chw,c->hw", fmap, con.direction).astype(np.float32)
+    return along(fmap, con)
+
+
+def along(t: np.ndarray, con: Concept) -> np.ndarray:
+    """Per-cell dot product (h, w) of a (C, h, w) map with the concept's direction (per cell for a flat CAV)."""
+    d = con.direction
+    if d.ndim == 3:
+        return np.asarray((t * d).sum(0), dtype=np.float32)
+    return np.einsum("chw,c->hw", t, d).astype(np.float32)
+
+
+SET_SIZE = 64  # images in a concept set and its random counterexamples when fitting a CAV here
+
+
+def set_cav(net: Backbone, layer: str, spec: str, seed: int, backend: str) -> tuple[np.ndarray, float, str]:
+    """A unit CAV (C,) at `layer` for the concept set `spec` against random images (SET_SIZE each), fitted on the
+    spatially averaged activations (a direction usable at every cell), with its held-out accuracy and source."""
+    from .sets import PACKAGED, concept_set, pool_spec, random_set
+    from .tcav import fit_cav
+
+    def make() -> tuple[np.ndarray, float, str]:
+        cs = concept_set(net, spec, SET_SIZE, seed)
+        neg = random_set(net, pool_spec(net, "auto"), SET_SIZE, seed + 1)
+        r = runner(net, [layer], backend=backend)
+        pos_a, neg_a = (r.run(x)[layer].mean(axis=(2, 3)) for x in (cs.x, neg))
+        cav, acc = fit_cav(pos_a, neg_a, "linear", seed)
+        return cav, acc, cs.source or spec
+
+    if spec.strip().lower() not in PACKAGED:
+        return make()  # a folder or zip may change between runs: fitted afresh
+    out: tuple[np.ndarray, float, str] = _CAVS.get_or(
+        (net.weights_hash(), layer, spec.strip().lower(), seed), make
+    )
+    return out
+
+
+_CAVS = LRU(16)  # CAVs of packaged concept sets
 
 
 def layer_pass(
@@ -189,7 +241,7 @@ def run(net: Backbone, img: Any, p: ConceptMapParams, obs: Observer) -> Result:
     fmap, logits, g, backend = layer_pass(net, mr.x, li.name, t, grad, p.backend)
     cells = cell_presence(con, fmap)
     if g is not None:
-        cells = cells * np.einsum("chw,c->hw", g, con.direction)
+        cells = cells * along(g, con)
     h, w = mr.x.shape[-2:]
     data = cells_to_input(cells, li.rf, int(h), int(w))
     obs.progress(1.0, "done")
