@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--held-out", type=int, default=50)
     ap.add_argument("--importance", default="sobol")
-    ap.add_argument("--crop-mode", default="resize")
+    ap.add_argument("--crop-mode", default="cells")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--figures", default="")
     ap.add_argument("--memory", action="store_true")
