@@ -30,7 +30,8 @@ EXPLAIN = ("predicted", "true")  # which class each map explains
 
 
 def _norm(name: str) -> str:
-    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+    """A class name compared loosely: case, '_', '-' and '/' (not allowed in folder names) do not matter."""
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").replace("/", " ").split())
 
 
 def truth_indices(net: Backbone, ds: Dataset, labels: Sequence[int | None]) -> tuple[np.ndarray, list[str]]:

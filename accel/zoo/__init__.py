@@ -106,7 +106,7 @@ def zoo_table() -> list[dict[str, Any]]:
             {
                 "name": m.name,
                 "description": m.description or f"team model ({m.architecture or m.factory})",
-                "source": f"team models file {models_file()}",
+                "source": f"team models file ({getattr(models_file(), 'name', '')})",  # no server path
                 "weights_present": m.weights is None or m.weights.is_file(),
             }
         )
