@@ -72,9 +72,9 @@ def _image_rows(res: accel.Result, rows: list[int], table: list[dict[str, Any]])
                 strict=True,
             )
         )
-        cols = st.columns(1 + len(methods))
+        cols = st.columns(max(4, 1 + len(methods)))  # at least four columns: maps stay a readable 224 px
         base = Image.fromarray(thumbs[i])
-        cols[0].image(base.resize((224, 224)), caption="input", width="stretch")
+        cols[0].image(base.resize((224, 224)), caption="input", width=224)
         for j, m in enumerate(methods):
             a = maps[i, j]
             lo, hi = float(a.min()), float(a.max())
