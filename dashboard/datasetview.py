@@ -78,10 +78,10 @@ def _image_rows(res: accel.Result, rows: list[int], table: list[dict[str, Any]])
         for j, m in enumerate(methods):
             a = maps[i, j]
             lo, hi = float(a.min()), float(a.max())
+            cols[j + 1].image(overlay(base, a, vmin=lo, vmax=hi).resize((224, 224)), caption=m, width=224)
             cols[j + 1].image(
-                overlay(base, a, vmin=lo, vmax=hi).resize((224, 224)), caption=m, width="stretch"
+                colorbar_image(lo, hi, "jet", width=224, height=8), caption=f"{lo:.3g} … {hi:.3g}"
             )
-            cols[j + 1].image(colorbar_image(lo, hi, "jet", width=224, height=8), width="stretch")
 
 
 def dataset_view(res: accel.Result, key: str) -> None:
