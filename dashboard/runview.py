@@ -19,6 +19,7 @@ from PIL import Image
 
 import accel
 
+from .conceptview import concept_view, is_concept_run, labels_for
 from .datasetview import dataset_view, is_dataset_run
 from .display import loss_figure, meta_line, show_result
 from .jobs import loss_curve_of
@@ -96,6 +97,11 @@ def render_run(run_id: str, *, key: str = "run") -> None:
         st.warning(f"This run's index row is damaged ({escape_md(run.damaged)}); its stored files are shown.")
     if is_dataset_run(res, run.method):  # a dataset explanation: its own view (table, confusion, maps)
         dataset_view(res, f"{key}_ds")
+        if saved:
+            export_buttons(store, [run.id], key=key)
+        return
+    if is_concept_run(res, run.method):  # TCAV or a discovery: bars, table, concepts (dashboard.conceptview)
+        concept_view(res, run.method, f"{key}_con", labels_for(run.model))
         if saved:
             export_buttons(store, [run.id], key=key)
         return

@@ -19,6 +19,7 @@ PAGES = (
     "compare",
     "dataset",
     "models",
+    "concepts",
     "filters",
     "patches",
     "embeddings",
@@ -165,6 +166,7 @@ def test_every_page_opens_with_defaults(page: str) -> None:
         "style": lambda: len(at.subheader) >= 2,
         "benchmarks": lambda: at.title[0].value == "Benchmarks",
         "runs": lambda: at.title[0].value == "Runs",
+        "concepts": lambda: at.title[0].value == "Concepts" and at.radio(key="con_section").value == "tcav",
     }[page]
     assert expected()
 
