@@ -16,7 +16,15 @@ from ....runtime.runner import Runner, runner
 from ....taps import resolve
 from .gradients import upsample
 from .results import MapRun
-from .targets import Score, check_layer, default_cam_layer, resolve_target, second_class, target_meta
+from .targets import (
+    Score,
+    check_layer,
+    default_cam_layer,
+    require_head,
+    resolve_target,
+    second_class,
+    target_meta,
+)
 
 if TYPE_CHECKING:
     from ....backbone import Backbone
@@ -51,18 +59,26 @@ class CAMBase:
     # -- passes ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> np.ndarray:
         """One forward pass recording the layer's activations (1,K,h,w); returns the logits (1, classes)."""
+        require_head(self.net, f"CAM on layer {self.layer}")
+        self.record(x)
+        assert self.logits is not None
+        return self.logits
+
+    def record(self, x: torch.Tensor) -> None:
+        """The forward pass itself: the layer's activations, and the logits when the backbone has a head (a
+        class-free method such as Eigen-CAM also reads a headless backbone's feature map)."""
         self.x = x.detach().float()
         if not self.uses_gradients and self.requested_backend != "torch":
-            r = runner(
-                self.net, [self.layer, "logits"], backend=self.requested_backend, batch_size=self.batch_size
-            )
+            # a user's ONNX file exposes one tap, "logits": its output, a feature map when it is headless
+            taps = list(dict.fromkeys([self.layer, *(["logits"] if self.net.has_head else [])]))
+            r = runner(self.net, taps, backend=self.requested_backend, batch_size=self.batch_size)
             self.runner = r
             out = r.run(self.x.numpy())
             self.backend = r.backend
             self.passes += r.last_passes  # this thread's passes (pooled runners are shared)
             self.acts = torch.from_numpy(out[self.layer])
-            self.logits = out["logits"]
-            return self.logits
+            self.logits = out["logits"] if self.net.has_head else None
+            return
         mod = self.net.require_module(f"CAM on layer {self.layer}")
         sub = resolve(mod, self.layer)
         store: dict[str, torch.Tensor] = {}
@@ -70,10 +86,10 @@ class CAMBase:
         def hook(_m: Any, _a: Any, out: Any) -> torch.Tensor:
             t = out[0] if isinstance(out, (tuple, list)) else out
             # cut the graph here (no backward through earlier layers); hand the network a copy, so that an
-            # in-place op after this layer cannot modify the recorded leaf
+            # in-place op after this layer (a ReLU, a residual +=) cannot modify the recorded leaf
             leaf = t.detach().requires_grad_(self.uses_gradients)
             store["a"] = leaf
-            return leaf.clone() if self.uses_gradients else leaf
+            return leaf.clone()
 
         h = sub.register_forward_hook(hook)
         try:
@@ -84,8 +100,7 @@ class CAMBase:
         self.passes += 1
         self.acts = store["a"]
         self._logits_graph = logits if self.uses_gradients else None
-        self.logits = logits.detach().float().numpy()
-        return self.logits
+        self.logits = logits.detach().float().numpy() if self.net.has_head else None
 
     def gradients(self, score: Score) -> torch.Tensor:
         """d score / d activations (1,K,h,w) from the recorded forward pass (kept for repeated scores)."""
@@ -100,6 +115,12 @@ class CAMBase:
         """(1,K) weights of the K channels; the one thing each CAM method defines."""
         raise NotImplementedError
 
+    def low_map(self, acts: torch.Tensor, grads: torch.Tensor | None, score: Score) -> torch.Tensor:
+        """(1,h,w) map before the ReLU: sum_k w_k A_k. Methods that weight each position, not each channel
+        (HiResCAM, LayerCAM) or that need no class at all (EigenCAM) override this instead of the weights."""
+        w = self.channel_weights(acts, grads, score).to(acts.dtype)
+        return (w[:, :, None, None] * acts).sum(1)
+
     def compute(self, score: Score) -> tuple[np.ndarray, np.ndarray]:
         """(map HxW at input size, low-resolution map hxw) for the score, after `forward`."""
         if self.acts is None or self.x is None:
@@ -107,8 +128,7 @@ class CAMBase:
         grads = self.gradients(score) if self.uses_gradients else None
         acts = self.acts.detach()
         with torch.no_grad():
-            w = self.channel_weights(acts, grads, score).to(acts.dtype)
-            cam = (w[:, :, None, None] * acts).sum(1)
+            cam = self.low_map(acts, grads, score)
             if self.relu:
                 cam = cam.clamp(min=0)
             big = upsample(cam, tuple(self.x.shape[-2:]))
