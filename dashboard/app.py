@@ -40,7 +40,10 @@ PAGES = {
         view("dataset", "Explain a dataset", "dataset"),
         view("models", "Two models", "compare_arrows"),
     ],
-    "Evaluate & concepts": [view("concepts", "Concepts", "lightbulb")],
+    "Evaluate & concepts": [
+        view("evaluate", "Evaluate", "fact_check"),
+        view("concepts", "Concepts", "lightbulb"),
+    ],
     "Inspect": [
         view("filters", "Filters & activations", "grid_on"),
         view("patches", "Max-activating patches", "crop"),

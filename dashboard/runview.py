@@ -22,6 +22,7 @@ import accel
 from .conceptview import concept_view, is_concept_run, labels_for
 from .datasetview import dataset_view, is_dataset_run
 from .display import loss_figure, meta_line, show_result
+from .evalview import eval_view, is_eval_run
 from .jobs import loss_curve_of
 from .session_store import SessionStore, get_store
 from .state import load_run
@@ -97,6 +98,11 @@ def render_run(run_id: str, *, key: str = "run") -> None:
         st.warning(f"This run's index row is damaged ({escape_md(run.damaged)}); its stored files are shown.")
     if is_dataset_run(res, run.method):  # a dataset explanation: its own view (table, confusion, maps)
         dataset_view(res, f"{key}_ds")
+        if saved:
+            export_buttons(store, [run.id], key=key)
+        return
+    if is_eval_run(res, run.method):  # an evaluation: its tables and plots per metric family
+        eval_view(res, f"{key}_ev")
         if saved:
             export_buttons(store, [run.id], key=key)
         return
