@@ -34,6 +34,21 @@ from .ui import escape_md, link_line
 log = logging.getLogger("convlens.dashboard")
 
 
+def no_gc_after_reruns() -> None:
+    """Turn off Streamlit's full garbage collection after every script run (the hidden `runner.postScriptGC`), once
+    per server. With torch, plotly and the app loaded a full collection holds the GIL for 0.5-2 s, and a live panel
+    reruns its fragment every POLL_S, so a background job spent most of its time waiting for the GIL (class_viz 40
+    steps: 10-20x its API time). Python's own generational collection still runs, and the idle trimmer
+    (state.start_idle_trimmer) collects in full whenever no run is in flight."""
+    from streamlit import config
+
+    if config.get_option("runner.postScriptGC"):
+        config.set_option("runner.postScriptGC", False, "convlens (dashboard.jobs)")
+
+
+no_gc_after_reruns()
+
+
 # ---------------------------------------------------------------------------------------------------- fair use
 
 
@@ -238,12 +253,18 @@ def _as_image(v: Any) -> Image.Image | None:
     return None
 
 
+SNAPSHOT_MIN_S = 0.25  # a job keeps at most four snapshots a second; the page draws the latest one
+POLL_S = 1.0  # how often a live panel (a fragment, never the whole page) redraws a running job
+
+
 class JobObserver(accel.Observer):
     """What a running method reports to its job: progress, snapshots and loss records land on the job (the page's
-    fragment polls them); Stop is `should_stop()`."""
+    fragment polls them); Stop is `should_stop()`. Snapshots are kept as given, at most one per SNAPSHOT_MIN_S, and
+    converted to a picture only when the page draws them (Job.snapshot)."""
 
     def __init__(self, job: Job) -> None:
         self.job = job
+        self._last_snapshot = -float("inf")
 
     def progress(self, frac: float, msg: str = "") -> None:
         self.job._progress(frac, msg)
@@ -252,9 +273,16 @@ class JobObserver(accel.Observer):
         return self.job.stop_event.is_set()
 
     def snapshot(self, img: Any, step: int) -> None:
-        im = _as_image(img)
-        if im is not None:
-            self.job.snapshot = im
+        now = time.monotonic()
+        if now - self._last_snapshot < SNAPSHOT_MIN_S:
+            self.job.snapshots_dropped += 1
+            return
+        self._last_snapshot = now
+        if hasattr(img, "detach"):  # the optimiser changes its tensor in place: keep this step's values
+            img = img.detach().clone()
+        elif isinstance(img, np.ndarray):
+            img = img.copy()
+        self.job._set_snapshot(img, step)
 
     def loss(self, record: accel.LossRecord) -> None:
         if np.isfinite(record.value):
@@ -283,7 +311,12 @@ class Job:
         self.ticket: Ticket | None = None
         self.frac = 0.0
         self.msg = "starting"
-        self.snapshot: Image.Image | None = None
+        self._raw_snapshot: Any = None  # the latest kept snapshot, as the method gave it
+        self._snapshot_version = 0  # bumped per kept snapshot
+        self._drawn: tuple[int, Image.Image | None] = (0, None)  # (version, picture) last converted
+        self.snapshots_kept = 0
+        self.snapshots_dropped = 0
+        self.conversions = 0  # snapshots converted to a picture (only when drawn, once each)
         self.losses: list[float] = []
         self.observer = JobObserver(self)
         self.state = "queued" if heavy else "running"
@@ -352,6 +385,22 @@ class Job:
     def stop(self) -> None:
         """Ask the job to stop (it leaves the line at once when still waiting)."""
         self.stop_event.set()
+
+    def _set_snapshot(self, img: Any, step: int) -> None:
+        self._raw_snapshot = img
+        self._snapshot_version += 1
+        self.snapshots_kept += 1
+
+    @property
+    def snapshot(self) -> Image.Image | None:
+        """The latest snapshot as a picture, converted on first draw and reused until a newer one arrives."""
+        version, raw = self._snapshot_version, self._raw_snapshot
+        if version == 0:
+            return None
+        if self._drawn[0] != version:
+            self.conversions += 1
+            self._drawn = (version, _as_image(raw))
+        return self._drawn[1]
 
     # -- what the method sees -----------------------------------------------------------------------------------
     def _progress(self, frac: float, msg: str = "") -> None:
@@ -442,7 +491,7 @@ def live_status(j: Job, slot: str) -> None:
         st.toast("stopping...")
 
 
-def panel(slot: str, *, poll_s: float = 0.7, caption: str = "") -> None:
+def panel(slot: str, *, poll_s: float = POLL_S, caption: str = "") -> None:
     """Show the job or stored result of `slot`: place in line or live progress, current image, stop button and loss
     curve while it runs (a fragment re-polls alone), then the result with its time and shareable link."""
     job = jobs().get(slot)

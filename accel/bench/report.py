@@ -200,11 +200,32 @@ def workload_notes(r: dict[str, Any]) -> list[str]:
 
 
 def dashboard_table(d: dict[str, Any] | None) -> list[str]:
-    """Dashboard timings against their targets, or why they were skipped."""
+    """Dashboard timings against their targets, then the real-browser rows (page vs API), or why each was skipped."""
     if not d:
         return []
+    b = d.get("browser") or {}
+    if "skipped" in b:
+        browser = [f"- Real-browser rows skipped: {b['skipped']}"]
+    else:  # headless Chromium against `streamlit run`, click to result, alternating with the same work via the API
+        browser = [
+            "",
+            f"Real browser (headless Chromium, {b.get('model')}, {b.get('cpus')} cores, medians of "
+            f"{b.get('repeats')}, page and API alternating):",
+            "",
+            "| page, click to result | page s | API s | page / API | CPU page / API | target |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in b.get("rows", []):
+            target = "< 1.5x" + (", < 5 s" if r["row"].startswith("Compare: four") else "")
+            target = "note" if "seven" in r["row"] else target
+            browser.append(
+                f"| {r['row']} | {r['page_s']:.2f} | {r['api_s']:.2f} | {r['ratio']:.2f} "
+                f"| {r.get('cpu_ratio', float('nan')):.2f} | {target} |"
+            )
+    if len(browser) == 5:  # a header and no rows
+        browser = []
     if "skipped" in d:
-        return [f"- Dashboard timings skipped: {d['skipped']}"]
+        return [f"- Dashboard timings skipped: {d['skipped']}", *browser]
     sw = d["page_switch_s"]
     return [
         "",
@@ -217,6 +238,7 @@ def dashboard_table(d: dict[str, Any] | None) -> list[str]:
         f"({d['compare_scores_steps']} steps), fresh photo | {d['compare_s']:.2f} | < 5 |",
         f"| ... of which the four maps | {d['compare_maps_only_s']:.2f} | |",
         f"| reopening a stored run by its link (max {d['reopen_max_s']:.2f} s) | {d['reopen_s']:.2f} | < 1 |",
+        *browser,
     ]
 
 
