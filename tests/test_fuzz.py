@@ -934,7 +934,56 @@ PROFILES: dict[str, Profile] = {
         ],
         legit=(r"need at least \d+ crops",),
     ),
+    "tcav": Profile(
+        kinds=("points",),
+        examples=4,
+        base={"concepts": "stamp", "runs": 2, "set_size": 5, "per_class": 2, "classes": "0", "cav": "mean"},
+        space={
+            "concepts": lambda c: st.sampled_from(
+                ["stamp", "stripes,dots", "brick,random", c.folder + "/class0"]
+            ),
+            "layers": one_of("", "features.16", "features.19", "features.16,features.19", "pool"),
+            "classes": one_of("", "0", "1,3"),
+            "inputs": dataset_s,
+            "random": lambda c: st.just("auto") | dataset_s(c),
+            "per_class": ints(1, 6),
+            "set_size": ints(5, 10),
+            "runs": ints(2, 3),
+            "batch_size": ints(1, 16),
+            **SEED,
+        },
+        fix=lambda p, c: p if p.get("by_label", True) or p.get("classes") else {**p, "classes": "0"},
+        bad={
+            "concepts": lambda c: (
+                bad_text(_tcav_concepts_valid) | st.sampled_from([c.empty_folder, c.junk_file])
+            ),
+            "layers": lambda c: bad_text(
+                lambda s: all(t.strip() in c.layers for t in s.split(",") if t.strip())
+            ),
+            "classes": lambda c: bad_text(
+                lambda s: all(t.strip().isdigit() and int(t) < c.classes for t in s.split(",") if t.strip())
+            ),
+            "inputs": _bad_dataset,
+            "random": _bad_dataset,
+        },
+        combos=lambda c: [
+            {"concepts": "stamp,stamp"},
+            {"by_label": False, "classes": ""},
+            {"classes": "0,0"},
+        ],
+        legit=(
+            r"hold no images of the classes asked for",
+        ),  # a drawn class may be missing from a small folder
+        image=False,
+    ),
 }
+
+
+def _tcav_concepts_valid(s: str) -> bool:
+    from accel.methods.concepts.sets import PACKAGED
+
+    names = [t.strip().lower() for t in s.split(",") if t.strip()]
+    return bool(names) and len(set(names)) == len(names) and all(n in PACKAGED for n in names)
 
 
 def _concept_files() -> dict[str, str]:

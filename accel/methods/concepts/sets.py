@@ -267,8 +267,12 @@ def concept_set(net: Backbone, spec: str, n: int, seed: int, pool: str = "auto")
     if s.lower() in PACKAGED:
         return packaged_set(net, s.lower(), n, seed, pool)
     path = s[len("folder:") :] if s.lower().startswith("folder:") else s
-    p = Path(path).expanduser()
-    if not p.exists():
+    try:
+        p = Path(path).expanduser()
+        exists = p.exists()
+    except (OSError, RuntimeError, ValueError) as e:  # ~nosuchuser, names too long, NUL bytes
+        raise BadInput(f"concept {s[:200]!r} is not a usable path ({type(e).__name__}: {e})") from None
+    if not exists:
         raise BadInput(
             f"unknown concept {s!r}: use a packaged set ({', '.join(PACKAGED)}) or an image folder or zip"
         )

@@ -13,8 +13,10 @@ accuracy (a third of the sets) is reported.
 Activations of the concept and random sets and of the class inputs come from the batched runner (ONNX Runtime when
 it works); the directional derivatives run autograd from the layer onward only (the architecture's declared
 decomposition), batched, and are projected on every CAV at once, so memory grows with the CAVs, never with the
-number of class inputs. The result is a table (kind "points": one row per concept, layer and class) because TCAV
-answers with numbers, not a picture; `extras["table"]` holds the rows for pages and `to_image()` draws the bars.
+number of class inputs. The result is kind "points" because TCAV answers with numbers, not a picture: `data` is
+(rows, 2), the mean score and its std over runs (a bar and its whisker) for each concept, layer and class in the
+order of `extras["table"]`, whose rows add the random null, p, Bonferroni p, significance and CAV accuracy for
+pages to plot; `to_image()` draws the bars.
 """
 
 from __future__ import annotations
@@ -85,7 +87,10 @@ class TCAVParams:
         20, "CAVs per concept, each against its own random set (Kim et al.: many)", min=2, max=100
     )
     cav: str = param(
-        "linear", "CAV: linear classifier (SGD) or mean difference (FastCAV)", choices=("linear", "mean")
+        "mean",
+        "CAV: mean difference (FastCAV; at a layer feeding a linear head its sign is that of the sets' mean logit "
+        "gap) or a linear classifier (SGD, Kim et al.)",
+        choices=("mean", "linear"),
     )
     alpha: float = param(0.01, "significance level, after Bonferroni across concepts", min=1e-9, max=0.5)
     batch_size: int = param(64, "class inputs per streamed batch", min=1, max=1024)
@@ -289,8 +294,8 @@ def class_batches(
 
 @dataclass
 class CAVBank:
-    """Every CAV of a run: per layer a (rows, D) matrix; rows c*runs + i are concept c against random set i+1,
-    rows m*runs + i are random set 0 against random set i+1 (the null). `acc` (m+1, layers, runs): held-out."""
+    """Every CAV of a run: per layer a (rows, D) matrix; rows c*runs + i are concept c against random set R_i,
+    rows m*runs + i are the null's random set R'_i against R_i. `acc` (m+1, layers, runs): held-out accuracies."""
 
     concepts: list[str]
     layers: list[str]
@@ -305,9 +310,12 @@ def random_seed(seed: int, i: int) -> int:
     return seed * 1_000_003 + 7919 * (i + 1)
 
 
-def concept_seed(seed: int, c: int) -> int:
-    """The seed of the c-th concept set of a run with `seed`."""
-    return seed * 1_000_003 + c
+def concept_seed(seed: int, c: int, i: int = 0) -> int:
+    """The seed of the c-th concept's sample for CAV i of a run with `seed`. Every CAV draws its own sample of the
+    concept (packaged sets are generated afresh, a folder larger than `set_size` is subsampled), so the test asks
+    whether the concept's direction matters, not one sample's quirks: a fixed sample against varying random sets
+    has its own consistent direction, and even a fixed set of random images then looks "significant"."""
+    return seed * 1_000_003 + 1009 * c + i
 
 
 def tcav_scores(
@@ -321,30 +329,40 @@ def tcav_scores(
 
 
 def build_cavs(net: Backbone, p: TCAVParams, layers: list[str], names: list[str], obs: Observer) -> CAVBank:
-    """Activations of every concept and random set through the runner, then the CAVs (see CAVBank)."""
+    """Activations of every concept and random set through the runner, then the CAVs (see CAVBank). Each null CAV
+    pairs two random sets of its own (R'_i against R_i), so the null scores are independent draws as the t-test
+    assumes; one fixed random "concept" against every R_i (Captum's habit) makes them share its quirks."""
     m, runs = len(names), p.runs
+    steps = 2 * runs + m
     rand = []
-    for i in range(runs + 1):
+    for i in range(runs):
         x = random_set(net, p.random, p.set_size, seed=random_seed(p.seed, i))
         rand.append(flat_activations(net, layers, x, p.backend))
-        obs.progress((i + 1) / (runs + 1 + m), f"random set {i + 1}/{runs + 1}")
+        obs.progress((i + 1) / steps, f"random set {i + 1}/{runs}")
     rows: dict[str, list[np.ndarray]] = {n: [] for n in layers}
     acc = np.zeros((m + 1, len(layers), runs))
     sources = []
-    for c, name in enumerate([*names, None]):
-        if name is None:
-            pos = rand[0]
-        else:
-            cs = concept_set(net, name, p.set_size, seed=concept_seed(p.seed, c), pool=p.random)
-            sources.append(cs.source)
-            pos = flat_activations(net, layers, cs.x, p.backend)
+    for c, name in enumerate(names):
+        per_run: list[dict[str, np.ndarray]] = []
+        for i in range(runs):
+            cs = concept_set(net, name, p.set_size, seed=concept_seed(p.seed, c, i), pool=p.random)
+            per_run.append(flat_activations(net, layers, cs.x, p.backend))
+        sources.append(cs.source)
         for li, layer in enumerate(layers):
             for i in range(runs):
-                v, a = fit_cav(pos[layer], rand[i + 1][layer], p.cav, seed=p.seed + i)
+                v, acc[c, li, i] = fit_cav(per_run[i][layer], rand[i][layer], p.cav, seed=p.seed + i)
                 rows[layer].append(v)
-                acc[c, li, i] = a
-        obs.progress((runs + 2 + c) / (runs + 1 + m + 1), f"CAVs of {name or 'random'}")
-    vectors = {n: np.stack(rows[n]) for n in layers}
+        obs.progress((runs + c + 1) / steps, f"CAVs of {name}")
+    for i in range(runs):
+        x = random_set(net, p.random, p.set_size, seed=random_seed(p.seed, runs + i))
+        pos = flat_activations(net, layers, x, p.backend)
+        for li, layer in enumerate(layers):
+            v, acc[m, li, i] = fit_cav(pos[layer], rand[i][layer], p.cav, seed=p.seed + i)
+            rows[layer].append(v)
+        obs.progress((runs + m + i + 1) / steps, f"random CAV {i + 1}/{runs}")
+    vectors = {
+        n: np.stack(rows[n]) for n in layers
+    }  # concept c run i at row c*runs + i, the null's at m*runs + i
     return CAVBank(names, layers, runs, vectors, acc, sources)
 
 
@@ -428,15 +446,6 @@ def significance(
     return table, scores
 
 
-def table_array(table: list[dict[str, Any]], bank: CAVBank) -> np.ndarray:
-    """The table as numbers (rows, 11): concept and layer as indices, booleans as 0/1."""
-    out = np.zeros((len(table), len(COLUMNS)), dtype=np.float64)
-    for i, row in enumerate(table):
-        vals = [bank.concepts.index(row["concept"]), bank.layers.index(row["layer"]), *list(row.values())[2:]]
-        out[i] = np.asarray(vals, dtype=np.float64)
-    return out
-
-
 def tcav_chart(
     table: list[dict[str, Any]],
     concepts: list[str],
@@ -501,7 +510,9 @@ def run(net: Backbone, img: Any, p: TCAVParams, obs: Observer) -> Result:
     classes = parse_classes(net, p.classes)
     names = [s.strip() for s in p.concepts.split(",") if s.strip()]
     if not names:
-        raise BadInput("tcav: name at least one concept set (packaged: " + ", ".join(PACKAGED) + ")")
+        raise BadInput(
+            "tcav: concepts: name at least one concept set (packaged: " + ", ".join(PACKAGED) + ")"
+        )
     if len(set(names)) != len(names):
         raise BadInput(f"tcav: concepts are listed twice: {p.concepts!r}")
     bank = build_cavs(net, p, layers, names, obs.span(0.0, 0.4))
@@ -528,4 +539,5 @@ def run(net: Backbone, img: Any, p: TCAVParams, obs: Observer) -> Result:
         "backend": runner(net, layers, backend=p.backend).backend,
         "tcav_s": time.perf_counter() - t0,
     }
-    return Result("points", table_array(table, bank), meta, None, extras)
+    data = np.asarray([[r["score"], r["std"]] for r in table], dtype=np.float32)
+    return Result("points", data, meta, None, extras)
