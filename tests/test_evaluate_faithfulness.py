@@ -192,3 +192,16 @@ def test_suite_stops_and_refuses(fashion: EvalBatch) -> None:
         evaluate(fashion.net, fashion.x[:1], ["saliency"], ["pixel_flipping"], n_random=99)
     with pytest.raises(BadInput, match="unknown metric"):
         evaluate(fashion.net, fashion.x[:1], ["saliency"], ["nope"])
+
+
+def test_suite_random_baseline_keeps_the_maps_mean(fashion: EvalBatch) -> None:
+    """Random surrogates keep their map's mean, so a ratio metric's random baseline is its chance level (the
+    region's share of the image), not a division by a near-zero sum."""
+    masks = np.zeros((3, 28, 28), bool)
+    masks[:, 7:21, 7:21] = True  # a quarter of the image
+    r = evaluate(
+        fashion.net, fashion.x[:3], ["saliency"], ["relevance_mass_accuracy"], masks=masks, n_random=4
+    )
+    (row,) = r["table"]
+    assert 0.0 <= row["mean"] <= 1.0
+    assert abs(row["random_mean"] - 0.25) < 0.1

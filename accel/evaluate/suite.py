@@ -130,10 +130,17 @@ def random_scores(
     m: Metric, batch: EvalBatch, n_random: int, options: Mapping[str, Any], observer: Observer = SILENT
 ) -> np.ndarray:
     """The metric on `n_random` seeded random surrogates of each map (seeds batch.seed .. +n_random-1), averaged;
-    the observer's progress runs 0..1 over the `n_random` runs."""
+    the observer's progress runs 0..1 over the `n_random` runs. Each surrogate keeps its map's mean (the spectrum's
+    DC term, which `random_baseline_map` leaves out): a zero-sum surrogate would make ratio metrics such as
+    relevance_mass_accuracy divide by about zero instead of scoring the region's share (their chance level)."""
     runs = []
     for r in range(n_random):
-        maps = np.stack([random_baseline_map(mm.shape, batch.seed + r, like=mm) for mm in batch.maps])
+        maps = np.stack(
+            [
+                random_baseline_map(mm.shape, batch.seed + r, like=mm) + mm.mean(dtype=np.float64)
+                for mm in batch.maps
+            ]
+        ).astype(np.float32)
         span = observer.span(r / n_random, (r + 1) / n_random)
         rb = EvalBatch(batch.net, batch.x, batch.targets, maps, batch.explain, batch.masks, batch.seed, span)
         runs.append(m(rb, **options))
