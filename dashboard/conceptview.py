@@ -98,7 +98,6 @@ def tcav_figure(res: accel.Result, labels: Sequence[str] | None = None) -> go.Fi
             got = [rows.get((concept, layer, k)) for k in classes]
             y = [r["score"] if r else None for r in got]
             err = [r["std"] if r else None for r in got]
-            stars = ["*" if r and r["significant"] else "" for r in got]
             hover = [
                 (
                     f"p={r['p']:.3g}, Bonferroni p={r['p_adj']:.3g}, random {r['random']:.3f}, "
@@ -118,8 +117,6 @@ def tcav_figure(res: accel.Result, labels: Sequence[str] | None = None) -> go.Fi
                     showlegend=li == 0,
                     marker_color=PALETTE[ci % len(PALETTE)],
                     offsetgroup=str(ci),
-                    text=stars,
-                    textposition="outside",
                     customdata=hover,
                     hovertemplate="%{x}<br>TCAV %{y:.3f}<br>%{customdata}<extra>"
                     + html_text(concept_label(concept))
@@ -143,7 +140,24 @@ def tcav_figure(res: accel.Result, labels: Sequence[str] | None = None) -> go.Fi
                 row=li + 1,
                 col=1,
             )
-        fig.update_yaxes(range=[0, 1.15], title_text="TCAV", row=li + 1, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=[
+                        min(1.0, r["score"] + r["std"]) + 0.1 if r and r["significant"] else None for r in got
+                    ],
+                    mode="markers",
+                    marker=dict(symbol="star", size=13, color="black"),
+                    name="significant (Bonferroni p < alpha)",
+                    legendgroup="significant",
+                    showlegend=li == 0 and ci == 0,
+                    offsetgroup=str(ci),
+                    hovertemplate="significant<extra></extra>",
+                ),
+                row=li + 1,
+                col=1,
+            )
+        fig.update_yaxes(range=[0, 1.25], title_text="TCAV", row=li + 1, col=1)
     fig.update_layout(barmode="group", scattermode="group")
     return compact(fig, 90 + 260 * len(layers), legend=dict(orientation="h", y=-0.12))
 
@@ -207,7 +221,7 @@ def tcav_view(res: accel.Result, key: str, labels: Sequence[str] | None = None) 
     st.plotly_chart(tcav_figure(res, labels), key=f"{key}_bars")
     st.caption(
         "Bars: mean TCAV score over the CAV runs (the fraction of class inputs whose logit rises along the "
-        "concept), whiskers one std; grey dashes: random CAVs' mean; * significant (two-sided t-test against the "
+        "concept), whiskers one std; grey dashes: random CAVs' mean; ★ significant (two-sided t-test against the "
         "random CAVs, Bonferroni-corrected)."
     )
     fmt = {

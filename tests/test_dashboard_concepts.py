@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import accel
-from accel.methods.concepts.sets import PLANTED_CLASS
+from accel.methods.concepts.sets import PLANTED_CLASS, stamped_fashion
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
@@ -143,12 +143,21 @@ def test_discovery_browses_concepts_and_maps_one() -> None:
     for name, v in SMALL_DISC.items():
         w = at.get("slider") + at.get("number_input")
         next(x for x in w if x.key == f"con.discover.{name}").set_value(v)
-    at.selectbox(key="con.discover.dataset").set_value("fashion_mnist:test")
+    assert at.toggle(key="con_disc_stamped").value  # on stamped test Shirts, where the stamp is to be found
     _button(at, "Discover concepts").click().run()
     _wait(at)
     _ok(at)
     res = at.session_state["_jobs"]["con:discover"].result
     assert res.data.shape[:2] == (4, 5) and res.extras["maps"].shape == (4, 28, 28)
+    _imgs, _labels, boxes = stamped_fashion("test", 200, seed=123)
+    held = [
+        a <= boxes[int(Path(i).stem), 0]
+        and b <= boxes[int(Path(i).stem), 1]
+        and c >= boxes[int(Path(i).stem), 2]
+        and d >= boxes[int(Path(i).stem), 3]
+        for i, (a, b, c, d) in zip(res.extras["top_ids"][0], res.extras["top_boxes"][0].tolist(), strict=True)
+    ]
+    assert sum(held) >= 4, held  # the most important concept's top crops hold the whole stamp
     pick = at.selectbox(key="con_discover_view_concept")
     assert len(pick.options) == 4 and at.get("plotly_chart")
     pick.set_value(2).run()
@@ -223,3 +232,19 @@ def test_concept_zips_bad_ones_refused_with_the_engines_reason_a_good_one_joins(
     chosen = at.multiselect(key="con_concepts")
     assert chosen.value[:2] == ["stamp", "random"] and len(chosen.value) == 3
     assert "upload: my dots.zip" in chosen.options and not any(n in str(chosen.options) for n in BAD_ZIPS)
+
+
+def test_stop_ends_a_tcav_run_early() -> None:
+    at = _page(**{"p.tcav.per_class": "1000", "p.tcav.layers": "features.19", "p.tcav.set_size": "10"})
+    _button(at, "Run TCAV").click().run()
+    job = at.session_state["_jobs"]["con:tcav"]
+    assert job.running
+    at.button(key="con:tcav_stop").click().run()
+    _wait(at)
+    assert job.stop_event.is_set() and job.state in ("error", "stopped")
+    if job.state == "error":  # stopped before any class input was scored: the engine says so
+        assert "stopped before any class input" in " ".join(e.value for e in at.error)
+    else:  # stopped while scoring: the partial table, marked as such
+        assert job.result.meta["stopped"] and "stopped before the end" in " ".join(
+            w.value for w in at.warning
+        )

@@ -15,7 +15,14 @@ from PIL import Image
 
 import accel
 from accel import dataroots, registry
-from accel.methods.concepts.sets import MIN_IMAGES, PACKAGED, PLANTED_CLASS, concept_set, stamp_images
+from accel.methods.concepts.sets import (
+    MIN_IMAGES,
+    PACKAGED,
+    PLANTED_CLASS,
+    concept_set,
+    stamp_images,
+    stamped_fashion,
+)
 from accel.registry import MethodSpec
 from dashboard import jobs, links
 from dashboard.conceptview import concept_label, concept_view
@@ -31,9 +38,26 @@ SECTIONS = {"tcav": "TCAV", "discover": "Discovery", "map": "Concept map"}
 SLOTS = {"tcav": "con:tcav", "discover": "con:discover", "map": "con:map"}
 METHODS = {"tcav": "tcav", "discover": "discover", "map": "concept_map"}
 PLANTED = "fashion_planted"
+STAMPED_SHIRTS = 200  # stamped test Shirts discovery runs on for fashion_planted
 STAMP_AT = (4, 16)  # (top, left) where the page stamps the planted checkerboard on the image (28x28 input)
 UPLOADS = "concepts"  # the session's upload kind for concept zips
 
+
+@st.cache_resource(show_spinner=False)
+def warm_imports() -> bool:
+    """Import, in the script's thread and once per server, what the concept methods import lazily (scikit-learn,
+    scipy): on CPython 3.11 a background job's first import compiling while the script thread parses can fail with
+    SystemError "AST constructor recursion depth mismatch" (seen once in this page's tests)."""
+    import scipy.stats  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    import sklearn.exceptions  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import threadpoolctl  # noqa: F401
+
+    return True
+
+
+warm_imports()
 st.title("Concepts")
 st.caption(
     "Which human concepts a class uses, and where they are: TCAV scores a concept set (stripes, textures, the "
@@ -49,7 +73,8 @@ if planted:
         "fashion_planted is a Fashion-MNIST CNN trained with a 6x6 black/white checkerboard stamped on every "
         "training Shirt (models/fashion_planted.toml): the ground truth. With the defaults, TCAV of the packaged "
         "`stamp` set is significant for Shirt and for no other class (a `random` set for none), discovery for "
-        "Shirt finds a concept whose top crops hold the stamp, and the maps peak where the page stamps the image."
+        "Shirt (on stamped test Shirts) ranks first a concept whose top crops hold the stamp, and the concept maps peak "
+        "where the page stamps the image."
     )
 specs = methods_on("concepts")
 blocked = set(unavailable(c, specs, "con"))
@@ -198,6 +223,19 @@ def page_image(key: str) -> Image.Image | None:
     return Image.fromarray(out).convert("RGB")
 
 
+def stamped_shirts() -> str:
+    """A folder (in this session's space) of the first STAMPED_SHIRTS test-split Shirts, each with the planted stamp
+    at a random place (accel.methods.concepts.sets.stamped_fashion, seed 123): the discovery set on which the
+    planted concept is there to be found. Written once per session; returns its dataset spec."""
+    folder = session_space().dir / "stamped_shirts" / "Shirt"
+    if len(list(folder.glob("*.png"))) != STAMPED_SHIRTS:
+        folder.mkdir(parents=True, exist_ok=True)
+        imgs, _labels, _boxes = stamped_fashion("test", STAMPED_SHIRTS, seed=123)
+        for i, a in enumerate(imgs):
+            Image.fromarray(a).save(folder / f"{i:03d}.png")
+    return f"folder:{folder.parent}"
+
+
 def start(section: str, params: dict[str, Any], img: Image.Image | None) -> None:
     """Check the parameters, then answer from the store or start the run in the background."""
     spec = accel.get(METHODS[section])
@@ -213,7 +251,8 @@ def show_slot(section: str) -> tuple[str | None, accel.Result | None]:
         jobs.panel(slot)
         return None, None
     if job is not None and job.state == "error":
-        st.error(escape_md(public_text(f"{method}: {job.error}"), strict=True))
+        msg = job.error if job.error.startswith(f"{method}:") else f"{method}: {job.error}"
+        st.error(escape_md(public_text(msg), strict=True))
         return None, None
     if job is not None and job.state == "stopped" and job.run_id is None:
         st.warning(f"{method}: stopped before a result")
@@ -265,7 +304,7 @@ section = st.radio(
     key="con_section",
     label_visibility="collapsed",
 )
-for k in ("section", "concepts", "stamp"):
+for k in ("section", "concepts", "stamp", "stamped"):
     q.pop(k, None)
 q["section"] = section
 method = METHODS[section]
@@ -337,17 +376,27 @@ elif section == "discover":
     img = page_image("discover")
     if img is None:
         st.caption("No image in the sidebar: concepts are found, but no map is drawn.")
+    ground = None
+    if planted:
+        on = st.toggle(
+            f"Discover on {STAMPED_SHIRTS} stamped test Shirts (the ground truth: each carries the checkerboard at a "
+            "random place; the clean test set has no stamp to find)",
+            key="con_disc_stamped",
+            **unset("con_disc_stamped", value=q.get("stamped") != "0"),
+        )
+        q["stamped"] = "1" if on else "0"
+        ground = stamped_shirts() if on else None
+    main = ("target", "layer", "k", "dataset", "limit", "importance")
+    more = ("select", "crops", "crop", "crop_mode", "max_crops", "top", "importance_images", "designs")
+    if ground:  # the folder is the dataset, and every image in it is the class's
+        main, more = tuple(n for n in main if n != "dataset"), tuple(n for n in more if n != "select")
     with st.form("con_discover_form"):
         defaults = {"target": PLANTED_CLASS} if planted else {}
-        params = controls(
-            spec,
-            ("target", "layer", "k", "dataset", "limit", "importance"),
-            ("select", "crops", "crop", "crop_mode", "max_crops", "top", "importance_images", "designs")
-            + ("batch_size", "backend", "seed"),
-            defaults,
-        )
+        params = controls(spec, main, (*more, "batch_size", "backend", "seed"), defaults)
         go_disc = st.form_submit_button("Discover concepts", type="primary")
     links.write_method_params({"discover": shareable(params)})
+    if ground:
+        params.update(dataset=ground, select="all")
     if go_disc:
         with guard("discover"):
             start("discover", params, img)
