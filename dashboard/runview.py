@@ -12,6 +12,7 @@ import json
 import time
 import zipfile
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -24,7 +25,7 @@ from .datasetview import dataset_view, is_dataset_run
 from .display import loss_figure, meta_line, show_result
 from .evalview import eval_view, is_eval_run
 from .jobs import loss_curve_of
-from .session_store import SessionStore, get_store
+from .session_store import SessionStore, get_store, public_text
 from .state import load_run
 from .ui import escape_md, guard, share_link
 
@@ -76,6 +77,18 @@ def _set_private(run_id: str, private: bool) -> None:
 def owner_label(store: SessionStore, owner: str) -> str:
     """'you' for the viewer's own runs, else the owner's name."""
     return "you" if owner == store.user else owner
+
+
+def public_params(value: Any) -> Any:
+    """A run's parameters fit to show whoever opens its link: every string through `public_text`, so an upload
+    folder, a session's scratch file or any other server path is never shown (the store keeps the real value)."""
+    if isinstance(value, str):
+        return public_text(value)
+    if isinstance(value, dict):
+        return {k: public_params(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [public_params(v) for v in value]
+    return value
 
 
 def render_run(run_id: str, *, key: str = "run") -> None:
@@ -131,10 +144,10 @@ def render_run(run_id: str, *, key: str = "run") -> None:
             st.plotly_chart(loss_figure(losses), key=f"{key}_loss")
     with cols[1]:
         st.markdown("**Parameters**")
-        st.json(json.loads(json.dumps(run.params, default=str)), expanded=True)
+        st.json(public_params(json.loads(json.dumps(run.params, default=str))), expanded=True)
         line = meta_line(res.meta)
         if line:
-            st.markdown(f"**Measured**: {escape_md(line)}")
+            st.markdown(f"**Measured**: {escape_md(public_text(line))}")
         scalars = {
             k: (v.item() if isinstance(v, np.generic) else v)
             for k, v in res.meta.items()

@@ -22,6 +22,10 @@ SHOTS = ROOT / "artifacts" / "screenshots"
 PAGES = {
     "home": "",
     "compare": "compare",
+    "dataset": "dataset",
+    "models": "models",
+    "evaluate": "evaluate",
+    "concepts": "concepts",
     "filters": "filters",
     "patches": "patches",
     "embeddings": "embeddings",

@@ -258,6 +258,22 @@ def _assert_literal(values: list[str]) -> None:
         assert "http://127.0.0.1" not in v and "http://x" not in v, v
 
 
+def test_a_shared_run_never_shows_server_paths_from_its_parameters(store: RunStore, monkeypatch) -> None:
+    """Parameters that name an upload in the store or a folder on the server show as `$CONVLENS_STORE/...` or
+    "(server path)" to whoever opens the link; the store keeps the real values."""
+    secret = "/srv/private/team-x/concepts"
+    upload = str(store.root / "uploads" / "abc123" / "stamp.zip")
+    rid = store.put(
+        _result(0), model="fashion_cnn", method="saliency", params={"concepts": [upload], "folder": secret},
+        image_key=None, title="paths",
+    )  # fmt: skip
+    at = _session(monkeypatch, store.root, None, run=rid)
+    shown = " ".join(j.proto.body for j in at.json)
+    assert secret not in shown and str(store.root) not in shown, shown
+    assert "$CONVLENS_STORE" in shown and "stamp.zip" in shown
+    assert store.get(rid).params["folder"] == secret
+
+
 def test_markdown_and_html_in_titles_show_as_literal_text(store: RunStore, monkeypatch) -> None:
     from dashboard.runview import _export_bytes
     from dashboard.session_store import SessionStore
@@ -300,7 +316,7 @@ def test_markdown_and_html_in_titles_show_as_literal_text(store: RunStore, monke
             "<img alt='result' title='result' src='data:", ""
         )
     )
-    assert page.count("<img ") == 2 and all(
+    assert page.count("<img ") == 3 and all(  # input, map, the map's colour bar
         src.startswith("data:image/png") for src in re.findall(r"src='([^']*)'", page)
     )
     assert "&lt;img src=http://127.0.0.1:9/y&gt;" in page and "default-src 'none'" in page
