@@ -10,6 +10,7 @@ stops when its browser session ends (the session's resources are released by Str
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import threading
 import time
@@ -314,6 +315,7 @@ class Job:
         self._raw_snapshot: Any = None  # the latest kept snapshot, as the method gave it
         self._snapshot_version = 0  # bumped per kept snapshot
         self._drawn: tuple[int, Image.Image | None] = (0, None)  # (version, picture) last converted
+        self._png: bytes | None = None  # that picture as PNG, encoded on first draw
         self.snapshots_kept = 0
         self.snapshots_dropped = 0
         self.conversions = 0  # snapshots converted to a picture (only when drawn, once each)
@@ -400,7 +402,20 @@ class Job:
         if self._drawn[0] != version:
             self.conversions += 1
             self._drawn = (version, _as_image(raw))
+            self._png = None
         return self._drawn[1]
+
+    @property
+    def snapshot_png(self) -> bytes | None:
+        """The latest snapshot encoded as PNG once, so that every poll of the live panel sends the same bytes."""
+        pic = self.snapshot
+        if pic is None:
+            return None
+        if self._png is None:
+            buf = io.BytesIO()
+            pic.save(buf, format="PNG")
+            self._png = buf.getvalue()
+        return self._png
 
     # -- what the method sees -----------------------------------------------------------------------------------
     def _progress(self, frac: float, msg: str = "") -> None:
@@ -482,8 +497,9 @@ def live_status(j: Job, slot: str) -> None:
             j.frac, text=escape_md(public_text(f"{j.name}: {j.msg} · {j.elapsed:.1f} s"), strict=True)
         )
         cols = st.columns([2, 3])
-        if j.snapshot is not None:
-            cols[0].image(j.snapshot, caption="current image", width="stretch")
+        png = j.snapshot_png
+        if png is not None:
+            cols[0].image(png, caption="current image", width="stretch")
         if len(j.losses) > 1:
             cols[1].plotly_chart(loss_figure(j.losses), key=f"{slot}_live_loss")
     if st.button("Stop", key=f"{slot}_stop", type="secondary", icon=":material/stop:"):

@@ -59,6 +59,8 @@ def test_snapshots_are_bounded_and_converted_only_when_drawn() -> None:
     first = job.snapshot
     assert isinstance(first, Image.Image) and first.size[0] >= 28
     assert job.snapshot is first and job.conversions == 1  # redrawn: converted once
+    png = job.snapshot_png
+    assert png is not None and png.startswith(b"\x89PNG") and job.snapshot_png is png  # encoded once too
 
 
 def test_snapshot_burst_keeps_one_copy_of_the_step() -> None:
