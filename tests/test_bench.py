@@ -110,3 +110,20 @@ def test_sgemm_fallback_without_a_compiler(tmp_path, monkeypatch):
     rows = [{"gflops": 2 * got["gflops"]}]
     assert pk.settle_peak(got, rows)["gflops"] == rows[0]["gflops"] and rows[0]["fraction_of_peak"] == 1.0
     assert not pk.read_cache(tmp_path)  # only FMA figures are cached
+
+
+def test_metric_bench_agrees_with_quantus_and_renders():
+    """One photo, cheap settings: Quantus and accel.evaluate give the same pixel-flipping curve (1e-3) and the
+    same ROAD accuracy, and the report shows both rows with their ratio (no timing asserted)."""
+    from accel.bench.workloads.metrics import metrics_table, untie
+
+    res = bench.bench_metrics(1, [50], ["pixel_flipping", "road_morf"], repeats=1, steps=8)
+    assert res["photos"] == 1 and res["pixel_flipping_steps"] == 8
+    assert res["pixel_flipping"]["max_abs_diff"] < 1e-3 and res["road_morf"]["max_abs_diff"] == 0.0
+    md = "\n".join(metrics_table(res))
+    assert "| pixel_flipping |" in md and "| road_morf |" in md and "medians of 1 alternating runs" in md
+    # untie: every value distinct, the rank order kept, each value moved by a few float32 steps at most
+    m = np.array([[[0.0, 0.0, 1.0, 1.0], [-1.0, -1.0, 0.5, 0.5]]], np.float32)
+    u = untie(m)
+    assert len(np.unique(u)) == u.size and np.abs(u - m).max() < 1e-6
+    assert np.array_equal(np.argsort(m.ravel(), kind="stable"), np.argsort(u.ravel()))

@@ -23,6 +23,7 @@ from .workloads.embedding import bench_embedding
 from .workloads.gpu import bench_gpu
 from .workloads.inspect import bench_inspect
 from .workloads.jobs import bench_job_throughput
+from .workloads.metrics import bench_metrics
 from .workloads.occlusion import bench_occlusion, sweep_peak_rss_mb
 from .workloads.patch_scan import bench_patch_scan
 from .workloads.rise import bench_rise
@@ -37,6 +38,7 @@ __all__ = [
     "bench_gpu",
     "bench_inspect",
     "bench_job_throughput",
+    "bench_metrics",
     "bench_occlusion",
     "bench_patch_scan",
     "bench_rise",
@@ -114,6 +116,10 @@ def run_bench(
         report["inspect"] = bench_inspect()
     say(0.91, "dataset jobs (embed: local engine" + (")" if quick else " vs Ray)"))
     report["jobs"] = bench_job_throughput(quick, out)
+    say(0.92, "explanation metrics: Quantus vs accel.evaluate")
+    report["metrics"] = (
+        bench_metrics(2, [10, 50, 90], ["pixel_flipping", "road_morf"], 1, 16) if quick else bench_metrics(20)
+    )
     if torch.cuda.is_available():
         say(0.93, "GPU: torch eager vs ONNX Runtime CUDA / TensorRT")
         report["gpu"] = bench_gpu(models, batches, rep)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .workloads.allocator import ALLOC_WORKLOADS
+from .workloads.metrics import metrics_table
 from .workloads.rise import rise_table
 
 
@@ -255,6 +256,7 @@ def to_markdown(r: dict[str, Any]) -> str:
     lines = header(r) + embedding_table(r) + occlusion_table(oc) + exactness_notes(oc) + int8_notes(oc)
     lines += best_path_notes(oc) + rise_table(r.get("rise")) + gpu_table(r.get("gpu")) + workload_notes(r)
     lines += dashboard_table(r.get("dashboard")) + jobs_table(r.get("jobs"))
+    lines += metrics_table(r.get("metrics"))
     return "\n".join(lines) + "\n"
 
 
