@@ -18,7 +18,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TIGER_CAT, GRANNY_SMITH = 281, 948
+TIGER_CAT, GRANNY_SMITH = 282, 948  # ImageNet indices; tiger cat is efficientnet_lite0's top-1 on chelsea
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from accel.errors import BadInput
 from accel.taps import capture, resolve
 from tests.conftest import get_net
 
-T_CAT = 281  # tiger cat: efficientnet_lite0's top-1 on chelsea
+T_CAT = 281  # tabby: efficientnet_lite0's third guess on chelsea (after tiger cat 282 and Egyptian cat)
 T_OTHER = 948  # Granny Smith
 MODERN = ("hirescam", "xgradcam", "layercam", "eigencam", "ablationcam", "input_x_gradient")
 
