@@ -21,7 +21,7 @@ from ..result import Result
 from ..runtime.runner import runner as pooled_runner
 from ..runtime.sweep import Perturbation, Reveal
 from .catalogue import EvalBatch, metric
-from .flipping import per_image
+from .flipping import batch_runner, per_image
 
 if TYPE_CHECKING:
     from ..backbone import Backbone
@@ -347,21 +347,17 @@ def _summarise(
 def curve_aucs(
     batch: EvalBatch, mode: str, steps: int = 50, baseline: str | float = "petsiuk", backend: str = "auto"
 ) -> np.ndarray:
-    """Deletion or insertion AUC of every map of a metric batch (`deletion_insertion`, no random maps: the
-    evaluation suite scores its own)."""
+    """Deletion or insertion AUC of every map of a metric batch: the same curve as `deletion_insertion` (no random
+    maps: the evaluation suite scores its own), sweeping only the copies of the asked `mode`."""
+    _check_options(batch.net, steps, 0, "matched")
+    run = batch_runner(batch, backend)
+    h, w = batch.maps.shape[1:]
 
     def one(i: int) -> float:
-        out = deletion_insertion(
-            batch.net,
-            batch.x[i : i + 1],
-            batch.maps[i],
-            int(batch.targets[i]),
-            steps=steps,
-            baseline=baseline,
-            backend=backend,
-            n_random=0,
-        )
-        return float(out[mode]["auc"])
+        x, t = batch.x[i], int(batch.targets[i])
+        pert = Reveal(_order(batch.maps[i]), int(steps), mode, _baselines(batch.net, x, baseline)[mode])
+        curve = np.asarray(run.sweep(x[None], pert, reduce=lambda o: _softmax(o)[:, t]), np.float64)
+        return _auc(curve, np.asarray(pert.counts, np.float64) / (h * w))
 
     return per_image(batch, mode, one)
 
