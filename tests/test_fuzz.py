@@ -668,6 +668,23 @@ PROFILES: dict[str, Profile] = {
     "deconvnet": _rule_profile(),
     "guided_backprop": _rule_profile(),
     "gradcam": _cam_profile(),
+    "ablationcam": _cam_profile({"batch_size": maybe(ints(1, 64))}),
+    "eigencam": _cam_profile(),
+    "hirescam": _cam_profile(),
+    "input_x_gradient": Profile(
+        kinds=("map",), space={"target": maybe(target_s)}, bad={"target": _bad_target}
+    ),
+    "layercam": Profile(
+        kinds=("map",),
+        space={
+            "target": maybe(target_s),
+            "layers": layer_list_s("spatial", empty=True, most=3),
+            "gamma": floats(0.01, 100.0),
+        },
+        bad={"target": _bad_target, "layers": lambda c: bad_text(names_valid(c))},
+        combos=lambda c: [{"layers": "fc"}, {"layers": "features.19, fc"}, {"layers": " , "}],
+    ),
+    "xgradcam": _cam_profile(),
     "gradcam_counterfactual": _cam_profile(),
     "gradcam_pp": _cam_profile(),
     "guided_gradcam": _cam_profile(),
@@ -926,6 +943,7 @@ PROFILES: dict[str, Profile] = {
                 bad_text(layer_valid(c, "local")) | st.sampled_from(["fc", "pool", "features.3"])
             ),
             "concepts": lambda c: st.sampled_from([c.junk_file, c.empty_folder, "/no/such/concept.npy"]),
+            "dataset": _bad_dataset,
         },
         combos=lambda c: [
             {"index": 4},
@@ -1346,7 +1364,10 @@ def test_in_range_values_on_an_rgb_backbone(name: str, ctx_rgb: Ctx) -> None:
     body()
 
 
-HEAD_METHODS = [s.name for s in SPECS.values() if s.family == "attribute"] + ["class_viz", "fooling"]
+HEAD_METHODS = [s.name for s in SPECS.values() if s.family == "attribute" and s.name != "eigencam"] + [
+    "class_viz",
+    "fooling",
+]
 
 
 @pytest.mark.parametrize("name", HEAD_METHODS)

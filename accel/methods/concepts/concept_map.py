@@ -28,7 +28,7 @@ from ...result import Result
 from ...runtime.runner import runner
 from ...taps import capture
 from ..attribute._base import MapRun
-from ..inspect._common import LRU
+from ..inspect._common import LRU, resolve_dataset
 from ._factor import cells_to_input, check_nonnegative, local_layer, map_coefficients
 from .discover import DiscoverParams, default_target, discover
 
@@ -129,6 +129,10 @@ def load_concept(
 ) -> tuple[Concept, int, dict[str, Any]]:
     """The concept named by the parameters, the class it is explained for, and meta about where it came from."""
     t = default_target(net, img, p.target, "concept_map")
+    # the dataset is only read when discovering, but one the user named is still checked, not silently ignored
+    named = p.concepts.strip() and p.dataset.strip() not in ("", "auto")
+    if named and not len(resolve_dataset(net, p.dataset, 1)):
+        raise BadInput(f"concept_map: dataset {p.dataset!r} holds no images")
     if not p.concepts.strip():
         dp = DiscoverParams(t, p.layer, p.k, p.dataset, limit=p.limit, seed=p.seed, backend=p.backend)
         con = discover(net, t, dp, obs.span(0.0, 0.8))
