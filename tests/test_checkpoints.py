@@ -576,7 +576,7 @@ def test_display_name_and_odd_paths(tmp_path) -> None:
     assert str(e.value).startswith("my weights.pt: tensor ") and "upload-" not in str(e.value)
     with pytest.raises(BadInput, match="is a folder; pass a checkpoint file"):
         accel.load(tmp_path, arch=ARCH)
-    with pytest.raises(BadInput, match="expected a model name or a file path, got int"):
+    with pytest.raises(BadInput, match="expected a model name, a file path or an nn.Module, got int"):
         accel.load(3)  # type: ignore[arg-type]
     with pytest.raises(BadInput, match="unknown model"):
         accel.load("x" * 5000)

@@ -278,7 +278,8 @@ def test_exports(store: RunStore) -> None:
     ]
     page = store.export_html(ids).decode("utf-8")
     assert page.startswith("<!doctype html>") and page.count("<section") == 2
-    assert page.count("data:image/png;base64,") == 4  # input + result for each run
+    # input, result, its extra picture and the map's colour bar, for each run
+    assert page.count("data:image/png;base64,") == 8 and page.count("alt='colour bar'") == 2
     assert "http://" not in page and "https://" not in page  # self-contained
     assert all(i in page for i in ids)
     z = zipfile.ZipFile(io.BytesIO(store.export_zip(ids)))
