@@ -56,7 +56,8 @@ PAGES = {
     ],
     "Results": [view("benchmarks", "Benchmarks", "speed"), view("runs", "Runs", "history")],
 }
-nav = st.navigation(PAGES)
+# expanded: all 14 pages listed (collapsed, Streamlit hides those past the tenth behind "View more")
+nav = st.navigation(PAGES, expanded=True)
 sidebar()
 account_box()
 shared = st.query_params.get("run")

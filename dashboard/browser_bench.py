@@ -129,6 +129,8 @@ def chrome(profile: Path) -> Any:
         "--disable-dev-shm-usage",
         "--disable-background-timer-throttling",
         "--disable-renderer-backgrounding",
+        "--disable-backgrounding-occluded-windows",
+        "--disable-quic",
         "--window-size=1500,1900",
         f"--user-data-dir={profile}",
     ):

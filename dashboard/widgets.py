@@ -389,7 +389,10 @@ def _path_control(c: Control) -> Any:
         opts = dict(dataset_options(c.net))
         values = list(opts)
         idx = values.index(default) if default in values else 0
-        choice = c.box.selectbox(label, values, index=idx, format_func=opts.get, help=c.help, key=c.key)
+        # keyed by the backbone too: switching model starts from that model's default dataset (Fashion-MNIST for
+        # a Fashion-MNIST model), not the choice made for the previous one
+        k = f"{c.key}@{c.net.name}" if c.net is not None else c.key
+        choice = c.box.selectbox(label, values, index=idx, format_func=opts.get, help=c.help, key=k)
         return _upload(c.box, kind, label, c.key) or choice
     if kind == "images":
         opts = dict(file_options(kind, c.info.presets))
@@ -460,3 +463,26 @@ def dataset_choice(box: Any, net: Any, label: str, key: str, default: str | None
     idx = values.index(default) if default in values else 0
     choice = box.selectbox(label, values, format_func=opts.get, key=key, **unset(key, index=idx))
     return _upload(box, "dataset", label, key) or str(choice)
+
+
+def shareable_datasets(net: Any) -> set[str]:
+    """Dataset choices a link may carry: what this server offers for `net`, less this session's uploads (those are
+    the session's own and never go into a URL)."""
+    return {v for v, _ in dataset_options(net)} - set(session_space().uploads.get("dataset", {}))
+
+
+def dataset_from_link(query: Any, net: Any, key: str, max_images: int) -> None:
+    """Apply a link's `?dataset=&limit=` to a page's dataset form (session keys `{key}_source`, `{key}_limit`);
+    a dataset this server does not offer is ignored, the limit is clamped to 1..max_images."""
+    if query.get("dataset") in shareable_datasets(net):
+        st.session_state[f"{key}_source"] = query["dataset"]
+    if (query.get("limit") or "").isdigit():
+        st.session_state[f"{key}_limit"] = max(1, min(max_images, int(query["limit"])))
+
+
+def dataset_to_link(query: Any, net: Any, source: str, limit: int) -> None:
+    """Write a page's dataset choice into the URL: `?limit=` always, `?dataset=` only where a link may carry it."""
+    query.pop("dataset", None)
+    if source in shareable_datasets(net):
+        query["dataset"] = source
+    query["limit"] = str(limit)

@@ -5,6 +5,10 @@ Runs `accel.evaluate.suite.evaluate` on efficientnet_lite0 (targets: the network
 progress and the Markdown table (mean ± sd over the photos, a random-map baseline row), and writes
 ``<out>.json`` (the whole result) and ``<out>.md`` (caption, table, what was skipped and why).
 
+Resumable: each method's scores are kept in ``artifacts/eval_parts/<method>.json`` as soon as it is done (with the
+options it ran under); a rerun with the same options reuses them and scores only the rest (``--fresh`` ignores
+them). The table is the merge of the parts.
+
 Cheap options (fewer steps, runs, samples and layers; the caption lists them) keep a table of the fast methods
 within about 40 minutes on two shared cores, and passing
 ``--full`` uses every method's and metric's defaults instead (hours on a CPU).
@@ -107,6 +111,30 @@ def notes(res: dict[str, Any], skipped_methods: dict[str, str]) -> list[str]:
     return out
 
 
+PARTS = ROOT / "artifacts" / "eval_parts"
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from per-method results of the same photos, model, metrics and seed (their wall times add)."""
+    from accel.evaluate.suite import tidy_table
+
+    first = parts[0]
+    for p in parts[1:]:
+        same = ("model", "image_ids", "targets", "seed", "n_random")
+        if any(p[k] != first[k] for k in same) or [m["name"] for m in p["metrics"]] != [
+            m["name"] for m in first["metrics"]
+        ]:
+            raise ValueError(f"part {p['methods']} was scored on other photos, targets or metrics")
+    out = {k: first[k] for k in ("model", "n_images", "image_ids", "targets", "seed", "n_random", "metrics")}
+    out["methods"] = [m for p in parts for m in p["methods"]]
+    for k in ("method_params", "scores", "random", "skipped", "errors", "timings"):
+        out[k] = {kk: vv for p in parts for kk, vv in p[k].items()}
+    out["stopped"] = any(p["stopped"] for p in parts)
+    out["wall_s"] = sum(p["wall_s"] for p in parts)
+    out["table"] = tidy_table(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the evaluation, print the table and write JSON + Markdown."""
     import torch
@@ -124,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-random", type=int, default=1, help="random maps per photo for the baseline row")
     ap.add_argument("--full", action="store_true", help="every method's and metric's default options")
     ap.add_argument("--out", default=str(ROOT / "docs" / "eval_table"), help="writes OUT.json and OUT.md")
+    ap.add_argument("--fresh", action="store_true", help="score every method again (ignore kept parts)")
     a = ap.parse_args(argv)
 
     items = foolbox_imagenet()[: a.photos]
@@ -141,18 +170,42 @@ def main(argv: list[str] | None = None) -> int:
         f"torch threads {torch.get_num_threads()}",
         flush=True,
     )
-    res = evaluate(
-        net,
-        photos,
-        methods,
-        metrics,
-        targets="predicted",
-        method_params={} if a.full else {m: p for m, p in METHOD_PARAMS.items() if m in methods},
-        metric_options={} if a.full else METRIC_OPTIONS,
-        n_random=a.n_random,
-        seed=0,
-        observer=printer(),
-    )
+    parts = []
+    for i, m in enumerate(methods):
+        mp = {} if a.full or m not in METHOD_PARAMS else {m: METHOD_PARAMS[m]}
+        options = {
+            "model": a.model,
+            "photos": len(photos),
+            "metrics": metrics,
+            "method_params": mp,
+            "metric_options": {} if a.full else METRIC_OPTIONS,
+            "n_random": a.n_random,
+        }
+        part_path = PARTS / f"{m}.json"
+        if not a.fresh and part_path.is_file():
+            kept = json.loads(part_path.read_text())
+            if kept.get("options") == options and not kept["stopped"]:
+                print(f"[{i + 1}/{len(methods)}] {m}: kept from {part_path}", flush=True)
+                parts.append(kept)
+                continue
+        print(f"[{i + 1}/{len(methods)}] {m}", flush=True)
+        part = evaluate(
+            net,
+            photos,
+            [m],
+            metrics,
+            targets="predicted",
+            method_params=mp,
+            metric_options=options["metric_options"],
+            n_random=a.n_random,
+            seed=0,
+            observer=printer(),
+        )
+        part["options"] = options
+        PARTS.mkdir(parents=True, exist_ok=True)
+        part_path.write_text(json.dumps(part, default=float) + "\n")
+        parts.append(part)
+    res = merge(parts)
     left_out = {m: why for m, why in NEEDS_INPUT.items() if not a.methods}
     table = markdown(res)
     text = "\n".join([caption(res, a.full), "", table, *notes(res, left_out)]) + "\n"

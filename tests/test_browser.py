@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from dashboard import browser_bench as bb
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
@@ -35,9 +32,7 @@ PAGES = {
     "benchmarks": "benchmarks",
     "runs": "runs",
 }
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
+CHROMIUM, DRIVER, ERRORS = bb.CHROMIUM, bb.DRIVER, bb.ERRORS
 
 try:
     import selenium  # noqa: F401
@@ -56,78 +51,23 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# url -> the server process of every dashboard `serve` has running (tests read its memory)
-SERVERS: dict[str, subprocess.Popen] = {}
+# url -> the server process of every dashboard `serve` has running (tests read its memory); the bench's own table
+SERVERS = bb.SERVERS
 
 
 @contextlib.contextmanager
 def serve(store: Path, logdir: Path, env_extra: dict[str, str] | None = None) -> Iterator[str]:
-    """The dashboard served by `streamlit run` on a free local port with run store `store`; yields its URL
-    (its process is SERVERS[url])."""
-    port = _free_port()
-    env = dict(os.environ)
-    env.update(
-        CONVLENS_STORE=str(store),
-        CONVLENS_OFFLINE="1",
-        CONVLENS_CACHE=env.get("CONVLENS_CACHE", str(ROOT / ".cache" / "convlens")),
-        STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
-    )
-    env.update(env_extra or {})
-    log = open(logdir / "streamlit.log", "w+")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "dashboard" / "app.py"),
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.fileWatcherType",
-            "none",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    """The dashboard served by `streamlit run` on a free local port with run store `store` (the browser bench's
+    server, with this checkout's model cache); yields its URL (its process is SERVERS[url])."""
+    env = {"CONVLENS_CACHE": os.environ.get("CONVLENS_CACHE", str(ROOT / ".cache" / "convlens"))}
+    log = logdir / "streamlit.log"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.seek(0)
-                pytest.fail(f"streamlit did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.5)
-        SERVERS[url] = proc
-        yield url
+        with bb.serve(store, log, {**env, **(env_extra or {})}) as url:
+            yield url
+    except RuntimeError as e:  # did not start: the log tail is in the message
+        pytest.fail(str(e))
     finally:
-        SERVERS.pop(url, None)
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.seek(0)
-        tail = log.read()[-4000:]
-        log.close()
+        tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
         if "Traceback" in tail:
             print(f"streamlit log tail:\n{tail}")
 
@@ -141,31 +81,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def chrome(profile: Path) -> object:
     """Headless Chromium via selenium, with background tabs kept running (several sessions at once)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--disable-background-timer-throttling",
-        "--disable-renderer-backgrounding",
-        "--disable-backgrounding-occluded-windows",
-        "--window-size=1500,1900",
-        f"--user-data-dir={profile}",
-    ):
-        opts.add_argument(flag)
-    drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    drv.set_page_load_timeout(120)
-    return drv
+    return bb.chrome(profile)
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +263,7 @@ def test_compare_and_embeddings_with_results(server: str, browser) -> None:
     _click_point(browser, 0, 5)
     _settle(browser, timeout=600)
     _check_no_errors(browser, "embeddings (after selecting a point)")
-    assert "nearest in feature space" in browser.page_source
+    assert "nearest in feature space" in browser.page_source.lower()
     _shot(browser, "embeddings_selected")
 
     browser.get(f"{server}/runs")

@@ -6,8 +6,6 @@ and bad concept uploads refused with the engine's reason."""
 from __future__ import annotations
 
 import io
-import os
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,53 +16,22 @@ from PIL import Image
 
 import accel
 from accel.methods.concepts.sets import PLANTED_CLASS, stamped_fashion
+from tests.apptest import APP, open_page, private_store, wait_jobs
+from tests.apptest import ok as _ok
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "dashboard" / "app.py")
+__all__ = ["private_store"]  # autouse: this module's runs go to a store of its own
+
 PAGE = "views/concepts.py"
 SMALL_TCAV = {"runs": 8, "set_size": 20, "per_class": 20}
 SMALL_DISC = {"limit": 400, "k": 4, "crops": 4, "top": 5, "importance_images": 6, "batch_size": 200}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    old = os.environ.get("CONVLENS_STORE")
-    os.environ["CONVLENS_STORE"] = str(tmp_path_factory.mktemp("store"))
-    yield
-    if old is None:
-        os.environ.pop("CONVLENS_STORE", None)
-    else:
-        os.environ["CONVLENS_STORE"] = old
-
-
 def _wait(at: Any, timeout: float = 240.0) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        jobs = at.session_state["_jobs"] if "_jobs" in at.session_state else {}  # noqa: SIM401
-        if jobs and not any(j.running for j in jobs.values()):
-            at.run()
-            return
-        time.sleep(0.3)
-        at.run()
-    raise AssertionError("the concept job did not finish")
-
-
-def _ok(at: Any) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    wait_jobs(at, "concept", timeout)
 
 
 def _page(**query: str) -> Any:
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=240)
-    at.session_state["model"] = "fashion_planted"
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page(PAGE).run()
-    _ok(at)
-    return at
+    return open_page(PAGE, "fashion_planted", **query)
 
 
 def _button(at: Any, label: str) -> Any:

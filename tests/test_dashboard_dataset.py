@@ -4,43 +4,16 @@ store, and a link that reopens the same view."""
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.apptest import APP, private_store, wait_jobs
+from tests.apptest import ok as _ok
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "dashboard" / "app.py")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    old = os.environ.get("CONVLENS_STORE")
-    os.environ["CONVLENS_STORE"] = str(tmp_path_factory.mktemp("store"))
-    yield
-    if old is None:
-        os.environ.pop("CONVLENS_STORE", None)
-    else:
-        os.environ["CONVLENS_STORE"] = old
+__all__ = ["private_store"]  # autouse: this module's runs go to a store of its own
 
 
 def _wait(at: Any, timeout: float = 240.0) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        jobs = at.session_state["_jobs"] if "_jobs" in at.session_state else {}  # noqa: SIM401
-        if jobs and not any(j.running for j in jobs.values()):
-            at.run()
-            return
-        time.sleep(0.3)
-        at.run()
-    raise AssertionError("the dataset job did not finish")
-
-
-def _ok(at: Any) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    wait_jobs(at, "dataset", timeout)
 
 
 def test_dataset_page_mistakes_confusion_store_and_link() -> None:

@@ -5,15 +5,15 @@ answered from the store; a link restores the form; invalid combinations say so i
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "dashboard" / "app.py")
+from tests.apptest import APP, open_page, private_store, wait_jobs
+from tests.apptest import ok as _ok
+
+__all__ = ["private_store"]  # autouse: this module's runs go to a store of its own
+
 METHODS = ["saliency", "gradcam"]
 METRICS = {
     "faithfulness": ["pixel_flipping"],
@@ -23,44 +23,12 @@ METRICS = {
 BOXES = [[120.0, 20.0, 330.0, 250.0]]  # chelsea's head, in the photo's own pixels
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    old = os.environ.get("CONVLENS_STORE")
-    os.environ["CONVLENS_STORE"] = str(tmp_path_factory.mktemp("store"))
-    yield
-    if old is None:
-        os.environ.pop("CONVLENS_STORE", None)
-    else:
-        os.environ["CONVLENS_STORE"] = old
-
-
 def _app(**query: str) -> Any:
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=240)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page("views/evaluate.py").run()
-    _ok(at)
-    return at
+    return open_page("views/evaluate.py", **query)
 
 
 def _wait(at: Any, timeout: float = 240.0) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        jobs = at.session_state["_jobs"] if "_jobs" in at.session_state else {}  # noqa: SIM401
-        if jobs and not any(j.running for j in jobs.values()):
-            at.run()
-            return
-        time.sleep(0.3)
-        at.run()
-    raise AssertionError("the evaluation job did not finish")
-
-
-def _ok(at: Any) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    wait_jobs(at, "evaluation", timeout)
 
 
 def _submit(at: Any) -> None:

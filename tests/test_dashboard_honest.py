@@ -220,7 +220,9 @@ def test_max_patches_defaults_to_a_part_of_the_input_and_the_largest_dataset() -
     _ok(at)
     layer = at.selectbox(key="mxp.max_patches.layer").value
     assert layer == "_blocks.5"  # receptive field 83 px of 224, not the last layer (larger than the input)
-    assert at.selectbox(key="mxp.max_patches.dataset").value == "foolbox:imagenet"  # 20 > 15 sample photos
+    assert (
+        at.selectbox(key="mxp.max_patches.dataset@efficientnet_lite0").value == "foolbox:imagenet"
+    )  # 20 > 15 sample photos
     from accel.limits import cap
 
     batch = at.number_input(
@@ -230,7 +232,7 @@ def test_max_patches_defaults_to_a_part_of_the_input_and_the_largest_dataset() -
     assert batch.max == cap("batch")
     at = _app("patches", model="fashion_cnn")
     assert at.selectbox(key="mxp.max_patches.layer").value == "features.12"  # 14 px of 28
-    assert at.selectbox(key="mxp.max_patches.dataset").value == "fashion_mnist:test"
+    assert at.selectbox(key="mxp.max_patches.dataset@fashion_cnn").value == "fashion_mnist:test"
     at.number_input(key="mxp.max_patches.limit").set_value(300)
     at.button(key="FormSubmitter:mxp_max_patches_form-Run").click().run()
     _ok(at)
@@ -244,7 +246,7 @@ def test_max_patches_defaults_to_a_part_of_the_input_and_the_largest_dataset() -
 def test_embeddings_adapt_perplexity_and_warn_below_a_useful_size() -> None:
     at = _app("embeddings", model="fashion_cnn")
     _ok(at)
-    assert at.selectbox(key="emb.embedding.dataset").value == "fashion_mnist:test"
+    assert at.selectbox(key="emb.embedding.dataset@fashion_cnn").value == "fashion_mnist:test"
     next(s for s in at.selectbox if "tsne" in s.options).set_value("tsne")
     at.number_input(key="emb.embedding.limit").set_value(40)
     at.button[0].click().run()

@@ -4,25 +4,9 @@ both ways."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any
+from tests.apptest import APP, private_store
 
-import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "dashboard" / "app.py")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    old = os.environ.get("CONVLENS_STORE")
-    os.environ["CONVLENS_STORE"] = str(tmp_path_factory.mktemp("store"))
-    yield
-    if old is None:
-        os.environ.pop("CONVLENS_STORE", None)
-    else:
-        os.environ["CONVLENS_STORE"] = old
+__all__ = ["private_store"]  # autouse: this module's runs go to a store of its own
 
 
 def test_two_models_same_target_one_scale_and_url_both_ways() -> None:

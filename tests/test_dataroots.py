@@ -308,7 +308,7 @@ def test_dashboard_dataset_control_offers_only_allowed_choices(
     monkeypatch.setenv("CONVLENS_STORE", str(tree["tmp"] / "store"))
     at = _app("embeddings", model="fashion_cnn")
     assert not at.exception, [e.value for e in at.exception]
-    box = at.selectbox(key="emb.embedding.dataset")
+    box = at.selectbox(key="emb.embedding.dataset@fashion_cnn")
     options = list(box.options)
     assert "photos (data root)" in options and "photos/cats (data root)" in options
     assert "photos/dogs (data root)" in options
@@ -348,7 +348,7 @@ def test_dashboard_zip_upload_becomes_a_dataset_shown_by_its_name(
     assert "/tmp" not in caps and dataroots.upload_base().name not in caps
     # the uploaded set is offered again by its name (from the next rerun on), never by its server folder
     at.run()
-    opts = list(at.selectbox(key="emb.embedding.dataset").options)
+    opts = list(at.selectbox(key="emb.embedding.dataset@fashion_cnn").options)
     assert "upload: [x](http://evil.test) set.zip" in opts and not any(
         str(dataroots.upload_base()) in o for o in opts
     )

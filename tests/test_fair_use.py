@@ -296,7 +296,7 @@ def test_quick_run_of_a_dataset_method_waits_for_its_turn_in_the_page(heavy_meth
     at.run()
     at.switch_page("views/embeddings.py").run()
     at.selectbox(key="emb.embedding.projection").set_value("pca")
-    at.selectbox(key="emb.embedding.dataset").set_value("samples")
+    at.selectbox(key="emb.embedding.dataset@fashion_cnn").set_value("samples")
     threading.Timer(2.5, holder.release).start()  # the other run ends in 2.5 s
     t0 = time.perf_counter()
     at.button[0].click().run()

@@ -5,10 +5,7 @@
 `catalogue`: every metric (faithfulness, localisation, randomisation, robustness, complexity) declared once.
 """
 
-import importlib
-import pkgutil
-
-from .catalogue import FAMILIES, METRICS, EvalBatch, Metric, get_metric, list_metrics, metric
+from .catalogue import FAMILIES, METRICS, EvalBatch, Metric, get_metric, list_metrics, load_all, metric
 from .faithfulness import (
     BASELINES,
     DIRECTION,
@@ -43,8 +40,3 @@ __all__ = [
     "sanity_check",
 ]
 
-
-def load_all() -> None:
-    """Import every module of this package once, so that each metric's `@metric` registration has run."""
-    for m in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{m.name}")

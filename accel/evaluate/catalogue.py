@@ -8,7 +8,10 @@ reaches for a model or a method by itself.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -119,8 +122,6 @@ def metric(
 
 def list_metrics(family: str | None = None) -> list[Metric]:
     """Every registered metric (of one family), in family order then name."""
-    from . import load_all
-
     load_all()
     if family is not None and family not in FAMILIES:
         raise BadInput(f"unknown metric family {family!r}; one of {', '.join(FAMILIES)}")
@@ -130,9 +131,15 @@ def list_metrics(family: str | None = None) -> list[Metric]:
 
 def get_metric(name: str) -> Metric:
     """The metric called `name`, or BadInput listing the known ones."""
-    from . import load_all
-
     load_all()
     if name not in METRICS:
         raise BadInput(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
     return METRICS[name]
+
+
+def load_all() -> None:
+    """Import every module of this package once, so that each metric's `@metric` registration has run (by name,
+    through importlib: the catalogue must not import the modules that import it)."""
+    package = __name__.rpartition(".")[0]
+    for m in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{package}.{m.name}")

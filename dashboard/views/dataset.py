@@ -12,12 +12,11 @@ import accel
 from accel.jobs.labelled import EXPLAIN, MAX_METHODS, explain_labelled, to_result
 from dashboard import jobs
 from dashboard.datasetview import METHOD, dataset_view
-from dashboard.pagekit import methods_on, unavailable
+from dashboard.pagekit import largest_dataset, methods_on, unavailable
 from dashboard.session_store import public_text
 from dashboard.sidebar import require_ctx
-from dashboard.state import session_space
 from dashboard.ui import escape_md, link_line, unset
-from dashboard.widgets import dataset_choice, dataset_options
+from dashboard.widgets import dataset_choice, dataset_from_link, dataset_to_link
 
 SLOT = "ds"
 MAX_IMAGES = 500
@@ -37,15 +36,10 @@ blocked = unavailable(c, specs, "ds")
 names = [s.name for s in specs if s.name not in blocked]
 if not names:
     st.stop()
-default_ds = "fashion_mnist:test" if c.net.input_shape[0] == 1 else "foolbox:imagenet"
-shareable = {v for v, _ in dataset_options(c.net)} - set(session_space().uploads.get("dataset", {}))
 q = st.query_params
 if not st.session_state.get("_ds_link_applied"):  # ?dataset=...&limit=...&methods=...&explain=... once
     st.session_state["_ds_link_applied"] = True
-    if q.get("dataset") in shareable:
-        st.session_state["ds_source"] = q["dataset"]
-    if (q.get("limit") or "").isdigit():
-        st.session_state["ds_limit"] = max(1, min(MAX_IMAGES, int(q["limit"])))
+    dataset_from_link(q, c.net, "ds", MAX_IMAGES)
     linked = [m for m in (q.get("methods") or "").split(",") if m in names][:MAX_METHODS]
     if linked:
         st.session_state["ds_methods"] = linked
@@ -53,7 +47,7 @@ if not st.session_state.get("_ds_link_applied"):  # ?dataset=...&limit=...&metho
         st.session_state["ds_explain"] = q["explain"]
 with st.form("ds_form"):
     left, right = st.columns(2)
-    source = dataset_choice(left, c.net, "Dataset", "ds_source", default=default_ds)
+    source = dataset_choice(left, c.net, "Dataset", "ds_source", default=largest_dataset(c.net))
     limit = int(
         left.number_input("Images (first N)", 1, MAX_IMAGES, key="ds_limit", **unset("ds_limit", value=40))
     )
@@ -70,11 +64,8 @@ with st.form("ds_form"):
     )
     go = st.form_submit_button("Explain the dataset", type="primary")
 # the form's state in the URL (an uploaded folder stays out of it: it is this session's own)
-for k in ("dataset", "limit", "methods", "explain"):
-    q.pop(k, None)
-if source in shareable:
-    q["dataset"] = source
-q["limit"], q["methods"], q["explain"] = str(limit), ",".join(methods), explain
+dataset_to_link(q, c.net, source, limit)
+q["methods"], q["explain"] = ",".join(methods), explain
 
 if go:
     params = {"dataset": source, "limit": limit, "methods": list(methods), "explain": explain}

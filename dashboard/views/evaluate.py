@@ -22,12 +22,11 @@ from accel.images import overlay
 from accel.store import image_key
 from dashboard import jobs
 from dashboard.evalview import METHOD, eval_view, score_matrix
-from dashboard.pagekit import unavailable
+from dashboard.pagekit import largest_dataset, unavailable
 from dashboard.session_store import public_text
 from dashboard.sidebar import require_ctx
-from dashboard.state import session_space
 from dashboard.ui import escape_md, link_line, unset
-from dashboard.widgets import dataset_choice, dataset_options
+from dashboard.widgets import dataset_choice, dataset_from_link, dataset_to_link
 
 SLOT = "ev"
 MAX_IMAGES = 200
@@ -79,8 +78,6 @@ if not names:
 catalogue = list_metrics()
 by_family = {f: [m.name for m in catalogue if m.family == f] for f in FAMILIES}
 info = {m.name: m for m in catalogue}
-default_ds = "fashion_mnist:test" if c.net.input_shape[0] == 1 else "foolbox:imagenet"
-shareable = {v for v, _ in dataset_options(c.net)} - set(session_space().uploads.get("dataset", {}))
 
 # ---------------------------------------------------------------------------------------------------- the URL, read
 q = st.query_params
@@ -90,10 +87,7 @@ if not st.session_state.get(
     st.session_state["_ev_link_applied"] = True
     if q.get("on") in SCOPES:
         st.session_state["ev_scope"] = q["on"]
-    if q.get("dataset") in shareable:
-        st.session_state["ev_source"] = q["dataset"]
-    if (q.get("limit") or "").isdigit():
-        st.session_state["ev_limit"] = max(1, min(MAX_IMAGES, int(q["limit"])))
+    dataset_from_link(q, c.net, "ev", MAX_IMAGES)
     linked = [m for m in (q.get("methods") or "").split(",") if m in names][:MAX_METHODS]
     if linked:
         st.session_state["ev_methods"] = linked
@@ -144,7 +138,7 @@ with st.form("ev_form"):
     source, limit, target_mode = "", 1, "predicted"
     boxes_text, mask_file = "", None
     if scope == "dataset":
-        source = dataset_choice(left, c.net, "Dataset", "ev_source", default=default_ds)
+        source = dataset_choice(left, c.net, "Dataset", "ev_source", default=largest_dataset(c.net))
         limit = int(
             left.number_input(
                 "Images (first N)", 1, MAX_IMAGES, key="ev_limit", **unset("ev_limit", value=10)
@@ -172,9 +166,8 @@ for k in ("on", "dataset", "limit", "methods", "metrics", "targets", "random"):
     q.pop(k, None)
 q["on"], q["methods"], q["metrics"], q["random"] = scope, ",".join(methods), ",".join(metrics), str(n_random)
 if scope == "dataset":
-    if source in shareable:  # an uploaded folder stays out of the link: it is this session's own
-        q["dataset"] = source
-    q["limit"], q["targets"] = str(limit), target_mode
+    dataset_to_link(q, c.net, source, limit)
+    q["targets"] = target_mode
 
 # ---------------------------------------------------------------------------------------------------- checks
 img = c.img
