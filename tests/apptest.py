@@ -33,9 +33,9 @@ def ok(at: Any) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
-def open_page(page: str, model: str | None = None, **query: str) -> Any:
-    """The app in AppTest, switched to `page` (e.g. "views/evaluate.py") with `model` in the sidebar and `query`
-    as URL parameters; checked for errors."""
+def open_page(page: str, model: str | None = None, /, **query: str) -> Any:
+    """The app in AppTest, switched to `page` (e.g. "views/evaluate.py") with `model` chosen in the session and
+    `query` as URL parameters (which may name a model of their own); checked for errors."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(APP, default_timeout=240)

@@ -81,3 +81,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.section("summary")
         for line in lines:
             terminalreporter.write_line(str(line))
+
+
+# Under pytest-xdist (`make test` runs `-n 2`) the workers share the cores: each computes on its share of them, so
+# torch's and ONNX Runtime's thread pools (which spin while they wait) never oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _share = str(max(1, _cores // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+    for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CONVLENS_THREADS"):
+        os.environ.setdefault(_v, _share)

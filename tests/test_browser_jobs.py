@@ -22,7 +22,9 @@ __all__ = ["pytestmark"]  # the same skips as the other real-browser tests (Chro
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     store = tmp_path_factory.mktemp("store")
-    with bb.serve(store, tmp_path_factory.mktemp("log") / "streamlit.log") as url:
+    # a closed tab's session ends 3 s after its websocket goes (the app's default is 30 s): the test waits less
+    ttl = {"STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL": "3"}
+    with bb.serve(store, tmp_path_factory.mktemp("log") / "streamlit.log", ttl) as url:
         yield url, store
 
 

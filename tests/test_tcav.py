@@ -192,34 +192,36 @@ def test_sets_are_deterministic_and_the_stamp_is_where_its_box_says(planted) -> 
         np.testing.assert_array_equal(s.x, packaged_set(planted, name, 3, 0).x)
 
 
+class StopSoon(accel.registry.Observer):
+    """Says stop from its `after`+1-th question on; records the progress fractions."""
+
+    def __init__(self, after: int) -> None:
+        self.asked, self.after, self.fracs = 0, after, []
+
+    def progress(self, frac: float, msg: str = "") -> None:
+        self.fracs.append(frac)
+
+    def should_stop(self) -> bool:
+        self.asked += 1
+        return self.asked > self.after
+
+
+SMALL = {"concepts": "stamp", "classes": str(PLANTED_CLASS), "runs": 2, "set_size": 5, "cav": "mean"}
+
+
 def test_observer_stops_the_stream(planted) -> None:
-    class StopSoon(accel.registry.Observer):
-        def __init__(self) -> None:
-            self.asked, self.fracs = 0, []
-
-        def progress(self, frac: float, msg: str = "") -> None:
-            self.fracs.append(frac)
-
-        def should_stop(self) -> bool:
-            self.asked += 1
-            return self.asked > 1
-
-    obs = StopSoon()
-    res = accel.run(
-        "tcav",
-        planted,
-        None,
-        observer=obs,
-        concepts="stamp",
-        classes=str(PLANTED_CLASS),
-        runs=2,
-        set_size=5,
-        per_class=50,
-        batch_size=5,
-        cav="mean",
-    )
+    # building the CAVs asks once per set: 2 random sets, 2 stamp sets, 2 null sets; then once per class batch
+    obs = StopSoon(after=6 + 1)
+    res = accel.run("tcav", planted, None, observer=obs, per_class=50, batch_size=5, **SMALL)
     assert res.meta["stopped"] and 1 <= res.extras["inputs_per_class"][PLANTED_CLASS] <= 5  # one batch of 5
     assert all(0.0 <= f <= 1.0 for f in obs.fracs) and obs.fracs == sorted(obs.fracs)
+
+
+def test_a_stop_while_building_the_cavs_ends_the_run_with_a_reason(planted) -> None:
+    obs = StopSoon(after=3)  # the 4th set (the second stamp set) is never computed
+    with pytest.raises(accel.BadInput, match="stopped while building the concept vectors"):
+        accel.run("tcav", planted, None, observer=obs, per_class=50, batch_size=5, **SMALL)
+    assert obs.asked == 4
 
 
 def test_own_cavs_agree_with_captums_tcav(planted) -> None:

@@ -39,4 +39,3 @@ __all__ = [
     "random_baseline_map",
     "sanity_check",
 ]
-

@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np

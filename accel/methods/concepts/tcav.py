@@ -334,8 +334,16 @@ def build_cavs(net: Backbone, p: TCAVParams, layers: list[str], names: list[str]
     assumes; one fixed random "concept" against every R_i (Captum's habit) makes them share its quirks."""
     m, runs = len(names), p.runs
     steps = 2 * runs + m
+
+    def stop_here() -> None:  # between sets: a Stop ends the run within one set's forward passes
+        if obs.should_stop():
+            raise BadInput(
+                "tcav: stopped while building the concept vectors, before any class input was scored"
+            )
+
     rand = []
     for i in range(runs):
+        stop_here()
         x = random_set(net, p.random, p.set_size, seed=random_seed(p.seed, i))
         rand.append(flat_activations(net, layers, x, p.backend))
         obs.progress((i + 1) / steps, f"random set {i + 1}/{runs}")
@@ -345,6 +353,7 @@ def build_cavs(net: Backbone, p: TCAVParams, layers: list[str], names: list[str]
     for c, name in enumerate(names):
         per_run: list[dict[str, np.ndarray]] = []
         for i in range(runs):
+            stop_here()
             cs = concept_set(net, name, p.set_size, seed=concept_seed(p.seed, c, i), pool=p.random)
             per_run.append(flat_activations(net, layers, cs.x, p.backend))
         sources.append(cs.source)
@@ -354,6 +363,7 @@ def build_cavs(net: Backbone, p: TCAVParams, layers: list[str], names: list[str]
                 rows[layer].append(v)
         obs.progress((runs + c + 1) / steps, f"CAVs of {name}")
     for i in range(runs):
+        stop_here()
         x = random_set(net, p.random, p.set_size, seed=random_seed(p.seed, runs + i))
         pos = flat_activations(net, layers, x, p.backend)
         for li, layer in enumerate(layers):
