@@ -256,6 +256,7 @@ def _as_image(v: Any) -> Image.Image | None:
 
 SNAPSHOT_MIN_S = 0.25  # a job keeps at most four snapshots a second; the page draws the latest one
 POLL_S = 1.0  # how often a live panel (a fragment, never the whole page) redraws a running job
+END_WAIT = 0.7  # share of each interval a timer rerun waits for the job's end (see panel)
 
 
 class JobObserver(accel.Observer):
@@ -328,6 +329,7 @@ class Job:
         self.started = time.time()
         self.finished: float | None = None
         self.stop_event = threading.Event()
+        self.ended = threading.Event()  # set once the job has finished, however it finished
         self.stoppable = stoppable
         self.params: dict[str, Any] = {}  # a technique job's parameters (for_method)
         self.thread = threading.Thread(target=self._main, name=f"convlens-{name}", daemon=True)
@@ -450,6 +452,7 @@ class Job:
                 self.ticket.release()
             self.frac = 1.0 if self.state == "done" else self.frac
             self.finished = time.time()
+            self.ended.set()
 
 
 def jobs() -> dict[str, Job]:
@@ -515,11 +518,19 @@ def panel(slot: str, *, poll_s: float = POLL_S, caption: str = "") -> None:
     if job is None and done_id is None:
         return
 
+    inline = [True]  # the first call draws inside the page's own run: it must not hold that run up
+
     def body() -> None:
         j = jobs().get(slot)
         if j is not None and j.running:
             live_status(j, slot)
-            return
+            if inline[0]:
+                inline[0] = False
+                return
+            # a timer rerun waits for the job's end through most of its interval, so the result is drawn as soon as
+            # it exists, not up to a whole interval later (a click meanwhile is handled when the wait ends)
+            if not j.ended.wait(poll_s * END_WAIT):
+                return
         if j is not None and not j.running:
             st.rerun(scope="app")  # the job just ended: redraw the page without the polling timer
 

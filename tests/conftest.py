@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     _share = str(max(1, _cores // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
     for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CONVLENS_THREADS"):
         os.environ.setdefault(_v, _share)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_app_session() -> Iterator[None]:
+    """Each test module's AppTest apps start from a new dashboard session. AppTest runs every app of a process as
+    one session ("test session id"), so its session-scoped resources (uploads, jobs) would otherwise follow one
+    module's tests into the next (which modules share a process depends on how pytest-xdist shares out the files).
+    After the module, that session ends as Streamlit ends one: its session caches are released (uploads deleted)."""
+    yield
+    import sys
+
+    if "dashboard.state" in sys.modules:
+        from streamlit.runtime.caching.cache_resource_api import clear_session_cache
+
+        clear_session_cache("test session id")
