@@ -243,6 +243,22 @@ def test_max_patches_defaults_to_a_part_of_the_input_and_the_largest_dataset() -
     )
 
 
+def test_the_dataset_picker_follows_the_sidebar_model() -> None:
+    """Switching the model starts the form from that model's own dataset (it used to keep the previous model's
+    choice: Embeddings on fashion_cnn scanned foolbox's 20 ImageNet photos, one point per class)."""
+
+    def dataset(at) -> str:
+        (box,) = [b for b in at.selectbox if str(b.key).startswith("emb.embedding.dataset")]
+        return str(box.value)
+
+    at = _app("embeddings")
+    _ok(at)
+    assert dataset(at) == "foolbox:imagenet"
+    at.sidebar.selectbox(key="model").set_value("fashion_cnn").run()  # the user picks another backbone
+    _ok(at)
+    assert dataset(at) == "fashion_mnist:test"
+
+
 def test_embeddings_adapt_perplexity_and_warn_below_a_useful_size() -> None:
     at = _app("embeddings", model="fashion_cnn")
     _ok(at)
