@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.apptest import wait_jobs
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
 PAGES = (
@@ -322,15 +324,7 @@ def test_inspect_page_builds_controls_from_the_declaration() -> None:
 
 
 def _wait_job(at, timeout: float = 60.0) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        jobs = at.session_state["_jobs"] if "_jobs" in at.session_state else {}  # noqa: SIM401
-        if jobs and not any(j.running for j in jobs.values()):
-            at.run()
-            return
-        time.sleep(0.2)
-        at.run()
-    raise AssertionError("job did not finish")
+    wait_jobs(at, "synthesis", timeout)
 
 
 def test_synthesis_job_progress_result_and_stop() -> None:

@@ -6,28 +6,19 @@ input-size line and the sanity chart are drawn in the right units; defaults that
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.apptest import private_store
+
+__all__ = ["private_store"]  # autouse: this module's runs go to a store of its own
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
 UPLOAD = "(upload a checkpoint or .onnx)"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_store(tmp_path_factory: pytest.TempPathFactory):
-    """A private run store for this module's runs."""
-    old = os.environ.get("CONVLENS_STORE")
-    os.environ["CONVLENS_STORE"] = str(tmp_path_factory.mktemp("store"))
-    yield
-    if old is None:
-        os.environ.pop("CONVLENS_STORE", None)
-    else:
-        os.environ["CONVLENS_STORE"] = old
 
 
 def _app(page: str | None = None, **state):
