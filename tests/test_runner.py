@@ -240,6 +240,38 @@ def test_allocator_tuning_can_be_turned_off(monkeypatch):
     assert alloc.allocator_state()["applied"] is False
 
 
+_ARENA_SCRIPT = """
+import json, sys
+import numpy as np
+import accel
+from accel.runtime.alloc import tune_allocator
+state = tune_allocator() if sys.argv[1] == "tuned" else {}
+net = accel.load("fashion_cnn")
+r = accel.runner(net, ["logits"], backend="onnxruntime")
+r.run(np.zeros((2, *net.input_shape), np.float32))
+print(json.dumps({"arena": r.session.get_session_options().enable_cpu_mem_arena}))
+"""
+
+
+@pytest.mark.skipif(os.uname().sysname != "Linux", reason="glibc heap tuning is Linux-only")
+def test_pooled_sessions_keep_their_arena_unless_the_heap_is_tuned():
+    """A pooled ONNX Runtime session drops its CPU arena (which never shrinks) only where malloc reuses freed blocks
+    (a tuned heap: the dashboard, the CLI); on glibc's default heap (library users, the bench) it keeps it: there,
+    malloc'd activations are fresh mmaps faulted in on every run (lite0 1.3-1.6x slower per image)."""
+    import json
+    import subprocess
+    import sys
+
+    def run(mode: str) -> dict:
+        env = dict(os.environ, CONVLENS_TUNE_MALLOC="1", OMP_NUM_THREADS="1")
+        out = subprocess.run(
+            [sys.executable, "-c", _ARENA_SCRIPT, mode], capture_output=True, text=True, env=env, check=True
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert run("default")["arena"] == 1 and run("tuned")["arena"] == 0
+
+
 # ----------------------------------------------------------------------------------------------- export cache: verified on read
 
 

@@ -137,8 +137,9 @@ def test_deletion_insertion_matches_naive_loop(
             got_auc = res[mode]["auc"] if key == "map" else res["random"][mode]["auc"]
             assert got_auc == pytest.approx(auc, abs=atol)
     np.testing.assert_allclose(res["fractions"], frac)
-    # all four curves went through one sweep in batches, not one pass per copy
-    assert res["meta"]["perturbations"] == 4 * (steps + 1)
+    # all four curves went through one sweep in batches, not one pass per copy, and the three images every curve
+    # starts or ends on (the photo, the deletion and insertion baselines) were forwarded once, not once per curve
+    assert res["meta"]["perturbations"] == 3 + 4 * (steps - 1)
     assert res["meta"]["passes"] < res["meta"]["perturbations"]
 
 
@@ -401,3 +402,24 @@ def test_scouter_bad_params(fashion, lite0, fashion_items, tmp_path) -> None:
     neg = MODELS / "scouter_fashion_negative.safetensors"
     with pytest.raises(BadInput, match="sign"):
         accel.run("scouter", fashion, img, checkpoint=str(neg), sign="positive")
+
+
+@pytest.mark.parametrize("steps", [1, 9])
+def test_many_maps_in_one_sweep_score_as_each_map_alone(fashion, fashion_items, steps) -> None:
+    """Compare scores several maps in one sweep whose shared end points are forwarded once: every curve, the random
+    ones included, equals that map scored alone (steps=1: curves made of end points only)."""
+    img, label = fashion_items[2]
+    maps = [input_saliency(fashion, img, label), np.random.default_rng(3).random((28, 28)).astype(np.float32)]
+    many = M.deletion_insertion_many(fashion, img, maps, [label, None], steps=steps, n_random=2)
+    for m, t, got in zip(maps, [label, None], many, strict=True):
+        alone = M.deletion_insertion(fashion, img, m, t, steps=steps, n_random=2)
+        assert got["target"] == alone["target"]
+        for mode in ("deletion", "insertion"):
+            assert len(got[mode]["curve"]) == steps + 1
+            np.testing.assert_allclose(got[mode]["curve"], alone[mode]["curve"], atol=1e-6)
+            np.testing.assert_allclose(
+                got["random"][mode]["curve"], alone["random"][mode]["curve"], atol=1e-6
+            )
+    assert many[0]["meta"]["perturbations"] == 3 + 2 * 3 * 2 * (
+        steps - 1
+    )  # 2 maps x (map + 2 random) x 2 modes

@@ -92,10 +92,9 @@ def cpu_flags() -> str:
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity), not the machine's count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    from ..runtime.session import usable_cores as cores
+
+    return cores()
 
 
 def machine_info() -> dict[str, Any]:

@@ -83,6 +83,33 @@ class _Chain(Perturbation):
         return np.concatenate(pieces)
 
 
+@dataclass
+class _Ends(Perturbation):
+    """The three images every deletion/insertion curve of one image starts or ends on, whatever the map: the
+    image itself (deletion step 0, insertion step S), the deletion baseline (step S) and the insertion baseline
+    (step 0). Forwarded once for all the curves of a sweep."""
+
+    deletion: np.ndarray
+    insertion: np.ndarray
+    n: int = 3
+
+    def make(self, x0: np.ndarray, start: int, stop: int) -> np.ndarray:
+        return np.stack([x0, self.deletion, self.insertion][start:stop]).astype(np.float32, copy=False)
+
+
+@dataclass
+class _Inner(Perturbation):
+    """Steps 1..S-1 of a Reveal: the copies that depend on the map's order."""
+
+    reveal: Reveal
+
+    def __post_init__(self) -> None:
+        self.n = self.reveal.n - 2
+
+    def make(self, x0: np.ndarray, start: int, stop: int) -> np.ndarray:
+        return self.reveal.make(x0, start + 1, stop + 1)
+
+
 def _input_array(net: Backbone, img: Any) -> np.ndarray:
     """PIL image or preprocessed (1,C,H,W)/(C,H,W) array/tensor -> network input (C,H,W) float32."""
     if isinstance(img, Image.Image):
@@ -249,24 +276,26 @@ def deletion_insertion_many(
     x = _input_array(net, img)
     bases = _baselines(net, x, baseline)
     plans = []
-    parts: list[Reveal] = []
+    reveals: list[Reveal] = []
     for saliency_map, target in zip(maps, targets, strict=True):
         t = _map_target(net, saliency_map, target)
         m = _as_map(net, saliency_map)
         like = m if random == "matched" else None
-        first = len(parts)
+        first = len(reveals)
         for mm in [m] + [random_baseline_map(m.shape, seed + i, like) for i in range(n_random)]:
             order = _order(mm)
             for mode in ("deletion", "insertion"):
-                parts.append(Reveal(order, int(steps), mode, bases[mode]))
-        plans.append((t, m.shape, first, len(parts)))
-    chain = _Chain(parts)
+                reveals.append(Reveal(order, int(steps), mode, bases[mode]))
+        plans.append((t, m.shape, first, len(reveals)))
+    # every curve starts or ends on the image or a baseline: those three copies are forwarded once, not per curve
+    chain = _Chain([_Ends(bases["deletion"], bases["insertion"]), *(_Inner(r) for r in reveals)])
     r = (
         runner
         if runner is not None
         else pooled_runner(net, ["logits"], backend=backend, batch_size=batch_size)
     )
     probs = r.sweep(x[None], chain, reduce=_softmax, progress=progress)  # (n_total, classes)
+    p_image, p_deleted, p_base = probs[0], probs[1], probs[2]
     meta = {
         "steps": int(steps),
         "baseline": baseline if isinstance(baseline, (str, int, float)) else "array",
@@ -279,14 +308,19 @@ def deletion_insertion_many(
         "random": random,
         "wall_s": time.perf_counter() - t0,
     }
+
+    def curve(k: int) -> np.ndarray:
+        """Curve k in full: its shared end points around its own inner steps."""
+        lo, hi = chain.offsets[k + 1], chain.offsets[k + 2]
+        start, end = (p_image, p_deleted) if reveals[k].mode == "deletion" else (p_base, p_image)
+        return np.concatenate([start[None], probs[lo:hi], end[None]])
+
     results = []
     for t, hw, first, last in plans:
         if t is None:
-            t = int(np.argmax(probs[chain.offsets[first]]))  # the unperturbed image: first deletion copy
-        fractions = np.asarray(parts[first].counts, np.float64) / (hw[0] * hw[1])
-        curves = [
-            probs[chain.offsets[k] : chain.offsets[k + 1], t].astype(np.float64) for k in range(first, last)
-        ]
+            t = int(np.argmax(p_image))  # the class the unperturbed image is predicted as
+        fractions = np.asarray(reveals[first].counts, np.float64) / (hw[0] * hw[1])
+        curves = [curve(k)[:, t].astype(np.float64) for k in range(first, last)]
         out = _summarise(net, t, fractions, curves, n_random, random, seed)
         out["meta"] = dict(meta)
         results.append(out)

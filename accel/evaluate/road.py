@@ -5,8 +5,10 @@ Imputation (Rong et al.; Quantus's `noisy_linear_imputation`): every removed pix
 8 neighbours (weights 1/6 edge, 1/12 corner), known neighbours fixed, which is one sparse symmetric linear system
 per copy, plus Gaussian noise (std `noise`). We assemble it vectorised and factor it in a geometric nested-
 dissection order (the same solution as Quantus to float precision, several times faster than its solve). Every
-percentage of one image goes through one batched `Runner.sweep`; the next image's copies are imputed in a background
-thread meanwhile (one image's imputed values in memory ahead: P * C * H*W floats at most).
+percentage of one image goes through one batched `Runner.sweep`; the percentages are imputed by a pool of threads
+(one per core: SciPy's SuperLU is thread-safe since SuperLU 5 and releases the GIL while it factors), the next
+image's while this one's copies are forwarded (one image's imputed values in memory ahead: P * C * H*W floats at
+most).
 
 Randomness: the noise is drawn from `np.random.RandomState(seed)` for each image, percentage by percentage, as
 Quantus draws from the global state: with `np.random.seed(seed)` before a one-image Quantus call, both draw the
@@ -15,7 +17,6 @@ same numbers, so the oracle agrees exactly; batch calls of Quantus differ in dra
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,11 +28,11 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
 from ..errors import BadInput
+from ..runtime.session import default_threads
 from ..runtime.sweep import Perturbation
 from .catalogue import EvalBatch, metric
 from .flipping import batch_runner, class_scores, per_image
 
-SOLVER_LOCK = threading.Lock()
 PERCENTAGES = tuple(range(1, 100, 2))  # Quantus's default: 1, 3, ..., 99 percent of the pixels
 # (row offset, column offset) -> weight of that neighbour in the imputation (Rong et al.)
 NEIGHBOURS = (
@@ -124,13 +125,13 @@ def linear_imputation(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
 class Imputation(Perturbation):
     """Copy k of an image with its first ks[k] pixels of `order` replaced by noisy linear imputation; the noise of
     copy k is drawn from the RandomState snapshot states[k], so a retried batch gets the same copies. `ready`
-    holds values already imputed (a background thread fills it, see `road_curves`); missing ones are imputed here."""
+    holds each copy's values being imputed in a thread pool (see `road_curves`); without it they are imputed here."""
 
     order: np.ndarray
     ks: Sequence[int]
     noise: float
     states: list[Any] = field(default_factory=list)
-    ready: Future[list[np.ndarray]] | None = None
+    ready: list[Future[np.ndarray]] | None = None
 
     def __post_init__(self) -> None:
         self.n = len(self.ks)
@@ -138,8 +139,7 @@ class Imputation(Perturbation):
     def values(self, x0: np.ndarray, k: int) -> np.ndarray:
         """(C, ks[k]) imputed (and noised) values of copy k."""
         idx = self.order[: self.ks[k]]
-        with SOLVER_LOCK:  # SuperLU keeps global state: one factorisation at a time in this process
-            vals = linear_imputation(x0, idx)
+        vals = linear_imputation(x0, idx)
         if self.noise and len(idx):
             rs = np.random.RandomState()
             rs.set_state(self.states[k])
@@ -149,15 +149,23 @@ class Imputation(Perturbation):
     def make(self, x0: np.ndarray, start: int, stop: int) -> np.ndarray:
         """Copies [start, stop)."""
         c = x0.shape[0]
-        done = self.ready.result() if self.ready is not None else None
         out = np.repeat(x0.reshape(1, c, -1), stop - start, axis=0)
         for k in range(start, stop):
-            out[k - start][:, self.order[: self.ks[k]]] = done[k] if done is not None else self.values(x0, k)
+            vals = self.ready[k].result() if self.ready is not None else self.values(x0, k)
+            out[k - start][:, self.order[: self.ks[k]]] = vals
         return out.reshape(stop - start, *x0.shape)
 
-    def impute_all(self, x0: np.ndarray) -> list[np.ndarray]:
-        """Every copy's values, in order (what the background thread computes ahead of the sweep)."""
-        return [self.values(x0, k) for k in range(self.n)]
+    def submit(self, pool: ThreadPoolExecutor, x0: np.ndarray) -> None:
+        """Start imputing every copy in `pool`, largest first (they take longest), results kept in `ready`."""
+        futures: dict[int, Future[np.ndarray]] = {}
+        for k in sorted(range(self.n), key=lambda k: -self.ks[k]):
+            futures[k] = pool.submit(self.values, x0, k)
+        self.ready = [futures[k] for k in range(self.n)]
+
+    def cancel(self) -> None:
+        """Drop the copies not imputed yet."""
+        for f in self.ready or []:
+            f.cancel()
 
 
 def noise_states(seed: int, shapes: Sequence[tuple[int, int]]) -> list[Any]:
@@ -205,15 +213,15 @@ def road_curves(
         states = noise_states(batch.seed, [(c, k) for k in ks]) if noise else []
         return Imputation(pix, ks, float(noise), states)
 
-    # Imputation (sparse solves, one core) of image i+1 runs in a thread while image i's copies go through the
-    # runner (which releases the GIL): the two overlap instead of adding up.
-    with ThreadPoolExecutor(1, thread_name_prefix="road-impute") as pool:
+    # The sparse solves (one core each, GIL released) run in a pool, image i+1's queued behind image i's, while
+    # image i's copies go through the runner (which releases the GIL too): solves and forwards overlap.
+    with ThreadPoolExecutor(default_threads(), thread_name_prefix="road-impute") as pool:
         pending: dict[int, Imputation] = {}
 
         def ahead(i: int) -> None:
             if i < len(batch.x) and i not in pending:
                 imp = copies(i)
-                imp.ready = pool.submit(imp.impute_all, batch.x[i])
+                imp.submit(pool, batch.x[i])
                 pending[i] = imp
 
         def one(i: int) -> float:
@@ -227,8 +235,7 @@ def road_curves(
             per_image(batch, f"ROAD {order}", one)
         finally:
             for imp in pending.values():
-                if imp.ready is not None:
-                    imp.ready.cancel()
+                imp.cancel()
     return curves
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
+from .alloc import pooled_arena
 from .export import compare_to_torch
 from .forward import Runner
 
@@ -76,7 +77,7 @@ class OrtRunner(Runner):
             path,
             providers,
             fp16=precision == "fp16",
-            arena=False,  # pooled: shared by every caller
+            arena=pooled_arena(),  # pooled: shared by every caller; no arena where malloc is tuned
         )
         if precision == "fp16":
             if self.provider == "CPUExecutionProvider":

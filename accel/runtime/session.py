@@ -135,15 +135,20 @@ def gpu_driver_present() -> bool:
     return ctypes.util.find_library("cuda") is not None or Path("/dev/nvidiactl").exists()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def default_threads() -> int:
     """Intra-op threads: the cores this process may use (respects affinity and CONVLENS_THREADS)."""
     env = settings.get("CONVLENS_THREADS")
     if env:
         return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def provider_options(provider: str, fp16: bool = False) -> dict[str, Any]:
@@ -180,10 +185,12 @@ def session_options(
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
     so.log_severity_level = QUIET
-    # Pooled sessions run without the CPU arena: it grows to the sum of the runs in flight on a shared session and
-    # never shrinks (8 concurrent occlusions on lite0 kept ~0.8 GiB); plain malloc is as fast here (625-window
-    # sweep 5.89 vs 5.83 s, incremental 3.47 vs 3.72 s) and gives memory back (`alloc.release_memory`). Other
-    # sessions keep it: its allocation failures state the size asked for, malloc's only say "bad_alloc".
+    # Pooled sessions run without the CPU arena in processes with a tuned heap (`alloc.pooled_arena`): the arena
+    # grows to the sum of the runs in flight on a shared session and never shrinks (8 concurrent occlusions on lite0
+    # kept ~0.8 GiB); plain malloc on a tuned heap is as fast (625-window sweep 5.89 vs 5.83 s, incremental 3.47 vs
+    # 3.72 s) and gives memory back (`alloc.release_memory`). On the default heap it is 1.3-1.6x slower, so
+    # there they keep it, as other sessions do: its allocation failures state the size asked for, malloc's only say
+    # "bad_alloc".
     so.enable_cpu_mem_arena = bool(arena)
     if not settings.get("CONVLENS_ORT_SPIN"):  # shared machines: do not busy-wait between ops
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")

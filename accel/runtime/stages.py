@@ -112,11 +112,13 @@ def stage_path(net: Backbone, part: str, taps: Sequence[str]) -> Path:
 
 
 def stage_session(path: Path) -> Any:
-    """An ONNX Runtime session of a piece, pooled with the engine: shared by every caller, so no CPU arena."""
+    """An ONNX Runtime session of a piece, pooled with the engine: shared by every caller, so no CPU arena where
+    the process's malloc is tuned (`alloc.pooled_arena`)."""
+    from .alloc import pooled_arena
     from .session import make_session
 
     sess, _, _ = make_session(
-        path, ("CPUExecutionProvider",) if not torch.cuda.is_available() else None, arena=False
+        path, ("CPUExecutionProvider",) if not torch.cuda.is_available() else None, arena=pooled_arena()
     )
     return sess
 

@@ -9,7 +9,6 @@ are drawn into one mosaic.
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -83,8 +82,9 @@ def _n_jobs() -> int:
     jobs = get("CONVLENS_TSNE_JOBS")
     if jobs:
         return int(jobs)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cpus - 1))
+    from ...runtime.session import usable_cores
+
+    return max(1, min(8, usable_cores() - 1))
 
 
 def effective_perplexity(perplexity: float, n: int) -> float:
