@@ -207,20 +207,36 @@ def open_page(drv: Any, url: str, timeout: float = 300.0) -> None:
         raise RuntimeError(f"browser bench: errors on {url}: {_errors(drv)}")
 
 
-def _button(drv: Any, label: str) -> Any:
-    from selenium.webdriver.common.by import By
+# The button labelled `label`, found inside the page in one WebDriver round trip (reading each button's text through
+# WebDriver took 0.44 s on Compare's 51 buttons, and the bench used to count that search as page time).
+FIND_BUTTON_JS = """
+const label = arguments[0];
+for (const b of document.querySelectorAll('button')) { if (b.innerText.trim() === label) return b; }
+return null;
+"""
 
-    for b in drv.find_elements(By.CSS_SELECTOR, "button"):
-        if b.text.strip() == label:
-            return b
-    return None
+
+def find_button(drv: Any, label: str, timeout: float = 60.0) -> Any:
+    """The button labelled `label` once it is on the page, scrolled into view (not clicked)."""
+    b = _until(lambda: drv.execute_script(FIND_BUTTON_JS, label), timeout, f"a {label!r} button")
+    drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", b)
+    return b
 
 
 def click(drv: Any, label: str, timeout: float = 60.0) -> None:
-    """Click the button labelled `label` once it is on the page."""
-    b = _until(lambda: _button(drv, label), timeout, f"a {label!r} button")
-    drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", b)
-    b.click()
+    """Click the button labelled `label` once it is on the page (retried while the page redraws or covers it)."""
+    from selenium.common.exceptions import WebDriverException
+
+    t0 = time.perf_counter()
+    while True:
+        b = find_button(drv, label, max(1.0, timeout - (time.perf_counter() - t0)))
+        try:
+            b.click()
+            return
+        except WebDriverException:  # stale (redrawn) or covered for a moment
+            if time.perf_counter() - t0 > timeout:
+                raise
+            time.sleep(0.2)
 
 
 def set_number(drv: Any, label: str, value: int) -> None:
@@ -263,8 +279,9 @@ def page_class_viz(
     open_page(drv, f"{url}/synthesis?model={model}")
     set_number(drv, "steps", steps)
     set_number(drv, "seed", seed)
+    start = find_button(drv, "Start")
     c0, t0 = server_cpu(url), time.perf_counter()
-    click(drv, "Start")
+    start.click()
     wait_for_links(drv, 1, 900, "the class_viz result")
     dt, c1 = time.perf_counter() - t0, server_cpu(url)
     CPU["page"] = c1 - c0 if c0 is not None and c1 is not None else float("nan")
@@ -289,8 +306,9 @@ def page_compare(
     """Seconds from Run until every map is drawn with its link on Compare (maps and their faithfulness scores), and
     the maps' run ids in the page's order. `photo` must be new to the server's store (nothing answered from it)."""
     open_page(drv, f"{url}/compare?model={model}&photo={photo}&methods={','.join(methods)}")
+    run = find_button(drv, "Run")
     c0, t0 = server_cpu(url), time.perf_counter()
-    click(drv, "Run")
+    run.click()
     wait_for_links(drv, len(methods), 900, "the Compare maps")
     dt, c1 = time.perf_counter() - t0, server_cpu(url)
     CPU["page"] = c1 - c0 if c0 is not None and c1 is not None else float("nan")

@@ -183,6 +183,31 @@ def loss_figure(losses: Sequence[float], title: str = "loss") -> go.Figure:
     return compact(fig, 220, title=title, xaxis_title="step")
 
 
+def loss_sparkline(losses: Sequence[float], width: int = 360, height: int = 110) -> str:
+    """The loss curve as a small static SVG (at most 240 points, min-max scaled, first/last/min values written on
+    it): what a live panel redraws every poll. A plotly chart cost the browser about a core-second per 40-step run
+    in redraws, taken from the run itself when browser and server share a machine; the interactive chart is drawn
+    once, when the run ends."""
+    y = np.asarray([v for v in losses if np.isfinite(v)], dtype=np.float64)
+    pad, top = 6, 18
+    if len(y) < 2:
+        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"></svg>'
+    idx = np.unique(np.linspace(0, len(y) - 1, min(len(y), 240)).round().astype(int))
+    lo, hi = float(y.min()), float(y.max())
+    span = hi - lo if hi > lo else 1.0
+    xs = pad + idx / (len(y) - 1) * (width - 2 * pad)
+    ys = top + (hi - y[idx]) / span * (height - top - pad)
+    pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(xs, ys))
+    text = html_text(f"loss {y[0]:.4g} → {y[-1]:.4g} · min {lo:.4g} · step {len(losses) - 1}")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">'
+        f'<rect width="{width}" height="{height}" fill="white" stroke="#ddd"/>'
+        f'<text x="{pad}" y="13" font-family="sans-serif" font-size="11" fill="#555">{text}</text>'
+        f'<polyline points="{pts}" fill="none" stroke="#1f77b4" stroke-width="1.5"/></svg>'
+    )
+
+
 def points_figure(
     res: Result,
     *,

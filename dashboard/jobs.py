@@ -27,7 +27,7 @@ from accel import settings
 from accel.store import image_key
 
 from .auth import current_user
-from .display import loss_figure, show_result
+from .display import loss_figure, loss_sparkline, show_result
 from .session_store import public_text
 from .state import Ctx, load_run, run_key, session_space
 from .ui import escape_md, link_line
@@ -504,7 +504,10 @@ def live_status(j: Job, slot: str) -> None:
         if png is not None:
             cols[0].image(png, caption="current image", width="stretch")
         if len(j.losses) > 1:
-            cols[1].plotly_chart(loss_figure(j.losses), key=f"{slot}_live_loss")
+            # static: an interactive chart redrawn every poll costs the browser more than the run's own drawing
+            cols[1].image(
+                loss_sparkline(j.losses), caption="loss so far (the interactive chart comes at the end)"
+            )
     if st.button("Stop", key=f"{slot}_stop", type="secondary", icon=":material/stop:"):
         j.stop()
         st.toast("stopping...")

@@ -164,25 +164,6 @@ def _click_point(drv, trace: int, index: int) -> None:
     time.sleep(1.0)
 
 
-def _click_button(drv, label: str, timeout: float = 300.0) -> None:
-    """Click the button labelled `label`, waiting for it to appear (the page may still be loading a model)."""
-    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
-    from selenium.webdriver.common.by import By
-
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        try:
-            for b in drv.find_elements(By.CSS_SELECTOR, "button"):
-                if b.text.strip() == label:
-                    drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", b)
-                    b.click()
-                    return
-        except (StaleElementReferenceException, WebDriverException):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"no button {label!r} after {timeout:.0f} s")
-
-
 def test_every_page_renders_without_errors(server: str, browser) -> None:
     timings = {}
     for name, path in PAGES.items():
@@ -241,7 +222,7 @@ def test_compare_and_embeddings_with_results(server: str, browser) -> None:
 
     browser.get(f"{server}/compare")
     _settle(browser)
-    _click_button(browser, "Run")
+    bb.click(browser, "Run", 300)
     time.sleep(1.0)
     _settle(browser, timeout=600)
     _check_no_errors(browser, "compare (after Run)")
@@ -253,7 +234,7 @@ def test_compare_and_embeddings_with_results(server: str, browser) -> None:
     _settle(browser)
     _pick_model(browser, "fashion_cnn")  # 2,000 Fashion-MNIST items: a quick, well-separated map
     _settle(browser)
-    _click_button(browser, "Compute")
+    bb.click(browser, "Compute", 300)
     time.sleep(1.0)
     _settle(browser, timeout=600)
     _check_no_errors(browser, "embeddings (after Compute)")

@@ -16,7 +16,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import accel
-from tests.test_browser import _check_no_errors, _click_button, _settle, _shot, chrome, pytestmark, serve
+from dashboard import browser_bench as bb
+from tests.test_browser import _check_no_errors, _settle, _shot, chrome, pytestmark, serve
 
 __all__ = ["pytestmark"]  # the same skips as the other real-browser tests (Chromium, selenium)
 
@@ -97,7 +98,7 @@ def test_dataset_folder_with_the_mistake_filter(site: str, drv: Any, setup: dict
     spec = f"folder:{setup['folder']}"
     q = urllib.parse.urlencode({"model": "fashion_cnn", "dataset": spec, "limit": 16, "methods": "gradcam"})
     _open(drv, f"{site}/dataset?{q}")
-    _click_button(drv, "Explain the dataset")
+    bb.click(drv, "Explain the dataset", 300)
     _wait_text(drv, "top-1 accuracy")
     _check_no_errors(drv, "dataset")
     net = accel.load("fashion_cnn")
@@ -146,7 +147,7 @@ def test_a_link_restores_a_comparison_and_maps_download(site: str, drv: Any) -> 
         assert part in url, (part, url)
     assert len(drv.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"]')) >= 2
     for label in (".npy", "full PNG"):
-        _click_button(drv, label)
+        bb.click(drv, label, 300)
     t0 = time.time()
     while time.time() - t0 < 60 and not (
         list(drv.downloads.glob("*.npy")) and list(drv.downloads.glob("*_full.png"))

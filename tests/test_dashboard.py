@@ -344,6 +344,10 @@ def test_synthesis_job_progress_result_and_stop() -> None:
     at.run()
     stop = [b for b in at.button if b.label == "Stop"]
     assert stop, "no stop button while the job runs"
+    # the live panel draws the loss as a static picture: no interactive chart is redrawn on every poll
+    assert not at.get("plotly_chart")
+    live = [img for el in at.get("image") for img in el.proto.imgs if img.caption.startswith("loss so far")]
+    assert live and live[0].url.startswith("data:image/svg+xml")
     stop[0].click().run()
     _wait_job(at)
     _ok(at)

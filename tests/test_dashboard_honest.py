@@ -311,3 +311,22 @@ def test_tables_print_no_none(stored_runs: dict[str, str]) -> None:
     table = at.dataframe[0].value  # the style run has no wall time and no backend
     assert len(table) >= 2 and not table.isna().any().any()
     assert "None" not in table.astype(str).to_numpy() and MISSING in table["wall s"].to_numpy()
+
+
+def test_the_live_loss_sparkline_draws_every_finite_point_within_its_box() -> None:
+    import re
+
+    from dashboard.display import loss_sparkline
+
+    svg = loss_sparkline([3.0, 2.0, float("nan"), 1.0, 0.5], width=200, height=100)
+    pts = [tuple(map(float, p.split(","))) for p in re.search(r'points="([^"]+)"', svg).group(1).split()]
+    assert len(pts) == 4  # the NaN is dropped
+    assert pts[0][0] == 6 and pts[-1][0] == 194  # first and last step at the edges
+    ys = [y for _, y in pts]
+    assert (
+        ys == sorted(ys) and ys[0] == 18 and ys[-1] == 94
+    )  # falling loss drawn top to bottom, max at the top
+    assert "loss 3 → 0.5" in svg and "step 4" in svg
+    long = loss_sparkline(list(range(5000)))
+    assert len(re.search(r'points="([^"]+)"', long).group(1).split()) == 240  # bounded, however long the run
+    assert "<script" not in loss_sparkline([1.0, 2.0]) and "polyline" not in loss_sparkline([1.0])
