@@ -197,22 +197,35 @@ _FAULTS_SCRIPT = """
 import json, resource, sys, torch
 from accel.runtime.alloc import tune_allocator
 state = tune_allocator() if sys.argv[1] == "tuned" else {}
+import threading
 x = torch.ones(16, 3, 224, 224)
 conv = torch.nn.Conv2d(3, 96, 3, padding=1)
-with torch.no_grad():
-    conv(x)  # warm: the first pass faults its pages in either way
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        conv(x)  # a 294 MiB activation per pass, freed after each
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps({"faults": faults, "state": state}))
+def passes(n):
+    with torch.no_grad():
+        for _ in range(n):
+            conv(x)  # a 294 MiB activation per pass, freed after each
+def in_thread(n):  # a fresh thread per call, as the dashboard runs every script and job
+    t = threading.Thread(target=passes, args=(n,))
+    t.start()
+    t.join()
+passes(1)  # warm: the first pass faults its pages in either way
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+passes(5)
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+in_thread(1)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    in_thread(1)
+thread_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps({"faults": faults, "thread_faults": thread_faults, "state": state}))
 """
 
 
 @pytest.mark.skipif(os.uname().sysname != "Linux", reason="glibc heap tuning is Linux-only")
 def test_allocator_tuning_stops_per_forward_page_faults(tmp_path):
     """With glibc's defaults each large activation is a fresh mmap that faults in again every forward; after
-    tune_allocator() the freed blocks are reused (the CLI and the dashboard tune; torch eager 1.4-2.2x faster)."""
+    tune_allocator() the freed blocks are reused (the CLI and the dashboard tune; torch eager 1.4-2.2x faster), in
+    the main thread and in fresh threads alike."""
     import json
     import subprocess
     import sys
@@ -227,8 +240,12 @@ def test_allocator_tuning_stops_per_forward_page_faults(tmp_path):
     default, tuned = faults("default"), faults("tuned")
     pages = 16 * 96 * 224 * 224 * 4 // 4096  # one activation's 4 KiB pages
     assert tuned["state"]["applied"] is True and tuned["state"]["mmap_threshold_mb"] == 512
+    assert tuned["state"]["arena_max"] == 1
     assert default["faults"] > 4 * pages  # faulted in again on (nearly) every pass
     assert tuned["faults"] < pages // 4  # reused
+    # threads of their own (each script run, each job) reuse the tuned main heap too
+    assert default["thread_faults"] > 4 * pages
+    assert tuned["thread_faults"] < pages // 4, tuned
 
 
 def test_allocator_tuning_can_be_turned_off(monkeypatch):
