@@ -150,6 +150,37 @@ def start_idle_trimmer() -> threading.Thread:
     return t
 
 
+class ScoreMemo:
+    """Faithfulness scores of stored runs, server-wide and bounded (least recently used out): a run's scores are
+    computed once per (run id, curve steps, backend), whoever opens it next (a shared link, another session) gets
+    them at once. Only runs the caller could load reach it (the page looks runs up through the store first)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.items: dict[tuple[str, int, str], dict[str, Any]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[str, int, str]) -> dict[str, Any] | None:
+        with self.lock:
+            hit = self.items.pop(key, None)
+            if hit is not None:
+                self.items[key] = hit  # most recent last
+            return hit
+
+    def put(self, key: tuple[str, int, str], scores: dict[str, Any]) -> None:
+        with self.lock:
+            self.items.pop(key, None)
+            self.items[key] = scores
+            while len(self.items) > self.size:
+                self.items.pop(next(iter(self.items)))
+
+
+@st.cache_resource(show_spinner=False)
+def score_memo() -> ScoreMemo:
+    """The server's one ScoreMemo."""
+    return ScoreMemo()
+
+
 class NetCopies:
     """Deep copies of one backbone lent to runs in flight, at most `keep` kept between runs (thread-safe). When the
     last run in flight on the server returns its copy, the C heap's free memory goes back to the OS."""

@@ -273,6 +273,27 @@ def test_compare_with_real_methods_on_fashion_cnn() -> None:
 
     if faithfulness.available()["auc"]:
         assert text.count("deletion AUC") == 2
+        # another session asking the same: the maps come from the store and the scores from the server's memo,
+        # nothing is swept again
+        calls = []
+        real = faithfulness.auc_scores_many
+        faithfulness.auc_scores_many = lambda *a, **k: calls.append(1) or real(*a, **k)
+        try:
+            again = _app("compare", model="fashion_cnn", img_source="Fashion-MNIST item", img_fashion=3)
+            again.multiselect(key="cmp_methods").set_value(["saliency", "gradcam"]).run()
+            again.number_input(key="cmp_score_steps").set_value(5)
+            again.button[0].click().run()
+            _ok(again)
+            assert calls == []
+            auc = [line for line in text.splitlines() if "deletion AUC" in line]
+            assert [line for line in _texts(again).splitlines() if "deletion AUC" in line] == auc
+            assert _texts(again).count("answered from the store") == 2
+            again.number_input(key="cmp_score_steps").set_value(6)  # other curves: computed once more
+            again.button[0].click().run()
+            _ok(again)
+            assert calls == [1]
+        finally:
+            faithfulness.auc_scores_many = real
 
 
 def test_embeddings_scatter_selection_neighbours_and_explain() -> None:

@@ -330,3 +330,16 @@ def test_the_live_loss_sparkline_draws_every_finite_point_within_its_box() -> No
     long = loss_sparkline(list(range(5000)))
     assert len(re.search(r'points="([^"]+)"', long).group(1).split()) == 240  # bounded, however long the run
     assert "<script" not in loss_sparkline([1.0, 2.0]) and "polyline" not in loss_sparkline([1.0])
+
+
+def test_the_score_memo_keeps_the_most_recently_used_scores_within_its_bound() -> None:
+    from dashboard.state import ScoreMemo
+
+    memo = ScoreMemo(size=2)
+    memo.put(("a", 16, "auto"), {"deletion": 0.1})
+    memo.put(("b", 16, "auto"), {"deletion": 0.2})
+    assert memo.get(("a", 16, "auto")) == {"deletion": 0.1}  # "a" is now the most recent
+    memo.put(("c", 16, "auto"), {"deletion": 0.3})
+    assert memo.get(("b", 16, "auto")) is None and len(memo.items) == 2  # the least recent went
+    assert memo.get(("a", 16, "auto")) and memo.get(("c", 16, "auto"))
+    assert memo.get(("a", 8, "auto")) is None  # other curve steps are another question

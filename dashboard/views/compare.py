@@ -19,7 +19,7 @@ from dashboard.downloads import map_downloads
 from dashboard.pagekit import methods_on, unavailable
 from dashboard.session_store import public_text
 from dashboard.sidebar import require_ctx
-from dashboard.state import load_run, run_stored
+from dashboard.state import load_run, run_stored, score_memo
 from dashboard.ui import escape_md, guard, link_line, st_progress, unset
 from dashboard.widgets import PREDICTED, param_controls
 
@@ -162,13 +162,21 @@ def sanity_figure(san: dict[str, dict[str, Any]]) -> go.Figure:
 
 
 def score_maps(runs: list[dict], steps: int) -> None:
-    """Deletion/insertion AUC (and the random baseline) of each new map, once per (run, steps), on submit only."""
+    """Deletion/insertion AUC (and the random baseline) of each new map, once per (run, steps, backend) on the
+    server: scores another session already computed are reused, the rest go through one batched sweep."""
     scores: dict[str, dict] = st.session_state.setdefault("cmp_scores", {})
+    memo = score_memo()
     todo = []
     for r in runs:
-        if scores.get(r["run_id"], {}).get("steps") != steps:
-            with guard(r["name"]):
-                todo.append((r, load_run(r["run_id"])[1]))
+        if scores.get(r["run_id"], {}).get("steps") == steps:
+            continue
+        with guard(r["name"]):
+            res = load_run(r["run_id"])[1]  # the store's access check comes first
+            known = memo.get((r["run_id"], steps, c.backend))
+            if known is not None:
+                scores[r["run_id"]] = known
+            else:
+                todo.append((r, res))
     todo = [(r, res) for r, res in todo if res.kind == "map"]
     if not todo:
         return
@@ -188,6 +196,8 @@ def score_maps(runs: list[dict], steps: int) -> None:
         found: list[dict[str, Any] | None] = list(outs) if outs else [None] * len(todo)
         for (r, _), sc in zip(todo, found, strict=True):
             scores[r["run_id"]] = {**(sc or {}), "steps": steps}
+            if sc is not None:
+                memo.put((r["run_id"], steps, c.backend), scores[r["run_id"]])
     bar.done()
 
 
