@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,22 +158,21 @@ class ScoreMemo:
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
-        self.items: dict[tuple[str, int, str], dict[str, Any]] = {}
+        self.items: OrderedDict[tuple[str, int, str], dict[str, Any]] = OrderedDict()
         self.lock = threading.Lock()
 
     def get(self, key: tuple[str, int, str]) -> dict[str, Any] | None:
         with self.lock:
-            hit = self.items.pop(key, None)
-            if hit is not None:
-                self.items[key] = hit  # most recent last
-            return hit
+            if key in self.items:
+                self.items.move_to_end(key)
+            return self.items.get(key)
 
     def put(self, key: tuple[str, int, str], scores: dict[str, Any]) -> None:
         with self.lock:
-            self.items.pop(key, None)
             self.items[key] = scores
+            self.items.move_to_end(key)
             while len(self.items) > self.size:
-                self.items.pop(next(iter(self.items)))
+                self.items.popitem(last=False)
 
 
 @st.cache_resource(show_spinner=False)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..backbone import Backbone
+from ..runtime.session import usable_cores
 
 Progress = Callable[[float, str], None]
 
@@ -88,13 +89,6 @@ def cpu_flags() -> str:
             have = set(line.split(":", 1)[1].split())
             return " ".join(f for f in VECTOR_FLAGS if f in have)
     return ""
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity), not the machine's count."""
-    from ..runtime.session import usable_cores as cores
-
-    return cores()
 
 
 def machine_info() -> dict[str, Any]:

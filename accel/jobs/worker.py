@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import settings
 from ..errors import BadInput, ResourceLimit
 from ..registry import Observer
 from .config import JobConfig
@@ -58,12 +57,9 @@ def load_model(model: str, arch: str | None) -> Backbone:
 
 def default_threads() -> int:
     """Threads for this process: CONVLENS_THREADS if set, else the usable cores."""
-    n = settings.get("CONVLENS_THREADS")
-    if n:
-        return int(n)
-    from ..runtime.session import default_threads as usable_cores
+    from ..runtime.session import default_threads as threads
 
-    return usable_cores()
+    return threads()
 
 
 def limit_session_threads(r: Any, threads: int) -> None:

@@ -30,13 +30,6 @@ TRIM_THRESHOLD_MB = 1024  # free memory kept at the heap top before it is given 
 _STATE: dict[str, Any] = {}
 
 
-def heap_tuned() -> bool:
-    """Whether `tune_allocator` raised the thresholds in this process: plain malloc then reuses freed blocks.
-
-    Pooled ONNX Runtime sessions run without their CPU arena only then (see `pooled_arena`)."""
-    return bool(_STATE.get("applied"))
-
-
 def pooled_arena() -> bool:
     """Whether a pooled (shared) ONNX Runtime session should keep its CPU arena.
 
@@ -45,7 +38,7 @@ def pooled_arena() -> bool:
     session otherwise), while on a tuned heap malloc is as fast as the arena (6.0-6.4 vs 5.9-6.7 ms). The arena
     never shrinks (8 concurrent occlusions kept ~0.8 GiB), which matters in the shared dashboard, a tuned process.
     So: no arena on a tuned heap (the dashboard, the CLI), the arena elsewhere (library users, the bench)."""
-    return not heap_tuned()
+    return not _STATE.get("applied")
 
 
 def release_memory() -> bool:

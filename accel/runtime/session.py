@@ -185,12 +185,10 @@ def session_options(
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
     so.log_severity_level = QUIET
-    # Pooled sessions run without the CPU arena in processes with a tuned heap (`alloc.pooled_arena`): the arena
-    # grows to the sum of the runs in flight on a shared session and never shrinks (8 concurrent occlusions on lite0
-    # kept ~0.8 GiB); plain malloc on a tuned heap is as fast (625-window sweep 5.89 vs 5.83 s, incremental 3.47 vs
-    # 3.72 s) and gives memory back (`alloc.release_memory`). On the default heap it is 1.3-1.6x slower, so
-    # there they keep it, as other sessions do: its allocation failures state the size asked for, malloc's only say
-    # "bad_alloc".
+    # Pooled sessions drop the CPU arena where the heap is tuned (`alloc.pooled_arena` says why); other sessions keep
+    # it: its allocation failures state the size asked for, malloc's only say "bad_alloc". On a tuned heap plain
+    # malloc is as fast (625-window sweep 5.89 vs 5.83 s, incremental 3.47 vs 3.72 s) and gives memory back
+    # (`alloc.release_memory`).
     so.enable_cpu_mem_arena = bool(arena)
     if not settings.get("CONVLENS_ORT_SPIN"):  # shared machines: do not busy-wait between ops
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
